@@ -1,0 +1,33 @@
+# Two entry points (README): `make demo` and `make test`. Both bootstrap the
+# torch==2.11.0 venv in ~/.cache/promptcl on first use (idempotent), then build.
+SHELL := /bin/bash
+VENV := $(shell scripts/bootstrap.sh)
+ifeq ($(VENV),)
+$(error scripts/bootstrap.sh failed; see the messages above)
+endif
+# torch-sys locates libtorch through the venv's python (LIBTORCH_USE_PYTORCH);
+# the link helper then embeds the lib dir as rpath, so nothing is needed at run time.
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+export PROMPTCL_PYTHON := $(VENV)/bin/python
+CARGO ?= cargo
+
+.PHONY: demo test build doctor fixtures
+build:
+	$(CARGO) build --workspace --bins
+
+demo: build
+	target/debug/promptcl doctor
+	target/debug/promptcl demo
+
+doctor: build
+	target/debug/promptcl doctor
+
+test:
+	$(CARGO) test --workspace --no-fail-fast
+
+# Regenerates the committed golden fixtures (needs timm; installed on demand).
+fixtures:
+	PROMPTCL_EXTRAS=timm scripts/bootstrap.sh >/dev/null
+	$(VENV)/bin/python data-scripts/gen_vit_fixtures.py

@@ -1,0 +1,32 @@
+//! Frozen transformer backbones with prompt hooks, on libtorch (`tch`).
+//!
+//! Owns: network definitions (timm ViT), weight loading, prompt injection,
+//! attention kernels. Must not know about datasets, tasks or methods.
+
+mod attention;
+mod config;
+mod error;
+mod layers;
+mod prompt;
+mod vit;
+pub mod weights;
+
+use serde::{Deserialize, Serialize};
+
+pub use attention::AttentionImpl;
+pub use config::ViTConfig;
+pub use error::{ModelError, Result};
+pub use prompt::{GateActivation, LayerPrompt, NoRGaGate, Prefix, PrefixScoreHook, Prompts};
+pub use vit::{frozen_vit, resample_pos_embed, ForwardOptions, VisionTransformer, VitOutput};
+
+/// The dtype a frozen backbone computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 everywhere: what the official research code does; bit-for-bit
+    /// comparable with PyTorch on CPU.
+    #[default]
+    F32,
+    /// bf16 weights and matmuls, fp32 LayerNorm and softmax, fp32 outputs.
+    Bf16,
+}

@@ -1,0 +1,362 @@
+//! Vision Transformer in timm layout (`timm.models.vision_transformer`), with
+//! prompt hooks on every block.
+
+use std::path::Path;
+
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+
+use crate::attention::{attend, AttentionImpl};
+use crate::config::ViTConfig;
+use crate::error::{ModelError, Result};
+use crate::layers::{linear, LayerNorm};
+use crate::prompt::{Prefix, PrefixScoreHook, Prompts};
+use crate::weights::load_strict;
+use crate::Precision;
+
+/// Per-call switches that are not prompts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Keep prompt tokens in `VitOutput::tokens` (they are always available
+    /// separately in `VitOutput::prompt_tokens`).
+    pub keep_prompt_tokens: bool,
+    /// Collect each block's output in `VitOutput::hidden`.
+    pub return_hidden: bool,
+    pub attention: AttentionImpl,
+}
+
+/// What a forward pass returns; all tensors are fp32 whatever the compute dtype.
+///
+/// # Shapes
+/// - `tokens`: `[B, 1 + N, D]` after the final norm (`[B, 1 + P + N, D]` with
+///   prompt tokens kept), N patches, P prompt tokens
+/// - `cls`: `[B, D]` — timm's `forward_head(pre_logits=True)` for `global_pool="token"`
+/// - `patch_mean`: `[B, D]` — mean of the patch tokens (no class or prompt tokens)
+/// - `prompt_tokens`: `[B, P, D]` when the call inserted prompt tokens
+/// - `hidden`: one `[B, S, D]` per block (before the final norm) when asked for
+/// - `logits`: `[B, num_classes]` when the model has a head
+#[derive(Debug)]
+pub struct VitOutput {
+    pub tokens: Tensor,
+    pub cls: Tensor,
+    pub patch_mean: Tensor,
+    pub prompt_tokens: Option<Tensor>,
+    pub hidden: Vec<Tensor>,
+    pub logits: Option<Tensor>,
+}
+
+#[derive(Debug)]
+struct Attention {
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    num_heads: i64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
+        let d = cfg.embed_dim;
+        Self {
+            qkv: linear(&p / "qkv", d, 3 * d, cfg.qkv_bias),
+            proj: linear(&p / "proj", d, d, true),
+            num_heads: cfg.num_heads,
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[B, N, D]` → `[B, N, D]`
+    fn forward(
+        &self,
+        x: &Tensor,
+        prefix: Option<&Prefix>,
+        hook: Option<&dyn PrefixScoreHook>,
+        imp: AttentionImpl,
+    ) -> Tensor {
+        let s = x.size();
+        let (b, n, c) = (s[0], s[1], s[2]);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, n, 3, self.num_heads, c / self.num_heads])
+            .permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let out = attend(&q, &k, &v, prefix, hook, None, imp);
+        self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl Mlp {
+    fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
+        Self {
+            fc1: linear(&p / "fc1", cfg.embed_dim, cfg.mlp_hidden(), true),
+            fc2: linear(&p / "fc2", cfg.mlp_hidden(), cfg.embed_dim, true),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        // timm's Mlp uses nn.GELU (exact erf form).
+        self.fc2.forward(&self.fc1.forward(x).gelu("none"))
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
+        let eps = cfg.layer_norm_eps;
+        Self {
+            norm1: LayerNorm::new(&p / "norm1", cfg.embed_dim, eps),
+            attn: Attention::new(&p / "attn", cfg),
+            norm2: LayerNorm::new(&p / "norm2", cfg.embed_dim, eps),
+            mlp: Mlp::new(&p / "mlp", cfg),
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        prefix: Option<&Prefix>,
+        hook: Option<&dyn PrefixScoreHook>,
+        imp: AttentionImpl,
+    ) -> Tensor {
+        let x = x + self.attn.forward(&self.norm1.forward(x), prefix, hook, imp);
+        &x + self.mlp.forward(&self.norm2.forward(&x))
+    }
+}
+
+/// A timm-layout ViT. Parameter paths equal timm's state-dict keys
+/// (`patch_embed.proj.weight`, `blocks.3.attn.qkv.bias`, `norm.weight`, …).
+#[derive(Debug)]
+pub struct VisionTransformer {
+    cfg: ViTConfig,
+    patch_embed: nn::Conv2D,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    head: Option<nn::Linear>,
+}
+
+impl VisionTransformer {
+    /// Builds the variables under `p`. `cfg` must have passed `validate()`.
+    pub fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
+        debug_assert!(cfg.validate().is_ok(), "ViTConfig not validated");
+        let d = cfg.embed_dim;
+        let conv = nn::ConvConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        // Init as timm's `init_weights`: small normal class token, trunc-normal(0.02)
+        // position embedding; only matters for random-init runs (demo, benchmarks).
+        let init_pos = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        Self {
+            patch_embed: nn::conv2d(&p / "patch_embed" / "proj", cfg.in_chans, d, cfg.patch_size, conv),
+            cls_token: p.var("cls_token", &[1, 1, d], nn::Init::Randn { mean: 0.0, stdev: 1e-6 }),
+            pos_embed: p.var("pos_embed", &[1, 1 + cfg.num_patches(), d], init_pos),
+            blocks: (0..cfg.depth).map(|i| Block::new(&p / "blocks" / i, cfg)).collect(),
+            norm: LayerNorm::new(&p / "norm", d, cfg.layer_norm_eps),
+            head: (cfg.num_classes > 0).then(|| linear(&p / "head", d, cfg.num_classes, true)),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Builds the model in `vs` and loads a timm-named safetensors checkpoint
+    /// strictly. A checkpoint for another image size has its position
+    /// embedding resampled as timm's `checkpoint_filter_fn` does. The
+    /// variables are frozen afterwards.
+    pub fn from_safetensors(vs: &mut nn::VarStore, cfg: &ViTConfig, path: &Path) -> Result<Self> {
+        cfg.validate()?;
+        let model = Self::new(vs.root(), cfg);
+        let ignore: &[&str] = if cfg.num_classes == 0 { &["head."] } else { &[] };
+        let grid = cfg.grid_size();
+        let adapt = |key: &str, t: Tensor, expected: &[i64]| -> Result<Tensor> {
+            let s = t.size();
+            let resamplable = key == "pos_embed"
+                && s.len() == 3
+                && s[2] == expected[2]
+                && s != expected
+                && is_square(s[1] - 1);
+            Ok(if resamplable { resample_pos_embed(&t, grid, grid) } else { t })
+        };
+        load_strict(vs, path, ignore, &adapt)?;
+        vs.freeze();
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &ViTConfig {
+        &self.cfg
+    }
+
+    /// The dtype the backbone computes in (that of its weights).
+    pub fn compute_kind(&self) -> Kind {
+        self.patch_embed.ws.kind()
+    }
+
+    pub fn device(&self) -> Device {
+        self.patch_embed.ws.device()
+    }
+
+    /// The frozen, un-prompted model's class-token feature, without autograd:
+    /// the "query" of L2P / DualPrompt / HiDe-Prompt.
+    ///
+    /// # Shapes
+    /// - `images`: `[B, C, H, W]` → `[B, D]`
+    pub fn query(&self, images: &Tensor) -> Result<Tensor> {
+        tch::no_grad(|| Ok(self.forward(images, &Prompts::none())?.cls))
+    }
+
+    pub fn forward(&self, images: &Tensor, prompts: &Prompts) -> Result<VitOutput> {
+        self.forward_with(images, prompts, &ForwardOptions::default())
+    }
+
+    /// # Shapes
+    /// - `images`: `[B, in_chans, H, W]`, H and W multiples of the patch size
+    ///   (another size than the config's resamples the position embedding)
+    /// - see [`VitOutput`] for the outputs
+    pub fn forward_with(
+        &self,
+        images: &Tensor,
+        prompts: &Prompts,
+        opts: &ForwardOptions,
+    ) -> Result<VitOutput> {
+        let cfg = &self.cfg;
+        let (b, gh, gw) = self.check_images(images)?;
+        prompts.validate(cfg.depth, b, cfg.embed_dim, cfg.num_heads)?;
+        let kind = self.compute_kind();
+        let d = cfg.embed_dim;
+
+        let x = images.to_kind(kind).apply(&self.patch_embed).flatten(2, 3).transpose(1, 2);
+        let pos = if gh == cfg.grid_size() && gw == cfg.grid_size() {
+            self.pos_embed.shallow_clone()
+        } else {
+            resample_pos_embed(&self.pos_embed, gh, gw)
+        };
+        let cls = self.cls_token.to_kind(kind).expand([b, 1, d], false);
+        let mut x = Tensor::cat(&[&cls, &x], 1) + pos.to_kind(kind);
+
+        let mut n_prompt = 0;
+        let mut hidden = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let lp = prompts.layer(i);
+            if let Some(tokens) = lp.and_then(|lp| lp.tokens.as_ref()) {
+                // VPT-deep semantics: a later layer's prompt replaces the earlier one.
+                let p = tokens.size()[1];
+                let t = tokens.to_kind(kind).expand([b, p, d], false);
+                let rest = x.size()[1] - 1 - n_prompt;
+                x = Tensor::cat(&[x.narrow(1, 0, 1), t, x.narrow(1, 1 + n_prompt, rest)], 1);
+                n_prompt = p;
+            }
+            let prefix = lp.and_then(|lp| lp.prefix.as_ref());
+            let hook = lp.and_then(|lp| lp.score_hook);
+            x = block.forward(&x, prefix, hook, opts.attention);
+            if opts.return_hidden {
+                hidden.push(x.to_kind(Kind::Float));
+            }
+        }
+
+        let x = self.norm.forward(&x).to_kind(Kind::Float);
+        let n = x.size()[1];
+        let cls = x.select(1, 0);
+        let patches = x.narrow(1, 1 + n_prompt, n - 1 - n_prompt);
+        let patch_mean = patches.mean_dim(1, false, Kind::Float);
+        let prompt_tokens = (n_prompt > 0).then(|| x.narrow(1, 1, n_prompt));
+        let tokens = if n_prompt == 0 || opts.keep_prompt_tokens {
+            x
+        } else {
+            Tensor::cat(&[x.narrow(1, 0, 1), patches], 1)
+        };
+        let logits = self.head.as_ref().map(|h| {
+            h.forward(&cls.to_kind(h.ws.kind())).to_kind(Kind::Float)
+        });
+        Ok(VitOutput { tokens, cls, patch_mean, prompt_tokens, hidden, logits })
+    }
+
+    fn check_images(&self, images: &Tensor) -> Result<(i64, i64, i64)> {
+        let s = images.size();
+        let cfg = &self.cfg;
+        if s.len() != 4 || s[1] != cfg.in_chans {
+            return Err(ModelError::Input(format!(
+                "images must be [batch, {}, height, width], got {s:?}",
+                cfg.in_chans
+            )));
+        }
+        if s[0] == 0 {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        let p = cfg.patch_size;
+        if s[2] % p != 0 || s[3] % p != 0 || s[2] == 0 || s[3] == 0 {
+            return Err(ModelError::Input(format!(
+                "image size {}x{} is not a positive multiple of the patch size {p}",
+                s[2], s[3]
+            )));
+        }
+        if !matches!(images.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
+            return Err(ModelError::Input(format!(
+                "images must be a float tensor (normalised), got {:?}",
+                images.kind()
+            )));
+        }
+        Ok((s[0], s[2] / p, s[3] / p))
+    }
+}
+
+/// Builds a frozen ViT in its own `VarStore` on `device`, from a checkpoint or
+/// (with `path = None`) from a seeded random init, in the given precision.
+pub fn frozen_vit(
+    cfg: &ViTConfig,
+    path: Option<&Path>,
+    device: Device,
+    precision: Precision,
+) -> Result<(nn::VarStore, VisionTransformer)> {
+    cfg.validate()?;
+    let mut vs = nn::VarStore::new(device);
+    let model = match path {
+        Some(path) => VisionTransformer::from_safetensors(&mut vs, cfg, path)?,
+        None => {
+            let m = VisionTransformer::new(vs.root(), cfg);
+            vs.freeze();
+            m
+        }
+    };
+    if precision == Precision::Bf16 {
+        vs.bfloat16();
+    }
+    Ok((vs, model))
+}
+
+fn is_square(n: i64) -> bool {
+    let r = (n as f64).sqrt().round() as i64;
+    n > 0 && r * r == n
+}
+
+/// timm's `resample_abs_pos_embed` with its defaults (bicubic, antialias=True,
+/// one class-token prefix), computed in fp32.
+///
+/// # Shapes
+/// - `pos`: `[1, 1 + g*g, D]` (square grid) → `[1, 1 + gh*gw, D]`
+pub fn resample_pos_embed(pos: &Tensor, gh: i64, gw: i64) -> Tensor {
+    let s = pos.size();
+    let (n_old, d) = (s[1] - 1, s[2]);
+    let old = (n_old as f64).sqrt().round() as i64;
+    let kind = pos.kind();
+    let grid = pos
+        .narrow(1, 1, n_old)
+        .to_kind(Kind::Float)
+        .reshape([1, old, old, d])
+        .permute([0, 3, 1, 2])
+        .internal_upsample_bicubic2d_aa([gh, gw], false, None, None)
+        .permute([0, 2, 3, 1])
+        .reshape([1, gh * gw, d])
+        .to_kind(kind);
+    Tensor::cat(&[pos.narrow(1, 0, 1), grid], 1)
+}
