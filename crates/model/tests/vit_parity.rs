@@ -208,3 +208,28 @@ fn assert_backbone_untouched(vs: &nn::VarStore) {
         assert!(!t.grad().defined(), "{name} received a gradient");
     }
 }
+
+/// On a CUDA machine: the production path (bf16 weights + fused SDPA) against
+/// the fp32 CPU reference. Skipped, saying so, where there is no GPU.
+#[test]
+fn cuda_bf16_fused_agrees_with_fp32_cpu() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device (this check runs on GPU machines)");
+        return;
+    }
+    let g = Golden::load();
+    let path = fixture("vit_tiny_test.safetensors");
+    let (_a, cpu) = load();
+    let (_b, gpu) = frozen_vit(&tiny_cfg(), Some(&path), Device::Cuda(0), Precision::Bf16).unwrap();
+    let (k0, v0) = (g.get("prefix.k0"), g.get("prefix.v0"));
+    let cpu_out = cpu.forward(&g.get("input"), &Prompts::none().with_prefix(0, &k0, &v0)).unwrap();
+    let (k0g, v0g) = (k0.to_device(Device::Cuda(0)), v0.to_device(Device::Cuda(0)));
+    let opts = ForwardOptions { attention: AttentionImpl::Fused, ..Default::default() };
+    let gpu_out = gpu
+        .forward_with(&g.get("input").to_device(Device::Cuda(0)), &Prompts::none().with_prefix(0, &k0g, &v0g), &opts)
+        .unwrap();
+    let err = common::max_abs(&cpu_out.tokens, &gpu_out.tokens.to_device(Device::Cpu));
+    let scale = cpu_out.tokens.abs().max().double_value(&[]);
+    eprintln!("CUDA bf16+fused vs CPU fp32 tokens: max abs {err:.2e}, relative {:.2e}", err / scale);
+    assert!(err / scale < 0.05);
+}

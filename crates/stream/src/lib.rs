@@ -1,1 +1,148 @@
+//! Class-incremental task streams: datasets, class orders, task splits, label
+//! hierarchies and the batch pipeline.
+//!
+//! Everything up to `transform`/`loader` is plain Rust; those two modules are
+//! the edge where a batch becomes a `tch::Tensor`.
 
+mod cifar;
+mod dataset;
+mod error;
+mod folder;
+mod hierarchy;
+mod loader;
+mod order;
+pub mod pickle;
+mod rng;
+mod tasks;
+mod transform;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use cifar::{load as load_cifar100, load_binary as load_cifar100_binary, load_python as load_cifar100_python};
+pub use dataset::{Dataset, Image, Split};
+pub use error::{Result, StreamError};
+pub use folder::{
+    decode as decode_image, load as load_image_folder, scan as scan_image_folder, seeded_split, split_file_path,
+    FolderOptions, FolderSplit, OnCorrupt, SplitFile,
+};
+pub use hierarchy::{LabelTree, CIFAR100_SUPERCLASS, CIFAR100_SUPERCLASS_NAMES};
+pub use loader::{labels_tensor, Batch, Loader, LoaderOptions};
+pub use order::ClassOrder;
+pub use rng::SplitMix64;
+pub use tasks::{Remainder, SplitConfig, Task, TaskStream};
+pub use transform::{random_resized_crop, render, resize_center_crop, CropBox, Normalize, TransformConfig};
+
+/// Which dataset a stream reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DatasetConfig {
+    /// `root` holds `cifar-100-python/` or `cifar-100-binary/` (or is one).
+    Cifar100 { root: PathBuf },
+    /// `root/<wnid>/*.jpg`, 200 classes.
+    ImagenetR {
+        root: PathBuf,
+        #[serde(default = "default_folder_split")]
+        split: FolderSplit,
+        #[serde(default = "default_cache_side")]
+        cache_short_side: Option<usize>,
+        #[serde(default)]
+        on_corrupt: OnCorrupt,
+    },
+    /// Any `root/<class>/*.{jpg,png}` folder.
+    ImageFolder {
+        root: PathBuf,
+        #[serde(default = "default_folder_split")]
+        split: FolderSplit,
+        #[serde(default = "default_cache_side")]
+        cache_short_side: Option<usize>,
+        #[serde(default)]
+        on_corrupt: OnCorrupt,
+        /// Optional `{"groups": {...}}` label tree.
+        #[serde(default)]
+        hierarchy: Option<PathBuf>,
+    },
+}
+
+fn default_folder_split() -> FolderSplit {
+    FolderSplit::Seeded { seed: 0, train_fraction: 0.8 }
+}
+
+fn default_cache_side() -> Option<usize> {
+    Some(256)
+}
+
+impl DatasetConfig {
+    pub fn root(&self) -> &Path {
+        match self {
+            Self::Cifar100 { root } | Self::ImagenetR { root, .. } | Self::ImageFolder { root, .. } => root,
+        }
+    }
+
+    /// The class count when the format fixes it.
+    pub fn known_num_classes(&self) -> Option<usize> {
+        match self {
+            Self::Cifar100 { .. } => Some(100),
+            Self::ImagenetR { .. } => Some(200),
+            Self::ImageFolder { .. } => None,
+        }
+    }
+
+    /// Checks what can be checked without reading the data.
+    pub fn validate(&self) -> Result<()> {
+        let root = self.root();
+        if !root.exists() {
+            return Err(StreamError::Config(format!(
+                "dataset root {} does not exist (data-scripts/ has download scripts)",
+                root.display()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn load(&self) -> Result<Dataset> {
+        match self {
+            Self::Cifar100 { root } => cifar::load(root),
+            Self::ImagenetR { root, split, cache_short_side, on_corrupt } => {
+                let opts = FolderOptions { split: split.clone(), cache_short_side: *cache_short_side, on_corrupt: *on_corrupt };
+                let ds = folder::load(root, "imagenet-r", &opts)?;
+                if ds.num_classes() != 200 {
+                    tracing::warn!("{}: {} class folders, ImageNet-R has 200", root.display(), ds.num_classes());
+                }
+                Ok(ds)
+            }
+            Self::ImageFolder { root, split, cache_short_side, on_corrupt, hierarchy } => {
+                let opts = FolderOptions { split: split.clone(), cache_short_side: *cache_short_side, on_corrupt: *on_corrupt };
+                let name = root.file_name().map_or_else(|| "image-folder".into(), |n| n.to_string_lossy().into_owned());
+                let mut ds = folder::load(root, &name, &opts)?;
+                if let Some(path) = hierarchy {
+                    ds.hierarchy = Some(LabelTree::from_json(path, &ds.class_names)?);
+                }
+                Ok(ds)
+            }
+        }
+    }
+}
+
+/// Writes a file so that readers see either the old or the new content, never
+/// a torn one: temp file in the same directory, fsync, rename, fsync the directory.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let io = |e| StreamError::io(path, e);
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! In-memory datasets: decoded uint8 images plus labels, one struct for every format.
+
+use std::path::PathBuf;
+
+use crate::hierarchy::LabelTree;
+
+/// One decoded image, channel-planar (CHW) RGB uint8, as CIFAR stores it and
+/// as the GPU wants it.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub height: usize,
+    pub width: usize,
+    /// `3 * height * width` bytes: all R, then all G, then all B.
+    pub data: Vec<u8>,
+}
+
+impl Image {
+    pub fn from_chw(height: usize, width: usize, data: Vec<u8>) -> Self {
+        debug_assert_eq!(data.len(), 3 * height * width);
+        Self { height, width, data }
+    }
+
+    /// From interleaved RGB (what image decoders produce).
+    pub fn from_hwc(height: usize, width: usize, hwc: &[u8]) -> Self {
+        let plane = height * width;
+        let mut data = vec![0u8; 3 * plane];
+        for (i, px) in hwc.chunks_exact(3).enumerate() {
+            data[i] = px[0];
+            data[plane + i] = px[1];
+            data[2 * plane + i] = px[2];
+        }
+        Self { height, width, data }
+    }
+}
+
+/// The samples of one side of a dataset (train or test).
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    pub images: Vec<Image>,
+    /// Dataset class ids (`0..num_classes`), as the dataset defines them.
+    pub labels: Vec<usize>,
+    /// Where each image came from, for folder datasets (error messages, split files).
+    pub paths: Vec<PathBuf>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub class_names: Vec<String>,
+    pub train: Split,
+    pub test: Split,
+    /// Label hierarchy when the dataset ships one (CIFAR-100's superclasses).
+    pub hierarchy: Option<LabelTree>,
+}
+
+impl Dataset {
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+}

@@ -1,0 +1,285 @@
+//! Augmentation as the official prompt-CL code does it, computed per batch on
+//! the device.
+//!
+//! L2P / DualPrompt / HiDe-Prompt / NoRGa (`datasets.build_transform`):
+//! - train: `RandomResizedCrop(224, scale=(0.05, 1.0), ratio=(3/4, 4/3))`,
+//!   `RandomHorizontalFlip()`, `ToTensor()` — no normalisation;
+//! - test: `Resize(256, bicubic)`, `CenterCrop(224)`, `ToTensor()`.
+//!
+//! Crop boxes follow torchvision's `RandomResizedCrop.get_params` exactly (10
+//! tries, then the central fallback), drawn from promptcl's RNG per sample.
+//! Crop + resize + flip is one `grid_sample` with half-pixel centres (as
+//! `F.interpolate(..., align_corners=False)`); the only difference from
+//! cropping first is that samples in the outermost half pixel of an interior
+//! crop may blend with the neighbouring pixel outside it.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::dataset::Image;
+use crate::error::{Result, StreamError};
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalize {
+    /// `ToTensor()` only: values in [0, 1] (the official prompt-CL pipelines).
+    None,
+    /// mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
+    Imagenet,
+    /// mean = std = (0.5, 0.5, 0.5) (timm's augreg / inception weights).
+    Inception,
+    Custom { mean: [f64; 3], std: [f64; 3] },
+}
+
+impl Normalize {
+    fn mean_std(&self) -> Option<([f64; 3], [f64; 3])> {
+        match self {
+            Self::None => None,
+            Self::Imagenet => Some(([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])),
+            Self::Inception => Some(([0.5; 3], [0.5; 3])),
+            Self::Custom { mean, std } => Some((*mean, *std)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformConfig {
+    pub size: usize,
+    pub scale: [f64; 2],
+    pub ratio: [f64; 2],
+    pub hflip: bool,
+    /// Test images: shorter side resized to `round(size · test_resize_ratio)`, then a centre crop.
+    pub test_resize_ratio: f64,
+    pub normalize: Normalize,
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        Self {
+            size: 224,
+            scale: [0.05, 1.0],
+            ratio: [3.0 / 4.0, 4.0 / 3.0],
+            hflip: true,
+            test_resize_ratio: 256.0 / 224.0,
+            normalize: Normalize::None,
+        }
+    }
+}
+
+impl TransformConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(StreamError::Config(m));
+        if self.size == 0 {
+            return bad("transform.size must be positive".into());
+        }
+        let [s0, s1] = self.scale;
+        if !(0.0 < s0 && s0 <= s1 && s1 <= 1.0) {
+            return bad(format!("transform.scale {:?} must satisfy 0 < lo <= hi <= 1", self.scale));
+        }
+        let [r0, r1] = self.ratio;
+        if !(0.0 < r0 && r0 <= r1) {
+            return bad(format!("transform.ratio {:?} must satisfy 0 < lo <= hi", self.ratio));
+        }
+        if !(self.test_resize_ratio >= 1.0) {
+            return bad(format!("transform.test_resize_ratio {} must be >= 1", self.test_resize_ratio));
+        }
+        if let Some((_, std)) = self.normalize.mean_std() {
+            if std.iter().any(|&s| !(s > 0.0)) {
+                return bad(format!("normalize std {std:?} must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A source rectangle in pixel units (top, left, height, width) and a flip.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropBox {
+    pub top: f64,
+    pub left: f64,
+    pub height: f64,
+    pub width: f64,
+    pub flip: bool,
+}
+
+impl CropBox {
+    pub fn full(img: &Image) -> Self {
+        Self { top: 0.0, left: 0.0, height: img.height as f64, width: img.width as f64, flip: false }
+    }
+}
+
+/// torchvision `RandomResizedCrop.get_params` (+ a flip coin), with our RNG.
+pub fn random_resized_crop(h: usize, w: usize, cfg: &TransformConfig, rng: &mut SplitMix64) -> CropBox {
+    let area = (h * w) as f64;
+    let (lr0, lr1) = (cfg.ratio[0].ln(), cfg.ratio[1].ln());
+    let mut pick = None;
+    for _ in 0..10 {
+        let target = area * rng.uniform(cfg.scale[0], cfg.scale[1]);
+        let aspect = rng.uniform(lr0, lr1).exp();
+        let cw = (target * aspect).sqrt().round_ties_even() as usize;
+        let ch = (target / aspect).sqrt().round_ties_even() as usize;
+        if 0 < cw && cw <= w && 0 < ch && ch <= h {
+            let i = rng.below((h - ch + 1) as u64) as usize;
+            let j = rng.below((w - cw + 1) as u64) as usize;
+            pick = Some((i, j, ch, cw));
+            break;
+        }
+    }
+    let (i, j, ch, cw) = pick.unwrap_or_else(|| {
+        let in_ratio = w as f64 / h as f64;
+        let (ch, cw) = if in_ratio < cfg.ratio[0] {
+            ((w as f64 / cfg.ratio[0]).round_ties_even() as usize, w)
+        } else if in_ratio > cfg.ratio[1] {
+            (h, (h as f64 * cfg.ratio[1]).round_ties_even() as usize)
+        } else {
+            (h, w)
+        };
+        ((h - ch) / 2, (w - cw) / 2, ch, cw)
+    });
+    let flip = cfg.hflip && rng.unit() < 0.5;
+    CropBox { top: i as f64, left: j as f64, height: ch as f64, width: cw as f64, flip }
+}
+
+/// `Resize(round(size·ratio))` then `CenterCrop(size)`, as a box in source pixels.
+pub fn resize_center_crop(h: usize, w: usize, cfg: &TransformConfig) -> CropBox {
+    let resized_short = (cfg.size as f64 * cfg.test_resize_ratio).round_ties_even();
+    let k = resized_short / h.min(w) as f64;
+    // torchvision: the longer side becomes int(resized_short * long / short).
+    let (rh, rw) = if h <= w {
+        (resized_short, (resized_short * w as f64 / h as f64).floor())
+    } else {
+        ((resized_short * h as f64 / w as f64).floor(), resized_short)
+    };
+    let s = cfg.size as f64;
+    let top = ((rh - s) / 2.0).round_ties_even().max(0.0);
+    let left = ((rw - s) / 2.0).round_ties_even().max(0.0);
+    CropBox { top: top / k, left: left / k, height: s.min(rh) / k, width: s.min(rw) / k, flip: false }
+}
+
+/// Crops, resizes, flips and normalises a batch in one pass on `device`.
+///
+/// # Shapes
+/// - returns `[B, 3, size, size]` float32 on `device`
+pub fn render(images: &[&Image], boxes: &[CropBox], cfg: &TransformConfig, bicubic: bool, device: Device) -> Result<Tensor> {
+    assert_eq!(images.len(), boxes.len());
+    let b = images.len();
+    let hm = images.iter().map(|i| i.height).max().unwrap_or(1);
+    let wm = images.iter().map(|i| i.width).max().unwrap_or(1);
+    let canvas = pack(images, hm, wm);
+    let input = Tensor::f_from_slice(&canvas)?
+        .f_view([b as i64, 3, hm as i64, wm as i64])?
+        .f_to_device(device)?
+        .f_to_kind(Kind::Float)?
+        / 255.0;
+    // Affine map from output normalised coords to canvas normalised coords
+    // (align_corners = false): x_n = (w/W)·u_n + (2·left + w)/W − 1.
+    let mut theta = Vec::with_capacity(b * 6);
+    for bx in boxes {
+        let sx = bx.width / wm as f64;
+        let sy = bx.height / hm as f64;
+        let tx = (2.0 * bx.left + bx.width) / wm as f64 - 1.0;
+        let ty = (2.0 * bx.top + bx.height) / hm as f64 - 1.0;
+        let sx = if bx.flip { -sx } else { sx };
+        theta.extend([sx as f32, 0.0, tx as f32, 0.0, sy as f32, ty as f32]);
+    }
+    let theta = Tensor::f_from_slice(&theta)?.f_view([b as i64, 2, 3])?.f_to_device(device)?;
+    let size = cfg.size as i64;
+    let grid = Tensor::f_affine_grid_generator(&theta, [b as i64, 3, size, size], false)?;
+    // interpolation 0 = bilinear, 2 = bicubic; padding 1 = border.
+    let mut out = input.f_grid_sampler(&grid, if bicubic { 2 } else { 0 }, 1, false)?;
+    if bicubic {
+        out = out.clamp(0.0, 1.0);
+    }
+    if let Some((mean, std)) = cfg.normalize.mean_std() {
+        let m = Tensor::from_slice(&mean.map(|v| v as f32)).view([1, 3, 1, 1]).to_device(device);
+        let s = Tensor::from_slice(&std.map(|v| v as f32)).view([1, 3, 1, 1]).to_device(device);
+        out = (out - m) / s;
+    }
+    Ok(out)
+}
+
+/// Copies CHW images into the top-left of a `[B, 3, hm, wm]` canvas, with the
+/// last row and column repeated once into the padding so bilinear taps at
+/// the image edge never see zeros.
+fn pack(images: &[&Image], hm: usize, wm: usize) -> Vec<u8> {
+    use rayon::prelude::*;
+    let per = 3 * hm * wm;
+    let mut canvas = vec![0u8; images.len() * per];
+    canvas.par_chunks_mut(per).zip(images.par_iter()).for_each(|(dst, img)| {
+        let (h, w) = (img.height, img.width);
+        for c in 0..3 {
+            let src_plane = &img.data[c * h * w..(c + 1) * h * w];
+            let dst_plane = &mut dst[c * hm * wm..(c + 1) * hm * wm];
+            for y in 0..h {
+                let row = &src_plane[y * w..(y + 1) * w];
+                dst_plane[y * wm..y * wm + w].copy_from_slice(row);
+                if w < wm {
+                    dst_plane[y * wm + w] = row[w - 1];
+                }
+            }
+            if h < hm {
+                let (head, tail) = dst_plane.split_at_mut(h * wm);
+                tail[..wm].copy_from_slice(&head[(h - 1) * wm..h * wm]);
+            }
+        }
+    });
+    canvas
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_resized_crop_stays_inside_and_is_deterministic() {
+        let cfg = TransformConfig::default();
+        for seed in 0..200 {
+            let a = random_resized_crop(32, 48, &cfg, &mut SplitMix64::new(seed));
+            let b = random_resized_crop(32, 48, &cfg, &mut SplitMix64::new(seed));
+            assert_eq!(a, b);
+            assert!(a.top >= 0.0 && a.left >= 0.0 && a.top + a.height <= 32.0 && a.left + a.width <= 48.0, "{a:?}");
+            let area = a.height * a.width / (32.0 * 48.0);
+            assert!(area > 0.0 && area <= 1.0);
+        }
+    }
+
+    #[test]
+    fn center_crop_box_matches_torchvision_geometry() {
+        // 32×32 CIFAR image → Resize(256) → CenterCrop(224): the middle 28×28 source pixels.
+        let b = resize_center_crop(32, 32, &TransformConfig::default());
+        assert!((b.top - 2.0).abs() < 1e-9 && (b.height - 28.0).abs() < 1e-9, "{b:?}");
+        // 300×400 → shorter side 256 (k = 256/300), resized 256×341, crop top 16, left 58.
+        let b = resize_center_crop(300, 400, &TransformConfig::default());
+        let k = 256.0 / 300.0;
+        assert!((b.top - 16.0 / k).abs() < 1e-9 && (b.left - 58.0 / k).abs() < 1e-9, "{b:?}");
+    }
+
+    #[test]
+    fn full_box_equals_bilinear_interpolate_and_flip_mirrors() {
+        let mut rng = SplitMix64::new(1);
+        let data: Vec<u8> = (0..3 * 20 * 24).map(|_| rng.below(256) as u8).collect();
+        let img = Image::from_chw(20, 24, data.clone());
+        let cfg = TransformConfig { size: 56, ..Default::default() };
+        let out = render(&[&img], &[CropBox::full(&img)], &cfg, false, Device::Cpu).unwrap();
+        let reference = (Tensor::from_slice(&data).view([1, 3, 20, 24]).to_kind(Kind::Float) / 255.0)
+            .upsample_bilinear2d([56, 56], false, None, None);
+        let err = (&out - &reference).abs().max().double_value(&[]);
+        assert!(err < 1e-5, "grid_sample vs interpolate: {err}");
+        let flipped = render(&[&img], &[CropBox { flip: true, ..CropBox::full(&img) }], &cfg, false, Device::Cpu).unwrap();
+        let err = (&flipped - out.flip([3])).abs().max().double_value(&[]);
+        assert!(err < 1e-5, "flip: {err}");
+    }
+
+    #[test]
+    fn smaller_images_in_a_batch_are_not_polluted_by_padding() {
+        let a = Image::from_chw(8, 8, vec![200; 3 * 64]);
+        let b = Image::from_chw(16, 12, vec![10; 3 * 16 * 12]);
+        let cfg = TransformConfig { size: 32, ..Default::default() };
+        let out = render(&[&a, &b], &[CropBox::full(&a), CropBox::full(&b)], &cfg, false, Device::Cpu).unwrap();
+        let a_out = out.get(0);
+        let expect = 200.0 / 255.0;
+        assert!((a_out.min().double_value(&[]) - expect).abs() < 1e-6 && (a_out.max().double_value(&[]) - expect).abs() < 1e-6);
+    }
+}
