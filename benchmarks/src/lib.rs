@@ -1,1 +1,23 @@
+//! Benchmarks, as library functions so the test suite can run them tiny on CPU.
 
+pub mod loader;
+
+/// Where a measurement ran, recorded with every result.
+#[derive(Debug, serde::Serialize)]
+pub struct Env {
+    pub device: String,
+    pub cpu_threads: i32,
+    pub git_commit: String,
+}
+
+impl Env {
+    pub fn capture(device: tch::Device) -> Self {
+        let git_commit = std::process::Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Self { device: format!("{device:?}"), cpu_threads: tch::get_num_threads(), git_commit }
+    }
+}

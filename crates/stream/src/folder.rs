@@ -5,7 +5,8 @@
 //! seeded by the run, so every lab trains on a different split. Here the split is
 //! per class: file names sorted (byte order), shuffled with
 //! `SplitMix64::derive(seed, [class index])`, the first `round(fraction·n)`
-//! (kept within `1..n` for n ≥ 2) go to train. It is written beside the data as
+//! go to train (kept within `1..n` when n ≥ 2 and 0 < fraction < 1, so both
+//! sides see every class). It is written beside the data as
 //! `promptcl-split-seed<seed>.json` and read back from there on later runs.
 
 use std::path::{Path, PathBuf};
@@ -115,7 +116,7 @@ pub fn seeded_split(classes: &[(String, Vec<String>)], seed: u64, train_fraction
         SplitMix64::derive(seed, &[c as u64]).shuffle(&mut idx);
         let n = files.len();
         let mut n_train = (train_fraction * n as f64).round() as usize;
-        if n >= 2 {
+        if n >= 2 && train_fraction > 0.0 && train_fraction < 1.0 {
             n_train = n_train.clamp(1, n - 1);
         }
         let (tr, te) = idx.split_at(n_train.min(n));

@@ -32,7 +32,7 @@ pub use loader::{labels_tensor, Batch, Loader, LoaderOptions};
 pub use order::ClassOrder;
 pub use rng::SplitMix64;
 pub use tasks::{Remainder, SplitConfig, Task, TaskStream};
-pub use transform::{random_resized_crop, render, resize_center_crop, CropBox, Normalize, TransformConfig};
+pub use transform::{random_resized_crop, render, resize_center_crop, Interpolation, Normalize, TransformConfig, View};
 
 /// Which dataset a stream reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

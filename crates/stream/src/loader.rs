@@ -6,7 +6,7 @@ use tch::{Device, Tensor};
 use crate::dataset::Split;
 use crate::error::Result;
 use crate::rng::SplitMix64;
-use crate::transform::{random_resized_crop, render, resize_center_crop, TransformConfig};
+use crate::transform::{random_resized_crop, render, resize_center_crop, Interpolation, TransformConfig};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LoaderOptions {
@@ -88,9 +88,9 @@ impl Iterator for Loader<'_> {
                 }
             })
             .collect();
-        let bicubic = !self.opts.augment;
+        let interpolation = if self.opts.augment { self.transform.train_interpolation } else { Interpolation::Bicubic };
         let labels = indices.iter().map(|&i| self.split.labels[i]).collect();
-        Some(render(&images, &boxes, self.transform, bicubic, self.device).map(|images| Batch { images, labels, indices }))
+        Some(render(&images, &boxes, self.transform, interpolation, self.device).map(|images| Batch { images, labels, indices }))
     }
 }
 

@@ -17,6 +17,9 @@ pub enum Remainder {
     LastTask,
     /// The first tasks each take one extra class.
     Spread,
+    /// Every task takes `ceil(classes / tasks)` and the last what is left: the
+    /// official L2P / DualPrompt / HiDe / NoRGa `split_single_dataset`.
+    Ceil,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +142,17 @@ fn task_sizes(n: usize, cfg: &SplitConfig) -> Result<Vec<usize>> {
             }
             Remainder::LastTask => *sizes.last_mut().expect("rest_tasks > 0") += extra,
             Remainder::Spread => sizes.iter_mut().take(extra).for_each(|s| *s += 1),
+            Remainder::Ceil => {
+                let per = rest_classes.div_ceil(rest_tasks);
+                let mut left = rest_classes;
+                for s in sizes.iter_mut() {
+                    *s = per.min(left);
+                    left -= *s;
+                }
+                if sizes.contains(&0) {
+                    return bad(format!("ceil split of {rest_classes} classes into {rest_tasks} tasks leaves an empty task"));
+                }
+            }
         }
     }
     if let Some(f) = first {
@@ -163,6 +177,9 @@ mod tests {
         assert!(task_sizes(100, &cfg(3, None, Remainder::Error)).unwrap_err().to_string().contains("remainder"));
         assert_eq!(task_sizes(100, &cfg(3, None, Remainder::LastTask)).unwrap(), [33, 33, 34]);
         assert_eq!(task_sizes(100, &cfg(3, None, Remainder::Spread)).unwrap(), [34, 33, 33]);
+        assert_eq!(task_sizes(100, &cfg(3, None, Remainder::Ceil)).unwrap(), [34, 34, 32]);
+        assert!(task_sizes(10, &cfg(4, None, Remainder::Ceil)).is_ok());
+        assert!(task_sizes(9, &cfg(6, None, Remainder::Ceil)).is_err(), "2,2,2,2,1,0");
         assert!(task_sizes(10, &cfg(11, None, Remainder::Error)).is_err());
         assert!(task_sizes(10, &cfg(3, Some(10), Remainder::Error)).is_err());
         assert_eq!(task_sizes(10, &cfg(1, Some(10), Remainder::Error)).unwrap(), [10]);

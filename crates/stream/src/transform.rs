@@ -1,10 +1,16 @@
 //! Augmentation as the official prompt-CL code does it, computed per batch on
 //! the device.
 //!
-//! L2P / DualPrompt / HiDe-Prompt / NoRGa (`datasets.build_transform`):
-//! - train: `RandomResizedCrop(224, scale=(0.05, 1.0), ratio=(3/4, 4/3))`,
+//! L2P / DualPrompt / HiDe-Prompt (`datasets.build_transform`), the default here:
+//! - train: `RandomResizedCrop(224, scale=(0.05, 1.0), ratio=(3/4, 4/3))` (bilinear),
 //!   `RandomHorizontalFlip()`, `ToTensor()` — no normalisation;
 //! - test: `Resize(256, bicubic)`, `CenterCrop(224)`, `ToTensor()`.
+//!
+//! NoRGa on CIFAR (`MoE_PromptCL/datasets.build_cifar_transform`), preset
+//! [`TransformConfig::norga_cifar`]: `RandomResizedCrop(224, bicubic)` with the
+//! default scale (0.08, 1), flip, `ColorJitter(brightness=63/255)`, and
+//! `Normalize((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))` at train
+//! and test.
 //!
 //! Crop boxes follow torchvision's `RandomResizedCrop.get_params` exactly (10
 //! tries, then the central fallback), drawn from promptcl's RNG per sample.
@@ -43,6 +49,14 @@ impl Normalize {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    #[default]
+    Bilinear,
+    Bicubic,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransformConfig {
@@ -50,6 +64,11 @@ pub struct TransformConfig {
     pub scale: [f64; 2],
     pub ratio: [f64; 2],
     pub hflip: bool,
+    /// `ColorJitter(brightness=b)`: each training image scaled by a factor
+    /// uniform in `[max(0, 1 − b), 1 + b]`, then clamped to [0, 1]. 0 = off.
+    pub brightness: f64,
+    /// Interpolation of the training crop (the test resize is always bicubic).
+    pub train_interpolation: Interpolation,
     /// Test images: shorter side resized to `round(size · test_resize_ratio)`, then a centre crop.
     pub test_resize_ratio: f64,
     pub normalize: Normalize,
@@ -62,6 +81,8 @@ impl Default for TransformConfig {
             scale: [0.05, 1.0],
             ratio: [3.0 / 4.0, 4.0 / 3.0],
             hflip: true,
+            brightness: 0.0,
+            train_interpolation: Interpolation::Bilinear,
             test_resize_ratio: 256.0 / 224.0,
             normalize: Normalize::None,
         }
@@ -69,6 +90,17 @@ impl Default for TransformConfig {
 }
 
 impl TransformConfig {
+    /// NoRGa's CIFAR-100 pipeline (see the module docs).
+    pub fn norga_cifar() -> Self {
+        Self {
+            scale: [0.08, 1.0],
+            brightness: 63.0 / 255.0,
+            train_interpolation: Interpolation::Bicubic,
+            normalize: Normalize::Custom { mean: [0.5071, 0.4867, 0.4408], std: [0.2675, 0.2565, 0.2761] },
+            ..Self::default()
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(StreamError::Config(m));
         if self.size == 0 {
@@ -82,6 +114,9 @@ impl TransformConfig {
         if !(0.0 < r0 && r0 <= r1) {
             return bad(format!("transform.ratio {:?} must satisfy 0 < lo <= hi", self.ratio));
         }
+        if !(self.brightness >= 0.0) {
+            return bad(format!("transform.brightness {} must be >= 0", self.brightness));
+        }
         if !(self.test_resize_ratio >= 1.0) {
             return bad(format!("transform.test_resize_ratio {} must be >= 1", self.test_resize_ratio));
         }
@@ -94,24 +129,26 @@ impl TransformConfig {
     }
 }
 
-/// A source rectangle in pixel units (top, left, height, width) and a flip.
+/// How one sample is seen: a source rectangle in pixels (top, left, height,
+/// width), a horizontal flip and a brightness factor.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CropBox {
+pub struct View {
     pub top: f64,
     pub left: f64,
     pub height: f64,
     pub width: f64,
     pub flip: bool,
+    pub brightness: f64,
 }
 
-impl CropBox {
+impl View {
     pub fn full(img: &Image) -> Self {
-        Self { top: 0.0, left: 0.0, height: img.height as f64, width: img.width as f64, flip: false }
+        Self { top: 0.0, left: 0.0, height: img.height as f64, width: img.width as f64, flip: false, brightness: 1.0 }
     }
 }
 
 /// torchvision `RandomResizedCrop.get_params` (+ a flip coin), with our RNG.
-pub fn random_resized_crop(h: usize, w: usize, cfg: &TransformConfig, rng: &mut SplitMix64) -> CropBox {
+pub fn random_resized_crop(h: usize, w: usize, cfg: &TransformConfig, rng: &mut SplitMix64) -> View {
     let area = (h * w) as f64;
     let (lr0, lr1) = (cfg.ratio[0].ln(), cfg.ratio[1].ln());
     let mut pick = None;
@@ -139,11 +176,12 @@ pub fn random_resized_crop(h: usize, w: usize, cfg: &TransformConfig, rng: &mut 
         ((h - ch) / 2, (w - cw) / 2, ch, cw)
     });
     let flip = cfg.hflip && rng.unit() < 0.5;
-    CropBox { top: i as f64, left: j as f64, height: ch as f64, width: cw as f64, flip }
+    let brightness = if cfg.brightness > 0.0 { rng.uniform((1.0 - cfg.brightness).max(0.0), 1.0 + cfg.brightness) } else { 1.0 };
+    View { top: i as f64, left: j as f64, height: ch as f64, width: cw as f64, flip, brightness }
 }
 
 /// `Resize(round(size·ratio))` then `CenterCrop(size)`, as a box in source pixels.
-pub fn resize_center_crop(h: usize, w: usize, cfg: &TransformConfig) -> CropBox {
+pub fn resize_center_crop(h: usize, w: usize, cfg: &TransformConfig) -> View {
     let resized_short = (cfg.size as f64 * cfg.test_resize_ratio).round_ties_even();
     let k = resized_short / h.min(w) as f64;
     // torchvision: the longer side becomes int(resized_short * long / short).
@@ -155,14 +193,14 @@ pub fn resize_center_crop(h: usize, w: usize, cfg: &TransformConfig) -> CropBox 
     let s = cfg.size as f64;
     let top = ((rh - s) / 2.0).round_ties_even().max(0.0);
     let left = ((rw - s) / 2.0).round_ties_even().max(0.0);
-    CropBox { top: top / k, left: left / k, height: s.min(rh) / k, width: s.min(rw) / k, flip: false }
+    View { top: top / k, left: left / k, height: s.min(rh) / k, width: s.min(rw) / k, flip: false, brightness: 1.0 }
 }
 
 /// Crops, resizes, flips and normalises a batch in one pass on `device`.
 ///
 /// # Shapes
 /// - returns `[B, 3, size, size]` float32 on `device`
-pub fn render(images: &[&Image], boxes: &[CropBox], cfg: &TransformConfig, bicubic: bool, device: Device) -> Result<Tensor> {
+pub fn render(images: &[&Image], boxes: &[View], cfg: &TransformConfig, interpolation: Interpolation, device: Device) -> Result<Tensor> {
     assert_eq!(images.len(), boxes.len());
     let b = images.len();
     let hm = images.iter().map(|i| i.height).max().unwrap_or(1);
@@ -188,8 +226,13 @@ pub fn render(images: &[&Image], boxes: &[CropBox], cfg: &TransformConfig, bicub
     let size = cfg.size as i64;
     let grid = Tensor::f_affine_grid_generator(&theta, [b as i64, 3, size, size], false)?;
     // interpolation 0 = bilinear, 2 = bicubic; padding 1 = border.
+    let bicubic = interpolation == Interpolation::Bicubic;
     let mut out = input.f_grid_sampler(&grid, if bicubic { 2 } else { 0 }, 1, false)?;
-    if bicubic {
+    if boxes.iter().any(|v| v.brightness != 1.0) {
+        let f: Vec<f32> = boxes.iter().map(|v| v.brightness as f32).collect();
+        out = out * Tensor::f_from_slice(&f)?.f_view([b as i64, 1, 1, 1])?.f_to_device(device)?;
+        out = out.clamp(0.0, 1.0);
+    } else if bicubic {
         out = out.clamp(0.0, 1.0);
     }
     if let Some((mean, std)) = cfg.normalize.mean_std() {
@@ -262,14 +305,31 @@ mod tests {
         let data: Vec<u8> = (0..3 * 20 * 24).map(|_| rng.below(256) as u8).collect();
         let img = Image::from_chw(20, 24, data.clone());
         let cfg = TransformConfig { size: 56, ..Default::default() };
-        let out = render(&[&img], &[CropBox::full(&img)], &cfg, false, Device::Cpu).unwrap();
+        let out = render(&[&img], &[View::full(&img)], &cfg, Interpolation::Bilinear, Device::Cpu).unwrap();
         let reference = (Tensor::from_slice(&data).view([1, 3, 20, 24]).to_kind(Kind::Float) / 255.0)
             .upsample_bilinear2d([56, 56], false, None, None);
         let err = (&out - &reference).abs().max().double_value(&[]);
         assert!(err < 1e-5, "grid_sample vs interpolate: {err}");
-        let flipped = render(&[&img], &[CropBox { flip: true, ..CropBox::full(&img) }], &cfg, false, Device::Cpu).unwrap();
+        let flipped = render(&[&img], &[View { flip: true, ..View::full(&img) }], &cfg, Interpolation::Bilinear, Device::Cpu).unwrap();
         let err = (&flipped - out.flip([3])).abs().max().double_value(&[]);
         assert!(err < 1e-5, "flip: {err}");
+    }
+
+    #[test]
+    fn brightness_scales_and_clamps() {
+        let img = Image::from_chw(4, 4, vec![100; 48]);
+        let cfg = TransformConfig { size: 4, ..Default::default() };
+        let views = [View { brightness: 1.5, ..View::full(&img) }, View { brightness: 3.0, ..View::full(&img) }];
+        let out = render(&[&img, &img], &views, &cfg, Interpolation::Bilinear, Device::Cpu).unwrap();
+        assert!((out.get(0).mean(Kind::Float).double_value(&[]) - 150.0 / 255.0).abs() < 1e-6);
+        assert!((out.get(1).max().double_value(&[]) - 1.0).abs() < 1e-9, "clamped");
+        let norga = TransformConfig::norga_cifar();
+        norga.validate().unwrap();
+        let mut rng = SplitMix64::new(0);
+        for _ in 0..100 {
+            let v = random_resized_crop(32, 32, &norga, &mut rng);
+            assert!((1.0 - 63.0 / 255.0..=1.0 + 63.0 / 255.0).contains(&v.brightness));
+        }
     }
 
     #[test]
@@ -277,7 +337,7 @@ mod tests {
         let a = Image::from_chw(8, 8, vec![200; 3 * 64]);
         let b = Image::from_chw(16, 12, vec![10; 3 * 16 * 12]);
         let cfg = TransformConfig { size: 32, ..Default::default() };
-        let out = render(&[&a, &b], &[CropBox::full(&a), CropBox::full(&b)], &cfg, false, Device::Cpu).unwrap();
+        let out = render(&[&a, &b], &[View::full(&a), View::full(&b)], &cfg, Interpolation::Bilinear, Device::Cpu).unwrap();
         let a_out = out.get(0);
         let expect = 200.0 / 255.0;
         assert!((a_out.min().double_value(&[]) - expect).abs() < 1e-6 && (a_out.max().double_value(&[]) - expect).abs() < 1e-6);
