@@ -22,7 +22,10 @@ pub struct Report {
 
 impl Report {
     pub fn collect() -> Self {
-        let device = Device::cuda_if_available();
+        Self::collect_for(Device::cuda_if_available())
+    }
+
+    pub fn collect_for(device: Device) -> Self {
         let lib_dir = loaded_libtorch_dir();
         Self {
             promptcl_version: env!("CARGO_PKG_VERSION"),

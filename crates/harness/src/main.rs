@@ -1,20 +1,15 @@
 //! `promptcl`: run, inspect and compare prompt-based continual-learning experiments.
 
-mod doctor;
+use std::path::PathBuf;
 
-use std::time::Instant;
-
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use promptcl_model::{
-    frozen_vit, ForwardOptions, GateActivation, NoRGaGate, Precision, Prompts, ViTConfig,
-};
-use tch::{nn, Device, Kind, Tensor};
+use promptcl_harness::{compare, config::RunConfig, demo, doctor, plot, report, results, run, run_dirs};
 
 #[derive(Parser)]
 #[command(name = "promptcl", version, about)]
 struct Cli {
-    /// Only warnings and errors.
+    /// Only warnings, errors and final results (no progress bars).
     #[arg(long, global = true)]
     quiet: bool,
     #[command(subcommand)]
@@ -23,18 +18,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a method over a class-incremental stream; one run per seed.
+    Run {
+        /// A TOML or JSON config (see benchmarks/configs/).
+        config: Option<PathBuf>,
+        /// Continue an interrupted run folder after its last finished task.
+        #[arg(long, conflicts_with = "config")]
+        resume: Option<PathBuf>,
+        /// Run only this seed (default: every seed of the config).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Forgetting curves (per run) and accuracy curves (across runs) as PNG and SVG.
+    Plot {
+        /// Run folders, or results folders holding them.
+        runs: Vec<PathBuf>,
+        /// Where the cross-run plot goes.
+        #[arg(long, default_value = "results/plots")]
+        out: PathBuf,
+    },
+    /// A methods × metrics table (mean ± std over seeds), in the terminal and as Markdown/CSV.
+    Compare {
+        runs: Vec<PathBuf>,
+        #[arg(long, default_value = "results/compare")]
+        out: PathBuf,
+    },
+    /// List the registered methods.
+    Methods,
+    /// Write promptcl's deterministic train/test split file for an image folder.
+    SplitFolder {
+        root: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.8)]
+        fraction: f64,
+    },
     /// Report libtorch, CUDA, device, bf16 and fused-attention support.
     Doctor {
-        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// A tiny offline end-to-end check: a random-init ViT with prefixes and
-    /// NoRGa gates, forward and backward to the prompts.
+    /// The offline demo: pretrain a small ViT on procedural images, then continual learning.
     Demo {
-        /// Run on this device (`cpu`, `cuda`); default: CUDA if available.
-        #[arg(long)]
-        device: Option<String>,
+        /// `cpu`, `cuda` or `auto`.
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
 }
 
@@ -42,80 +70,81 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let level = if cli.quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
+    let quiet = cli.quiet;
     match cli.command {
-        Command::Doctor { json } => {
-            let report = doctor::Report::collect();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                report.print();
+        Command::Run { config, resume, seed } => {
+            let opts = run::RunOptions { quiet, ..Default::default() };
+            if let Some(dir) = resume {
+                let cfg = RunConfig::load(&dir.join(results::CONFIG))?;
+                let state: results::State = results::read_json(&dir.join(results::STATE))?;
+                let out = run::run(&cfg, state.seed, Some(&dir), opts)?;
+                report(&out, false)?;
+                return Ok(());
+            }
+            let Some(path) = config else { bail!("give a config file, or --resume <run folder>") };
+            let cfg = RunConfig::load(&path)?;
+            let seeds = match seed {
+                Some(s) => vec![s],
+                None => cfg.seeds.clone(),
+            };
+            for s in seeds {
+                let out = run::run(&cfg, s, None, opts).with_context(|| format!("run with seed {s}"))?;
+                report(&out, false)?;
             }
         }
-        Command::Demo { device } => demo(parse_device(device.as_deref())?)?,
+        Command::Plot { runs, out } => {
+            let dirs = run_dirs(&runs);
+            if dirs.is_empty() {
+                bail!("no run folders (with {}) among {runs:?}", results::METRICS);
+            }
+            let mut all = Vec::new();
+            for d in &dirs {
+                let m = results::load_metrics(d)?;
+                plot::write_svg_png(&plot::forgetting_svg(&m), &d.join("forgetting"))?;
+                println!("{}", d.join("forgetting.png").display());
+                all.push((format!("{} s{}", m.method, m.seed), m));
+            }
+            std::fs::create_dir_all(&out)?;
+            plot::write_svg_png(&plot::accuracy_svg(&all), &out.join("accuracy"))?;
+            println!("{}", out.join("accuracy.png").display());
+        }
+        Command::Compare { runs, out } => {
+            let dirs = run_dirs(&runs);
+            if dirs.is_empty() {
+                bail!("no run folders (with {}) among {runs:?}", results::METRICS);
+            }
+            let metrics = dirs.iter().map(|d| results::load_metrics(d)).collect::<Result<Vec<_>>>()?;
+            let rows = compare::rows(&metrics);
+            print!("{}", compare::terminal(&rows));
+            std::fs::create_dir_all(&out)?;
+            results::atomic_write(&out.join("compare.md"), compare::markdown(&rows).as_bytes())?;
+            results::atomic_write(&out.join("compare.csv"), compare::csv(&rows).as_bytes())?;
+            println!("wrote {} and {}", out.join("compare.md").display(), out.join("compare.csv").display());
+        }
+        Command::Methods => {
+            for (name, about, _) in promptcl_learner::registry::METHODS {
+                println!("{name:<16} {about}");
+            }
+        }
+        Command::SplitFolder { root, seed, fraction } => {
+            let classes = promptcl_stream::scan_image_folder(&root)?;
+            let split = promptcl_stream::seeded_split(&classes, seed, fraction);
+            let path = promptcl_stream::split_file_path(&root, seed);
+            split.write(&path)?;
+            println!("{}: {} classes, {} train / {} test", path.display(), classes.len(), split.train.len(), split.test.len());
+        }
+        Command::Doctor { json } => {
+            let r = doctor::Report::collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                r.print();
+            }
+        }
+        Command::Demo { device } => demo::run(&device, quiet)?,
     }
-    Ok(())
-}
-
-fn parse_device(name: Option<&str>) -> Result<Device> {
-    match name {
-        None => Ok(Device::cuda_if_available()),
-        Some("cpu") => Ok(Device::Cpu),
-        Some("cuda") if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        Some("cuda") => anyhow::bail!("--device cuda: no CUDA device is available (see `promptcl doctor`)"),
-        Some(other) => anyhow::bail!("--device {other}: expected `cpu` or `cuda`"),
-    }
-}
-
-fn demo(device: Device) -> Result<()> {
-    tch::manual_seed(0);
-    // ViT-Ti/16 geometry at 224px, random weights: shapes and code paths as the
-    // real backbone, no download needed.
-    let cfg = ViTConfig::vit_tiny_patch16_224();
-    let precision = if device.is_cuda() { Precision::Bf16 } else { Precision::F32 };
-    let (_backbone, vit) = frozen_vit(&cfg, None, device, precision).context("building the ViT")?;
-    let prompts_vs = nn::VarStore::new(device);
-    let root = prompts_vs.root();
-    let (heads, hd) = (cfg.num_heads, cfg.head_dim());
-    let layers = 0..5;
-    let prefixes: Vec<_> = layers
-        .clone()
-        .map(|l| {
-            let p = &root / "e_prompt" / l;
-            (p.randn("key", &[1, heads, 5, hd], 0.0, 0.02), p.randn("value", &[1, heads, 5, hd], 0.0, 0.02))
-        })
-        .collect();
-    let gates: Vec<_> = layers
-        .clone()
-        .map(|l| {
-            let p = &root / "gate" / l;
-            NoRGaGate { alpha: p.ones("alpha", &[]), tau: p.ones("tau", &[]), activation: GateActivation::Tanh }
-        })
-        .collect();
-    let mut prompts = Prompts::none();
-    for (l, ((k, v), g)) in layers.zip(prefixes.iter().zip(&gates)) {
-        prompts = prompts.with_prefix(l, k, v).with_score_hook(l, g);
-    }
-    let images = Tensor::randn([8, 3, 224, 224], (Kind::Float, device));
-    let t = Instant::now();
-    let query = vit.query(&images)?;
-    let out = vit.forward_with(&images, &prompts, &ForwardOptions::default())?;
-    let loss = (&out.cls - &query).square().mean(Kind::Float);
-    loss.backward();
-    let grads_ok = prefixes.iter().all(|(k, _)| k.grad().defined())
-        && gates.iter().all(|g| g.alpha.grad().defined() && g.tau.grad().defined());
-    println!(
-        "demo: ViT-Ti/16 (random init) on {device:?} [{precision:?}]: query {:?}, prompted cls {:?}, \
-         loss {:.4}, gradients reach prompts and gates: {grads_ok}, {:.2}s",
-        query.size(),
-        out.cls.size(),
-        loss.double_value(&[]),
-        t.elapsed().as_secs_f64()
-    );
-    anyhow::ensure!(grads_ok, "prompt gradients missing");
     Ok(())
 }

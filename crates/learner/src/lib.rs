@@ -1,1 +1,15 @@
+//! Continual-learning methods behind one small trait, a registry, and metrics.
+//!
+//! Owns: `ContinualMethod`, the method table, the methods, the metrics.
+//! Must not import: the harness (epochs, evaluation, checkpoints, files).
 
+mod config;
+mod error;
+mod method;
+pub mod methods;
+pub mod metrics;
+pub mod registry;
+
+pub use config::{parse_params, OptimConfig, OptimizerKind, Schedule};
+pub use error::{LearnerError, Result};
+pub use method::{tasks_seen, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, Prediction, TaskInfo};

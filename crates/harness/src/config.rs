@@ -1,0 +1,186 @@
+//! The run config (`promptcl run config.toml`): typed, strict, validated
+//! before any tensor exists; saved resolved beside the results.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use promptcl_learner::OptimConfig;
+use promptcl_model::{Precision, ViTConfig};
+use promptcl_stream::{ClassOrder, DatasetConfig, Remainder, SplitConfig, TransformConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// A label for the results folder and comparisons.
+    #[serde(default = "default_name")]
+    pub name: String,
+    pub stream: StreamSection,
+    #[serde(default)]
+    pub model: ModelSection,
+    pub method: MethodSection,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// One run per seed; the seed drives class order (when seeded), init, batches and crops.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    #[serde(default)]
+    pub run: RunSection,
+}
+
+fn default_name() -> String {
+    "run".into()
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![42]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    pub dataset: DatasetConfig,
+    #[serde(default)]
+    pub order: ClassOrder,
+    pub num_tasks: usize,
+    #[serde(default)]
+    pub first_task_classes: Option<usize>,
+    #[serde(default)]
+    pub remainder: Remainder,
+    #[serde(default)]
+    pub transform: TransformConfig,
+}
+
+impl StreamSection {
+    pub fn split(&self) -> SplitConfig {
+        SplitConfig { num_tasks: self.num_tasks, first_task_classes: self.first_task_classes, remainder: self.remainder }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A timm preset name, or `custom` with `vit` given.
+    pub preset: String,
+    pub vit: Option<ViTConfig>,
+    /// timm-named safetensors (data-scripts/export_vit_weights.py); none = random init (for tests and benchmarks only).
+    pub weights: Option<PathBuf>,
+    pub precision: Precision,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { preset: "vit_base_patch16_224".into(), vit: None, weights: None, precision: Precision::F32 }
+    }
+}
+
+impl ModelSection {
+    pub fn vit_config(&self) -> Result<ViTConfig> {
+        let cfg = match (&self.vit, self.preset.as_str()) {
+            (Some(v), _) => v.clone(),
+            (None, name) => ViTConfig::by_name(name)?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodSection {
+    pub name: String,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// `auto` (CUDA if available), `cpu` or `cuda`.
+    pub device: String,
+    pub results_dir: PathBuf,
+    pub eval_batch_size: usize,
+    /// Keep one checkpoint per finished task (else only the latest).
+    pub keep_all_checkpoints: bool,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self { device: "auto".into(), results_dir: "results".into(), eval_batch_size: 256, keep_all_checkpoints: false }
+    }
+}
+
+impl RunConfig {
+    /// Reads TOML or JSON (by extension) and validates it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let cfg: Self = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?
+        } else {
+            toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let cfg = cfg.resolve_paths(base);
+        cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Relative data and weight paths are relative to the config file.
+    fn resolve_paths(mut self, base: &Path) -> Self {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        match &mut self.stream.dataset {
+            DatasetConfig::Cifar100 { root } | DatasetConfig::ImagenetR { root, .. } => fix(root),
+            DatasetConfig::ImageFolder { root, hierarchy, .. } => {
+                fix(root);
+                if let Some(h) = hierarchy {
+                    fix(h);
+                }
+            }
+        }
+        if let Some(w) = &mut self.model.weights {
+            fix(w);
+        }
+        self
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.seeds.is_empty() {
+            bail!("seeds: give at least one seed");
+        }
+        self.optim.validate()?;
+        self.stream.transform.validate()?;
+        self.stream.dataset.validate()?;
+        if let Some(n) = self.stream.dataset.known_num_classes() {
+            promptcl_stream::TaskStream::new(n, &ClassOrder::Natural, &self.stream.split())?;
+            if let ClassOrder::Explicit(_) = &self.stream.order {
+                self.stream.order.resolve(n).context("stream.order")?;
+            }
+        }
+        let vit = self.model.vit_config().context("model")?;
+        if let Some(w) = &self.model.weights {
+            if !w.is_file() {
+                bail!("model.weights: {} does not exist (data-scripts/export_vit_weights.py makes it)", w.display());
+            }
+        }
+        if vit.img_size as usize != self.stream.transform.size {
+            tracing::warn!(
+                "model img_size {} differs from stream.transform.size {}: position embeddings will be resampled",
+                vit.img_size,
+                self.stream.transform.size
+            );
+        }
+        promptcl_learner::registry::check(&self.method.name, &self.method.params).context("method")?;
+        match self.run.device.as_str() {
+            "auto" | "cpu" | "cuda" => {}
+            d => bail!("run.device = `{d}`: expected auto, cpu or cuda"),
+        }
+        if self.run.eval_batch_size == 0 {
+            bail!("run.eval_batch_size must be positive");
+        }
+        Ok(())
+    }
+}

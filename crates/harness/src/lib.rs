@@ -1,0 +1,48 @@
+//! The promptcl harness: configs, the run loop, results, plots, comparisons.
+//! The binary (`main.rs`) is a thin CLI over this.
+
+pub mod compare;
+pub mod config;
+pub mod demo;
+pub mod doctor;
+pub mod env;
+pub mod plot;
+pub mod results;
+pub mod run;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+/// Prints a finished (or partial) run's matrix and summary, and writes its plots.
+pub fn report(dir: &Path, quiet: bool) -> Result<results::Metrics> {
+    let m = results::load_metrics(dir)?;
+    plot::write_svg_png(&plot::forgetting_svg(&m), &dir.join("forgetting"))?;
+    if !quiet {
+        println!("{}  ({})", dir.display(), m.method);
+        print!("{}", compare::matrix_table(&m));
+        if let Some(s) = &m.summary {
+            println!(
+                "final accuracy {:.2}  average accuracy {:.2}  final task-average {:.2}  forgetting {:.2}  BWT {:.2}",
+                s.final_accuracy, s.average_accuracy, s.final_task_average, s.forgetting, s.backward_transfer
+            );
+        }
+        println!("plot: {}", dir.join("forgetting.png").display());
+    }
+    Ok(m)
+}
+
+/// Expands arguments that are results folders holding runs into run folders.
+pub fn run_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.join(results::METRICS).is_file() {
+            out.push(a.clone());
+        } else if let Ok(entries) = std::fs::read_dir(a) {
+            let mut v: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join(results::METRICS).is_file()).collect();
+            v.sort();
+            out.extend(v);
+        }
+    }
+    out
+}

@@ -1,0 +1,176 @@
+//! A run's folder: `results/<run-id>/` with the resolved config, environment,
+//! metrics (JSON + CSV), a JSON-lines log and per-task checkpoints. Every
+//! file but the append-only log is written atomically (temp + fsync + rename).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use promptcl_learner::metrics::{AccuracyMatrix, Summary};
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG: &str = "config.toml";
+pub const STATE: &str = "state.json";
+pub const METRICS: &str = "metrics.json";
+pub const MATRIX_CSV: &str = "matrix.csv";
+pub const ENV: &str = "env.json";
+pub const LOG: &str = "log.jsonl";
+const LOCK: &str = "run.lock";
+
+/// Where a run stands; rewritten after every finished task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub run_id: String,
+    pub seed: u64,
+    pub completed_tasks: usize,
+    pub num_tasks: usize,
+    pub finished: bool,
+}
+
+/// `metrics.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metrics {
+    pub name: String,
+    pub method: String,
+    pub dataset: String,
+    pub seed: u64,
+    pub matrix: AccuracyMatrix,
+    pub summary: Option<Summary>,
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+    locked: bool,
+}
+
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    promptcl_stream::atomic_write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid promptcl file", path.display()))
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC.
+pub fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+impl RunDir {
+    /// A new, uniquely named run folder (never an existing one: concurrent
+    /// runs cannot clobber each other).
+    pub fn create(results: &Path, name: &str, method: &str, seed: u64) -> Result<Self> {
+        std::fs::create_dir_all(results).with_context(|| format!("creating {}", results.display()))?;
+        let base = format!("{name}-{method}-seed{seed}-{}", utc_stamp());
+        for attempt in 0..1000 {
+            let id = if attempt == 0 { base.clone() } else { format!("{base}-{attempt}") };
+            let path = results.join(&id);
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    let mut dir = Self { path, locked: false };
+                    dir.lock()?;
+                    return Ok(dir);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        bail!("could not find a free run folder name under {}", results.display())
+    }
+
+    /// An existing run folder, locked against a second process resuming it.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join(STATE).is_file() {
+            bail!("{} is not a promptcl run folder (no {STATE})", path.display());
+        }
+        let mut dir = Self { path: path.to_path_buf(), locked: false };
+        dir.lock()?;
+        Ok(dir)
+    }
+
+    fn lock(&mut self) -> Result<()> {
+        let lock = self.path.join(LOCK);
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+            Ok(mut f) => {
+                writeln!(f, "{}", std::process::id())?;
+                self.locked = true;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let pid = std::fs::read_to_string(&lock).unwrap_or_default();
+                let pid = pid.trim();
+                if !pid.is_empty() && Path::new("/proc").join(pid).exists() {
+                    bail!("{} is in use by process {pid} (remove {} if that is wrong)", self.path.display(), lock.display());
+                }
+                // A stale lock from a killed process: take it over.
+                std::fs::remove_file(&lock).ok();
+                self.lock()
+            }
+            Err(e) => Err(e).with_context(|| format!("locking {}", self.path.display())),
+        }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn checkpoint(&self, task: usize) -> PathBuf {
+        self.path.join("checkpoints").join(format!("task-{task:03}.safetensors"))
+    }
+
+    pub fn append_log(&self, entry: &serde_json::Value) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.file(LOG))?;
+        writeln!(f, "{entry}")?;
+        Ok(())
+    }
+
+    pub fn write_matrix_csv(&self, m: &AccuracyMatrix) -> Result<()> {
+        let t = m.num_tasks();
+        let mut out = String::from("after_task");
+        for j in 0..t {
+            out.push_str(&format!(",task_{j}"));
+        }
+        out.push_str(",seen_accuracy\n");
+        for (i, row) in m.rows.iter().enumerate() {
+            out.push_str(&i.to_string());
+            for j in 0..t {
+                out.push(',');
+                if let Some(v) = row.get(j) {
+                    out.push_str(&format!("{v:.4}"));
+                }
+            }
+            out.push_str(&format!(",{:.4}\n", m.seen_accuracy[i]));
+        }
+        atomic_write(&self.file(MATRIX_CSV), out.as_bytes())
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.locked {
+            std::fs::remove_file(self.path.join(LOCK)).ok();
+        }
+    }
+}
+
+/// Loads `metrics.json` of a run folder (for plot / compare).
+pub fn load_metrics(dir: &Path) -> Result<Metrics> {
+    read_json(&dir.join(METRICS))
+}

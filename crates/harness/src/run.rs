@@ -1,0 +1,351 @@
+//! The continual-learning loop. It knows methods only through the trait:
+//! it drives the stream, builds the optimizer each task, evaluates every seen
+//! task after each task, and writes results and checkpoints as it goes.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use promptcl_learner::metrics::AccuracyMatrix;
+use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, OptimizerKind, TaskInfo};
+use promptcl_model::frozen_vit;
+use promptcl_stream::{ClassOrder, Dataset, Loader, LoaderOptions, Split, TaskStream, TransformConfig};
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+use crate::config::RunConfig;
+use crate::results::{self, Metrics, RunDir, State};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    pub quiet: bool,
+    /// Stop after this many tasks (tests use it to simulate an interruption).
+    pub stop_after_tasks: Option<usize>,
+}
+
+pub fn device_for(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        "cuda" => bail!("run.device = cuda but no CUDA device is available (see `promptcl doctor`)"),
+        _ => Device::cuda_if_available(),
+    })
+}
+
+/// Everything a run needs that is built once: data, stream, backbone.
+pub struct Prepared {
+    pub dataset: Dataset,
+    pub stream: TaskStream,
+    pub backbone: Rc<Backbone>,
+    pub device: Device,
+}
+
+pub fn prepare(cfg: &RunConfig, seed: u64) -> Result<Prepared> {
+    let device = device_for(&cfg.run.device)?;
+    let dataset = cfg.stream.dataset.load().context("loading the dataset")?;
+    // A `{ seed = .. }` order without its own seed follows the run's seed.
+    let order = match &cfg.stream.order {
+        ClassOrder::Seeded { seed: 0 } => ClassOrder::Seeded { seed },
+        o => o.clone(),
+    };
+    let stream = TaskStream::new(dataset.num_classes(), &order, &cfg.stream.split()).context("stream")?;
+    let vit_cfg = cfg.model.vit_config()?;
+    if cfg.model.weights.is_none() {
+        tracing::warn!("model.weights not set: the backbone is randomly initialised (accuracy is meaningless)");
+    }
+    tch::manual_seed(seed as i64);
+    let (vars, vit) = frozen_vit(&vit_cfg, cfg.model.weights.as_deref(), device, cfg.model.precision)?;
+    Ok(Prepared { dataset, stream, backbone: Rc::new(Backbone { vit, vars, cfg: vit_cfg }), device })
+}
+
+/// Runs (or resumes) one seed. Returns the run folder.
+pub fn run(cfg: &RunConfig, seed: u64, resume: Option<&Path>, opts: RunOptions) -> Result<PathBuf> {
+    let prep = prepare(cfg, seed)?;
+    run_prepared(cfg, seed, &prep, resume, opts)
+}
+
+pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>, opts: RunOptions) -> Result<PathBuf> {
+    let Prepared { dataset, stream, backbone, device } = prep;
+    let device = *device;
+    let task_sizes: Vec<usize> = stream.tasks().iter().map(|t| t.classes.len()).collect();
+    let ctx = MethodContext {
+        backbone: backbone.clone(),
+        num_classes: dataset.num_classes(),
+        num_tasks: stream.num_tasks(),
+        task_sizes,
+        optim: cfg.optim.clone(),
+        device,
+        seed,
+    };
+    let mut method = registry::build(&cfg.method.name, &ctx, &cfg.method.params)?;
+
+    let (dir, mut state, mut matrix) = match resume {
+        Some(path) => {
+            let dir = RunDir::open(path)?;
+            let state: State = results::read_json(&dir.file(results::STATE))?;
+            let metrics = results::load_metrics(&dir.path).ok();
+            let matrix = metrics.map(|m| m.matrix).unwrap_or_default();
+            if state.completed_tasks > 0 {
+                let ckpt = dir.checkpoint(state.completed_tasks - 1);
+                promptcl_model::weights::load_strict(method.vars(), &ckpt, &[], &|_, t, _| Ok(t))
+                    .with_context(|| format!("loading checkpoint {}", ckpt.display()))?;
+            }
+            if matrix.num_tasks() != state.completed_tasks {
+                bail!("{}: metrics.json has {} tasks but state.json says {}", dir.path.display(), matrix.num_tasks(), state.completed_tasks);
+            }
+            tracing::info!("resuming {} after task {}", dir.path.display(), state.completed_tasks);
+            (dir, state, matrix)
+        }
+        None => {
+            let dir = RunDir::create(&cfg.run.results_dir, &cfg.name, &cfg.method.name, seed)?;
+            results::atomic_write(&dir.file(results::CONFIG), toml::to_string_pretty(cfg)?.as_bytes())?;
+            results::write_json(&dir.file(results::ENV), &crate::env::capture(device, seed))?;
+            let state = State {
+                run_id: dir.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                seed,
+                completed_tasks: 0,
+                num_tasks: stream.num_tasks(),
+                finished: false,
+            };
+            results::write_json(&dir.file(results::STATE), &state)?;
+            (dir, state, AccuracyMatrix::default())
+        }
+    };
+
+    let quiet = opts.quiet;
+    let tf = &cfg.stream.transform;
+    let mut seen_end = stream.tasks()[..state.completed_tasks].iter().map(|t| t.classes.len()).sum::<usize>();
+    for t in state.completed_tasks..stream.num_tasks() {
+        if opts.stop_after_tasks.is_some_and(|n| t >= n) {
+            break;
+        }
+        let started = Instant::now();
+        let classes = seen_end..seen_end + stream.tasks()[t].classes.len();
+        seen_end = classes.end;
+        let mut info = TaskInfo { task: t, num_tasks: stream.num_tasks(), classes: classes.clone(), seen: 0..seen_end, epoch: 0 };
+        method.begin_task(&info)?;
+        let indices = match method.data_scope() {
+            DataScope::CurrentTask => stream.indices(&dataset.train, t),
+            DataScope::AllSeen => stream.indices_until(&dataset.train, t),
+        };
+        let epochs = method.epochs().unwrap_or(cfg.optim.epochs);
+        if epochs > 0 {
+            train_task(&mut *method, cfg, stream, &dataset.train, &indices, &mut info, epochs, seed, device, &dir, quiet)?;
+        }
+        let mut source = Batches {
+            split: &dataset.train,
+            indices: stream.indices(&dataset.train, t),
+            stream,
+            transform: tf,
+            batch_size: cfg.run.eval_batch_size,
+            device,
+        };
+        method.end_task(&info, &mut source)?;
+
+        let (row, seen_acc, tid) = evaluate(&*method, stream, &dataset.test, t, seen_end, tf, cfg.run.eval_batch_size, device, quiet)?;
+        matrix.push(row.clone(), seen_acc, tid.clone());
+
+        // Checkpoint first, then the state that points at it: a crash between
+        // the two leaves the previous, consistent state.
+        let ckpt = dir.checkpoint(t);
+        std::fs::create_dir_all(ckpt.parent().expect("checkpoints dir"))?;
+        let tmp = ckpt.with_extension("tmp.safetensors");
+        method.vars().save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &ckpt)?;
+        let metrics = Metrics {
+            name: cfg.name.clone(),
+            method: cfg.method.name.clone(),
+            dataset: dataset.name.clone(),
+            seed,
+            summary: matrix.summary(),
+            matrix: matrix.clone(),
+        };
+        results::write_json(&dir.file(results::METRICS), &metrics)?;
+        dir.write_matrix_csv(&matrix)?;
+        state.completed_tasks = t + 1;
+        state.finished = state.completed_tasks == stream.num_tasks();
+        results::write_json(&dir.file(results::STATE), &state)?;
+        if t > 0 && !cfg.run.keep_all_checkpoints {
+            std::fs::remove_file(dir.checkpoint(t - 1)).ok();
+        }
+        dir.append_log(&serde_json::json!({
+            "task": t, "eval": row, "seen_accuracy": seen_acc, "task_id_accuracy": tid,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))?;
+        if !quiet {
+            eprintln!("task {}/{}: accuracy on seen classes {seen_acc:.2}%  per task {:?}", t + 1, stream.num_tasks(), fmt_row(&row));
+        }
+    }
+    Ok(dir.path.clone())
+}
+
+fn fmt_row(row: &[f64]) -> Vec<String> {
+    row.iter().map(|v| format!("{v:.1}")).collect()
+}
+
+fn incremental(stream: &TaskStream, labels: &[usize], device: Device) -> Tensor {
+    let v: Vec<i64> = labels.iter().map(|&l| stream.incremental_label(l) as i64).collect();
+    Tensor::from_slice(&v).to_device(device)
+}
+
+fn progress(len: u64, quiet: bool, msg: String) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(len), if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
+    pb.set_style(ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed_precise} {per_sec}").expect("template").progress_chars("=> "));
+    pb.set_message(msg);
+    pb
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_task(
+    method: &mut dyn ContinualMethod,
+    cfg: &RunConfig,
+    stream: &TaskStream,
+    split: &Split,
+    indices: &[usize],
+    info: &mut TaskInfo,
+    epochs: usize,
+    seed: u64,
+    device: Device,
+    dir: &RunDir,
+    quiet: bool,
+) -> Result<()> {
+    let o = &cfg.optim;
+    let mut opt = match o.kind {
+        OptimizerKind::Adam => nn::Adam { beta1: o.betas[0], beta2: o.betas[1], wd: o.weight_decay, eps: 1e-8, amsgrad: false }
+            .build(method.vars(), o.effective_lr())?,
+        OptimizerKind::Sgd => nn::Sgd { momentum: o.momentum, dampening: 0.0, wd: o.weight_decay, nesterov: false }
+            .build(method.vars(), o.effective_lr())?,
+    };
+    let groups = method.lr_groups();
+    let params = method.vars().trainable_variables();
+    let loader_opts = LoaderOptions { batch_size: o.batch_size, shuffle: true, augment: true, drop_last: false, seed };
+    let per_epoch = indices.len().div_ceil(o.batch_size);
+    let total = per_epoch * epochs;
+    let mut step = 0;
+    for epoch in 0..epochs {
+        info.epoch = epoch;
+        let t0 = Instant::now();
+        // Distinct loader stream per (task, epoch).
+        let loader_epoch = ((info.task as u64) << 20) | epoch as u64;
+        let pb = progress(per_epoch as u64, quiet, format!("task {} epoch {}/{}", info.task + 1, epoch + 1, epochs));
+        let (mut loss_sum, mut n) = (0.0, 0usize);
+        for batch in Loader::new(split, indices.to_vec(), loader_opts, loader_epoch, &cfg.stream.transform, device) {
+            let batch = batch?;
+            let lr = o.lr_at(step, total);
+            opt.set_lr(lr);
+            for (g, mult) in &groups {
+                opt.set_lr_group(*g, lr * mult);
+            }
+            let labels = incremental(stream, &batch.labels, device);
+            let loss = method.train_step(&batch.images, &labels, info)?;
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                bail!(
+                    "task {} epoch {} step {step}: loss is {value}; stopping (the checkpoint of task {} is kept). \
+                     Lower optim.lr or check the data.",
+                    info.task,
+                    epoch,
+                    info.task.saturating_sub(1)
+                );
+            }
+            opt.zero_grad();
+            loss.backward();
+            if o.clip_grad_norm > 0.0 {
+                clip_grad_norm(&params, o.clip_grad_norm);
+            }
+            opt.step();
+            loss_sum += value * batch.labels.len() as f64;
+            n += batch.labels.len();
+            step += 1;
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        dir.append_log(&serde_json::json!({
+            "task": info.task, "epoch": epoch, "loss": loss_sum / n.max(1) as f64,
+            "lr": o.lr_at(step.saturating_sub(1), total), "seconds": t0.elapsed().as_secs_f64(),
+        }))?;
+    }
+    Ok(())
+}
+
+/// `torch.nn.utils.clip_grad_norm_` over the parameters that got a gradient.
+fn clip_grad_norm(params: &[Tensor], max_norm: f64) {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+        if grads.is_empty() {
+            return;
+        }
+        let total = grads.iter().map(|g| g.square().sum(Kind::Float)).fold(Tensor::zeros([], (Kind::Float, grads[0].device())), |a, b| a + b).sqrt();
+        let coef = (total + 1e-6).reciprocal() * max_norm;
+        let coef = coef.clamp_max(1.0);
+        for mut g in grads {
+            let _ = g.g_mul_(&coef);
+        }
+    });
+}
+
+/// Accuracy (%) on each seen task's test data, on all seen test data, and the
+/// task-identity accuracy where the method routes by task.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    method: &dyn ContinualMethod,
+    stream: &TaskStream,
+    test: &Split,
+    after_task: usize,
+    seen: usize,
+    tf: &TransformConfig,
+    batch_size: usize,
+    device: Device,
+    quiet: bool,
+) -> Result<(Vec<f64>, f64, Option<Vec<f64>>)> {
+    let opts = LoaderOptions { batch_size, shuffle: false, augment: false, drop_last: false, seed: 0 };
+    let (mut row, mut tid_row) = (Vec::new(), Vec::new());
+    let (mut correct_all, mut total_all) = (0i64, 0i64);
+    let mut routes = false;
+    let pb = progress((after_task + 1) as u64, quiet, "evaluating".into());
+    for j in 0..=after_task {
+        let (mut correct, mut tid_correct, mut total) = (0i64, 0i64, 0i64);
+        for batch in Loader::new(test, stream.indices(test, j), opts, 0, tf, device) {
+            let batch = batch?;
+            let labels = incremental(stream, &batch.labels, device);
+            let pred = tch::no_grad(|| method.predict(&batch.images, seen))?;
+            correct += pred.logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+            if let Some(ids) = &pred.task_ids {
+                routes = true;
+                tid_correct += ids.eq(j as i64).sum(Kind::Int64).int64_value(&[]);
+            }
+            total += batch.labels.len() as i64;
+        }
+        let pct = |c: i64| if total == 0 { 0.0 } else { 100.0 * c as f64 / total as f64 };
+        row.push(pct(correct));
+        tid_row.push(pct(tid_correct));
+        correct_all += correct;
+        total_all += total;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let seen_acc = if total_all == 0 { 0.0 } else { 100.0 * correct_all as f64 / total_all as f64 };
+    Ok((row, seen_acc, routes.then_some(tid_row)))
+}
+
+/// The current task's training data under the test transform, for `end_task`.
+struct Batches<'a> {
+    split: &'a Split,
+    indices: Vec<usize>,
+    stream: &'a TaskStream,
+    transform: &'a TransformConfig,
+    batch_size: usize,
+    device: Device,
+}
+
+impl BatchSource for Batches<'_> {
+    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
+        let opts = LoaderOptions { batch_size: self.batch_size, shuffle: false, augment: false, drop_last: false, seed: 0 };
+        for batch in Loader::new(self.split, self.indices.clone(), opts, 0, self.transform, self.device) {
+            let batch = batch.map_err(|e| promptcl_learner::LearnerError::Invalid(e.to_string()))?;
+            f(&batch.images, &incremental(self.stream, &batch.labels, self.device))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! Every registered method end to end on the tiny fixture stream (CPU, seconds),
+//! and resume == uninterrupted.
+
+use std::path::{Path, PathBuf};
+
+use promptcl_harness::{config::RunConfig, results, run};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn params(method: &str) -> &'static str {
+    match method {
+        "dualprompt" => "g_layers = [0]\ne_layers = [1, 2]\ne_length = 3",
+        "coda-prompt" => "pool_size = 10\nlength = 4\nlayers = [0, 1, 2]",
+        "l2p" => "pool_size = 6\ntop_k = 2\nlength = 3",
+        _ => "",
+    }
+}
+
+fn config(method: &str, results_dir: &Path) -> RunConfig {
+    let text = format!(
+        r#"
+name = "fixture"
+seeds = [7]
+
+[stream]
+num_tasks = 5
+order = {{ seed = 3 }}
+dataset = {{ kind = "cifar100", root = "{data}" }}
+transform = {{ size = 32 }}
+
+[model]
+preset = "custom"
+weights = "{weights}"
+vit = {{ img_size = 32, patch_size = 8, embed_dim = 64, depth = 3, num_heads = 4, num_classes = 0 }}
+
+[method]
+name = "{method}"
+params = {{ {params} }}
+
+[optim]
+epochs = 1
+batch_size = 16
+lr = 0.05
+scale_lr_by_batch = false
+
+[run]
+device = "cpu"
+results_dir = "{results}"
+eval_batch_size = 50
+"#,
+        data = repo().join("crates/stream/tests/fixtures").display(),
+        weights = repo().join("crates/model/tests/fixtures/vit_tiny_test.safetensors").display(),
+        params = params(method).replace('\n', ", "),
+        results = results_dir.display(),
+    );
+    let cfg: RunConfig = toml::from_str(&text).unwrap();
+    cfg.validate().unwrap();
+    cfg
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("promptcl-e2e-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn every_registered_method_runs_end_to_end() {
+    let out = tmp("all");
+    for (name, _, _) in promptcl_learner::registry::METHODS {
+        let cfg = config(name, &out);
+        let dir = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() })
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let m = results::load_metrics(&dir).unwrap();
+        assert_eq!(m.matrix.num_tasks(), 5, "{name}");
+        for (i, row) in m.matrix.rows.iter().enumerate() {
+            assert_eq!(row.len(), i + 1);
+            assert!(row.iter().all(|a| (0.0..=100.0).contains(a)), "{name}: {row:?}");
+        }
+        let s = m.summary.unwrap();
+        assert!((0.0..=100.0).contains(&s.final_accuracy));
+        let state: results::State = results::read_json(&dir.join(results::STATE)).unwrap();
+        assert!(state.finished);
+        for f in [results::CONFIG, results::ENV, results::MATRIX_CSV, results::LOG] {
+            assert!(dir.join(f).is_file(), "{name}: {f} missing");
+        }
+        // The resolved config reloads and validates.
+        RunConfig::load(&dir.join(results::CONFIG)).unwrap();
+        promptcl_harness::report(&dir, true).unwrap();
+        assert!(dir.join("forgetting.png").is_file() && dir.join("forgetting.svg").is_file());
+        if *name == "dualprompt" {
+            assert!(m.matrix.task_id_accuracy.iter().all(Option::is_some), "DualPrompt predicts task ids");
+        }
+    }
+    // compare over all of them
+    let dirs = promptcl_harness::run_dirs(&[out.clone()]);
+    assert_eq!(dirs.len(), promptcl_learner::registry::METHODS.len());
+    let metrics: Vec<_> = dirs.iter().map(|d| results::load_metrics(d).unwrap()).collect();
+    let rows = promptcl_harness::compare::rows(&metrics);
+    assert_eq!(rows.len(), promptcl_learner::registry::METHODS.len());
+    let md = promptcl_harness::compare::markdown(&rows);
+    assert!(md.contains("coda-prompt") && md.contains("forgetting"));
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn resumed_run_matches_uninterrupted_bit_for_bit() {
+    let out = tmp("resume");
+    let cfg = config("dualprompt", &out);
+    let full = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap();
+    let part = run::run(&cfg, 7, None, run::RunOptions { quiet: true, stop_after_tasks: Some(2) }).unwrap();
+    let state: results::State = results::read_json(&part.join(results::STATE)).unwrap();
+    assert_eq!((state.completed_tasks, state.finished), (2, false));
+    let resumed = run::run(&cfg, 7, Some(&part), run::RunOptions { quiet: true, ..Default::default() }).unwrap();
+    assert_eq!(resumed, part);
+    let (a, b) = (results::load_metrics(&full).unwrap(), results::load_metrics(&resumed).unwrap());
+    assert_eq!(a.matrix, b.matrix, "resumed accuracy matrix differs");
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn unknown_method_and_bad_keys_are_config_errors() {
+    let out = tmp("bad");
+    let mut cfg = config("l2p", &out);
+    cfg.method.name = "l3p".into();
+    let e = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(e.contains("unknown method `l3p`") && e.contains("dualprompt"), "{e}");
+    let mut cfg = config("l2p", &out);
+    cfg.method.params.insert("pool_sise".into(), toml::Value::Integer(3));
+    let e = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(e.contains("pool_sise"), "{e}");
+    let text = std::fs::read_to_string(repo().join("benchmarks/configs/cifar100_l2p.toml")).unwrap_or_default();
+    if !text.is_empty() {
+        // Paper configs parse (their data paths are checked only when run).
+        let e = toml::from_str::<RunConfig>(&text).map(drop);
+        assert!(e.is_ok(), "{e:?}");
+    }
+    std::fs::remove_dir_all(out).ok();
+}

@@ -1,0 +1,3 @@
+fn main() {
+    promptcl_torch_link::link_libtorch();
+}

@@ -1,0 +1,98 @@
+//! Optimisation settings a run gives every method, and per-method parameters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LearnerError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adam,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    /// Cosine from `lr` to 0 over each task's epochs (per step).
+    Cosine,
+}
+
+/// `[optim]` of a run config. The optimizer is rebuilt at every task
+/// (`reinit_optimizer = True` in the official code).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub kind: OptimizerKind,
+    pub lr: f64,
+    /// Use `lr · batch_size / 256`, as the official `main.py` of L2P / DualPrompt / HiDe / NoRGa does.
+    pub scale_lr_by_batch: bool,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub betas: [f64; 2],
+    /// Clip the gradient norm (official configs: 1.0); 0 disables.
+    pub clip_grad_norm: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Adam,
+            lr: 0.005,
+            scale_lr_by_batch: true,
+            batch_size: 24,
+            epochs: 5,
+            schedule: Schedule::Constant,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            betas: [0.9, 0.999],
+            clip_grad_norm: 1.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    pub fn effective_lr(&self) -> f64 {
+        if self.scale_lr_by_batch { self.lr * self.batch_size as f64 / 256.0 } else { self.lr }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(LearnerError::Invalid(format!("optim.{m}")));
+        if !(self.lr > 0.0) {
+            return bad(format!("lr = {} must be positive", self.lr));
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be positive".into());
+        }
+        if !(self.weight_decay >= 0.0) || !(self.clip_grad_norm >= 0.0) {
+            return bad("weight_decay and clip_grad_norm must be >= 0".into());
+        }
+        if !(0.0..1.0).contains(&self.betas[0]) || !(0.0..1.0).contains(&self.betas[1]) {
+            return bad(format!("betas {:?} must be in [0, 1)", self.betas));
+        }
+        Ok(())
+    }
+
+    /// Learning rate at `step` of `total` steps in a task.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        let lr = self.effective_lr();
+        match self.schedule {
+            Schedule::Constant => lr,
+            Schedule::Cosine => {
+                let t = if total == 0 { 0.0 } else { step as f64 / total as f64 };
+                0.5 * lr * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
+/// Parses a method's `[method.params]` table into its typed parameters,
+/// rejecting unknown keys with the method's name in the message.
+pub fn parse_params<T: serde::de::DeserializeOwned>(method: &str, params: &toml::Table) -> Result<T> {
+    T::deserialize(toml::Value::Table(params.clone()))
+        .map_err(|e| LearnerError::Params { method: method.into(), reason: e.to_string() })
+}

@@ -1,0 +1,223 @@
+//! CODA-Prompt (Smith et al., CVPR 2023; official GT-RIPL/CODA-Prompt `CodaPrompt`).
+//!
+//! Per prompted layer, a pool of `pool_size` prompt components `P` (length
+//! `length`) with keys `K` and attention vectors `A`, split evenly across
+//! tasks. The query q (frozen class token) weighs component m by
+//! `cos(q ⊙ A_m, K_m)`; the weighted sum of components is split in half into
+//! key and value prefixes. Each task's components are initialised by
+//! Gram–Schmidt orthogonal to all earlier ones and trained only during that
+//! task (the official code `.detach()`es earlier ones; here they are frozen
+//! variables). Optional orthogonality penalty as the official code writes it:
+//! `ortho_mu·‖KKᵀ−I‖² + ‖AAᵀ−I‖² + ‖PPᵀ−I‖²` (means), only when `ortho_mu > 0`.
+
+use std::rc::Rc;
+
+use promptcl_model::Prompts;
+use promptcl_stream::SplitMix64;
+use serde::Deserialize;
+use tch::{nn, nn::Module, Kind, Tensor};
+
+use super::common::{gaussian, head, l2_normalize, masked_ce, seeded_uniform, train_classes, var_from};
+use crate::method::{tasks_seen, Backbone, ContinualMethod, MethodContext, Prediction, TaskInfo};
+use crate::{LearnerError, Result};
+
+/// Defaults: CODA-Prompt `configs/cifar-100_prompt.yaml` (`prompt_param: [100, 8, 0.0]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub pool_size: usize,
+    pub length: i64,
+    pub layers: Vec<usize>,
+    pub ortho_mu: f64,
+    pub train_mask: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self { pool_size: 100, length: 8, layers: vec![0, 1, 2, 3, 4], ortho_mu: 0.0, train_mask: true }
+    }
+}
+
+/// One layer's components, one variable per task: `p[t]` `[pt, L, D]`, `k[t]`, `a[t]` `[pt, D]`.
+struct Layer {
+    p: Vec<Tensor>,
+    k: Vec<Tensor>,
+    a: Vec<Tensor>,
+}
+
+pub struct CodaPrompt {
+    vs: nn::VarStore,
+    layers: Vec<(usize, Layer)>,
+    head: nn::Linear,
+    backbone: Rc<Backbone>,
+    task_sizes: Vec<usize>,
+    params: Params,
+    seed: u64,
+}
+
+impl CodaPrompt {
+    pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
+        let bad = |reason: String| Err(LearnerError::Params { method: "coda-prompt".into(), reason });
+        if params.pool_size % ctx.num_tasks != 0 || params.pool_size == 0 {
+            return bad(format!("pool_size {} must be a positive multiple of the number of tasks {}", params.pool_size, ctx.num_tasks));
+        }
+        if params.length < 2 || params.length % 2 != 0 {
+            return bad(format!("length {} must be even (split into key and value halves)", params.length));
+        }
+        if let Some(l) = params.layers.iter().find(|&&l| l >= ctx.backbone.cfg.depth) {
+            return bad(format!("layer {l} beyond the backbone's depth {}", ctx.backbone.cfg.depth));
+        }
+        let vs = nn::VarStore::new(ctx.device);
+        let root = vs.root();
+        let pt = (params.pool_size / ctx.num_tasks) as i64;
+        let d = ctx.embed_dim();
+        let mut layers = Vec::new();
+        for &l in &params.layers {
+            let lp = &root / "e" / l;
+            let mut layer = Layer { p: Vec::new(), k: Vec::new(), a: Vec::new() };
+            for t in 0..ctx.num_tasks {
+                let s = |which: u64, dims: &[i64]| seeded_uniform(ctx.seed, &[20, l as u64, t as u64, which], dims, 0.0, 1.0);
+                layer.p.push(var_from(&(&lp / "p"), &t.to_string(), s(0, &[pt, params.length, d])));
+                layer.k.push(var_from(&(&lp / "k"), &t.to_string(), s(1, &[pt, d])));
+                layer.a.push(var_from(&(&lp / "a"), &t.to_string(), s(2, &[pt, d])));
+            }
+            layers.push((l, layer));
+        }
+        let head = head(&root, d, ctx.num_classes, ctx.seed);
+        Ok(Self { vs, layers, head, backbone: ctx.backbone.clone(), task_sizes: ctx.task_sizes.clone(), params, seed: ctx.seed })
+    }
+
+    /// Prefixes from the components of tasks `0..n_tasks`, and the ortho penalty.
+    fn prompts(&self, query: &Tensor, n_tasks: usize, train: bool) -> (Prompts<'static>, Tensor) {
+        let mut prompts = Prompts::none();
+        let mut loss = Tensor::zeros([], (Kind::Float, query.device()));
+        let cfg = &self.backbone.cfg;
+        let b = query.size()[0];
+        let half = self.params.length / 2;
+        for (l, layer) in &self.layers {
+            let k = Tensor::cat(&layer.k[..n_tasks], 0);
+            let a = Tensor::cat(&layer.a[..n_tasks], 0);
+            let p = Tensor::cat(&layer.p[..n_tasks], 0);
+            let m = k.size()[0];
+            let aq = l2_normalize(&(query.unsqueeze(1) * a.unsqueeze(0)), 2);
+            let weights = (aq * l2_normalize(&k, 1).unsqueeze(0)).sum_dim_intlist(2, false, Kind::Float);
+            let mixed = weights.matmul(&p.view([m, -1])).view([b, self.params.length, cfg.embed_dim]);
+            let to_heads = |x: Tensor| x.view([b, half, cfg.num_heads, cfg.head_dim()]).permute([0, 2, 1, 3]);
+            let ek = to_heads(mixed.narrow(1, 0, half));
+            let ev = to_heads(mixed.narrow(1, half, half));
+            prompts = prompts.with_prefix(*l, &ek, &ev);
+            if train && self.params.ortho_mu > 0.0 {
+                loss = loss + ortho_penalty(&k) * self.params.ortho_mu + ortho_penalty(&a) + ortho_penalty(&p.view([m, -1]));
+            }
+        }
+        (prompts, loss)
+    }
+
+    /// Re-initialises task `t`'s components orthogonal to tasks `< t` (official `gram_schmidt`).
+    fn orthogonalise(&mut self, t: usize) {
+        let seed = self.seed;
+        tch::no_grad(|| {
+            for (l, layer) in &mut self.layers {
+                for (which, set) in [&mut layer.p, &mut layer.k, &mut layer.a].into_iter().enumerate() {
+                    let earlier: Vec<Tensor> = set[..t].iter().map(|x| x.flatten(1, -1)).collect();
+                    let mut rng = SplitMix64::derive(seed, &[21, *l as u64, t as u64, which as u64]);
+                    let fresh = gram_schmidt(&earlier, set[t].flatten(1, -1).size(), &mut rng);
+                    let (shape, device) = (set[t].size(), set[t].device());
+                    set[t].copy_(&fresh.view(shape.as_slice()).to_device(device));
+                }
+            }
+        });
+    }
+}
+
+fn ortho_penalty(t: &Tensor) -> Tensor {
+    let n = t.size()[0];
+    (t.matmul(&t.tr()) - Tensor::eye(n, (Kind::Float, t.device()))).square().mean(Kind::Float)
+}
+
+/// `rows` new unit vectors, each orthogonal to all earlier (given and new)
+/// ones; earlier vectors are kept as they are. Classical Gram–Schmidt from
+/// Gaussian draws, as the official code; a draw in the span is redrawn.
+fn gram_schmidt(earlier: &[Tensor], new_size: Vec<i64>, rng: &mut SplitMix64) -> Tensor {
+    let (rows, dim) = (new_size[0] as usize, new_size[1] as usize);
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    for e in earlier {
+        let e = e.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+        for r in 0..e.size()[0] {
+            basis.push(Vec::try_from(e.get(r)).expect("f64 rows"));
+        }
+    }
+    let mut out = Vec::with_capacity(rows * dim);
+    for _ in 0..rows {
+        let u = loop {
+            let v: Vec<f64> = (0..dim).map(|_| gaussian(rng)).collect();
+            let mut u = v.clone();
+            for b in &basis {
+                let bb: f64 = b.iter().map(|x| x * x).sum();
+                if bb < 1e-8 {
+                    continue;
+                }
+                let c = b.iter().zip(&v).map(|(x, y)| x * y).sum::<f64>() / bb;
+                u.iter_mut().zip(b).for_each(|(ui, bi)| *ui -= c * bi);
+            }
+            if u.iter().map(|x| x * x).sum::<f64>() > 1e-12 {
+                break u;
+            }
+        };
+        basis.push(u.clone());
+        let n = u.iter().map(|x| x * x).sum::<f64>().sqrt();
+        out.extend(u.iter().map(|x| (x / n) as f32));
+    }
+    Tensor::from_slice(&out).view([rows as i64, dim as i64])
+}
+
+impl ContinualMethod for CodaPrompt {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
+        if task.epoch == 0 {
+            self.orthogonalise(task.task);
+        }
+        for (_, layer) in &mut self.layers {
+            for set in [&mut layer.p, &mut layer.k, &mut layer.a] {
+                for (t, x) in set.iter_mut().enumerate() {
+                    let _ = x.set_requires_grad(t == task.task);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor> {
+        let query = self.backbone.vit.query(images)?;
+        let (prompts, ortho) = self.prompts(&query, task.task + 1, true);
+        let out = self.backbone.vit.forward(images, &prompts)?;
+        let logits = self.head.forward(&out.cls);
+        Ok(masked_ce(&logits, labels, train_classes(task, self.params.train_mask)) + ortho)
+    }
+
+    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
+        let query = self.backbone.vit.query(images)?;
+        let (prompts, _) = self.prompts(&query, tasks_seen(&self.task_sizes, seen), false);
+        let out = self.backbone.vit.forward(images, &prompts)?;
+        Ok(Prediction { logits: self.head.forward(&out.cls).narrow(1, 0, seen as i64), task_ids: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gram_schmidt_rows_are_orthonormal_and_orthogonal_to_earlier() {
+        let mut rng = SplitMix64::new(0);
+        let first = gram_schmidt(&[], vec![4, 16], &mut rng);
+        let second = gram_schmidt(&[first.shallow_clone()], vec![4, 16], &mut rng);
+        let all = Tensor::cat(&[first, second], 0);
+        let gram = all.matmul(&all.tr());
+        let err = (gram - Tensor::eye(8, (Kind::Float, tch::Device::Cpu))).abs().max().double_value(&[]);
+        assert!(err < 1e-5, "{err}");
+    }
+}

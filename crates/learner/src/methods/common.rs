@@ -1,0 +1,71 @@
+//! Pieces several methods share.
+
+use std::ops::Range;
+
+use promptcl_stream::SplitMix64;
+use tch::{nn, Kind, Tensor};
+
+/// One standard-normal draw (Box–Muller) from promptcl's RNG. Method
+/// initialisations draw from it rather than libtorch's global generator, so a
+/// resumed run re-creates exactly what an uninterrupted one did.
+pub(crate) fn gaussian(rng: &mut SplitMix64) -> f64 {
+    let (u1, u2) = (rng.unit().max(f64::MIN_POSITIVE), rng.unit());
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// Seeded U(lo, hi), as `nn.init.uniform_` in the official prompt code.
+pub(crate) fn seeded_uniform(seed: u64, parts: &[u64], dims: &[i64], lo: f64, hi: f64) -> Tensor {
+    let n: i64 = dims.iter().product();
+    let mut rng = SplitMix64::derive(seed, parts);
+    let v: Vec<f32> = (0..n).map(|_| rng.uniform(lo, hi) as f32).collect();
+    Tensor::from_slice(&v).view(dims)
+}
+
+/// A trainable variable initialised from `init` (copied to the store's device).
+pub(crate) fn var_from(p: &nn::Path, name: &str, init: Tensor) -> Tensor {
+    p.var_copy(name, &init.to_device(p.device()))
+}
+
+/// Linear classifier over all classes of the stream; unseen classes are
+/// masked at prediction (as the official code's `class_mask`). Initialised
+/// as `nn.Linear` (U(±1/√fan_in) for weight and bias), from the seeded RNG.
+pub(crate) fn head(p: &nn::Path, dim: i64, classes: usize, seed: u64) -> nn::Linear {
+    let bound = 1.0 / (dim as f64).sqrt();
+    let p = p / "head";
+    let ws = var_from(&p, "weight", seeded_uniform(seed, &[0x4EAD, 0], &[classes as i64, dim], -bound, bound));
+    let bs = var_from(&p, "bias", seeded_uniform(seed, &[0x4EAD, 1], &[classes as i64], -bound, bound));
+    nn::Linear { ws, bs: Some(bs) }
+}
+
+/// Logits outside `allowed` set to −∞.
+pub(crate) fn mask_outside(logits: &Tensor, allowed: Range<usize>) -> Tensor {
+    let c = logits.size()[1];
+    let idx = Tensor::arange(c, (Kind::Int64, logits.device()));
+    let keep = idx.ge(allowed.start as i64).logical_and(&idx.lt(allowed.end as i64));
+    logits.masked_fill(&keep.logical_not(), f64::NEG_INFINITY)
+}
+
+/// Cross-entropy of `labels` with logits outside `allowed` masked.
+pub(crate) fn masked_ce(logits: &Tensor, labels: &Tensor, allowed: Range<usize>) -> Tensor {
+    mask_outside(logits, allowed).cross_entropy_for_logits(labels)
+}
+
+/// The classes a training batch is scored over: the task's own (official
+/// `train_mask = True`) or every class seen so far.
+pub(crate) fn train_classes(task: &crate::TaskInfo, task_mask: bool) -> Range<usize> {
+    if task_mask { task.classes.clone() } else { 0..task.seen.end }
+}
+
+/// `x / max(‖x‖, 1e-12)` along `dim` (`F.normalize`).
+pub(crate) fn l2_normalize(x: &Tensor, dim: i64) -> Tensor {
+    let n = x.norm_scalaropt_dim(2, [dim], true).clamp_min(1e-12);
+    x / n
+}
+
+/// Splits a prefix parameter laid out as the official code does,
+/// `[.., 2, length, heads, head_dim]`, into key and value `[.., heads, length, head_dim]`.
+pub(crate) fn split_prefix(p: &Tensor) -> (Tensor, Tensor) {
+    let k = p.select(-4, 0);
+    let v = p.select(-4, 1);
+    (k.transpose(-3, -2), v.transpose(-3, -2))
+}

@@ -1,0 +1,133 @@
+//! DualPrompt (Wang et al., ECCV 2022; official dualprompt-pytorch).
+//!
+//! A G(eneral)-prompt shared by all tasks, prefix-tuned into `g_layers`, and
+//! one E(xpert)-prompt per task with a learnable key, prefix-tuned into
+//! `e_layers`. Training uses the true task's E-prompt (`use_prompt_mask`) and
+//! pulls its key to the frozen class-token query (coefficient
+//! `pull_constraint_coeff`); at test time the nearest key (cosine) picks the
+//! E-prompt, i.e. predicts the task. Finished tasks' E-prompts and keys are
+//! frozen (`requires_grad = false`), so they are bit-identical afterwards.
+//! Prefix layout as the official code: `[layers, 2 (key/value), length, heads, head_dim]`.
+
+use std::rc::Rc;
+
+use promptcl_model::Prompts;
+use serde::Deserialize;
+use tch::{nn, nn::Module, Kind, Tensor};
+
+use super::common::{head, l2_normalize, masked_ce, seeded_uniform, split_prefix, train_classes, var_from};
+use crate::method::{tasks_seen, Backbone, ContinualMethod, MethodContext, Prediction, TaskInfo};
+use crate::{LearnerError, Result};
+
+/// Defaults: dualprompt-pytorch `configs/cifar100_dualprompt.py`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub g_layers: Vec<usize>,
+    pub g_length: i64,
+    pub e_layers: Vec<usize>,
+    pub e_length: i64,
+    pub pull_constraint_coeff: f64,
+    pub train_mask: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self { g_layers: vec![0, 1], g_length: 5, e_layers: vec![2, 3, 4], e_length: 5, pull_constraint_coeff: 1.0, train_mask: true }
+    }
+}
+
+pub struct DualPrompt {
+    vs: nn::VarStore,
+    g_prompt: Option<Tensor>,
+    e_prompts: Vec<Tensor>,
+    e_keys: Vec<Tensor>,
+    head: nn::Linear,
+    backbone: Rc<Backbone>,
+    task_sizes: Vec<usize>,
+    params: Params,
+}
+
+impl DualPrompt {
+    pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
+        let depth = ctx.backbone.cfg.depth;
+        if let Some(l) = params.g_layers.iter().chain(&params.e_layers).find(|&&l| l >= depth) {
+            return Err(LearnerError::Params { method: "dualprompt".into(), reason: format!("prompt layer {l} beyond the backbone's depth {depth}") });
+        }
+        let vs = nn::VarStore::new(ctx.device);
+        let root = vs.root();
+        let (h, hd, d) = (ctx.backbone.cfg.num_heads, ctx.backbone.cfg.head_dim(), ctx.embed_dim());
+        let g_prompt = (!params.g_layers.is_empty()).then(|| {
+            let dims = [params.g_layers.len() as i64, 2, params.g_length, h, hd];
+            var_from(&root, "g_prompt", seeded_uniform(ctx.seed, &[10], &dims, -1.0, 1.0))
+        });
+        let mut e_prompts = Vec::new();
+        let mut e_keys = Vec::new();
+        for t in 0..ctx.num_tasks {
+            let dims = [params.e_layers.len() as i64, 2, params.e_length, h, hd];
+            let p = &root / "e_prompt";
+            e_prompts.push(var_from(&p, &t.to_string(), seeded_uniform(ctx.seed, &[11, t as u64], &dims, -1.0, 1.0)));
+            let k = &root / "e_key";
+            e_keys.push(var_from(&k, &t.to_string(), seeded_uniform(ctx.seed, &[12, t as u64], &[d], -1.0, 1.0)));
+        }
+        let head = head(&root, d, ctx.num_classes, ctx.seed);
+        Ok(Self { vs, g_prompt, e_prompts, e_keys, head, backbone: ctx.backbone.clone(), task_sizes: ctx.task_sizes.clone(), params })
+    }
+
+    /// Prompts for a batch whose E-prompts are `e` (`[B or 1, layers, 2, L, H, hd]`).
+    fn prompts(&self, e: &Tensor) -> Prompts<'static> {
+        let mut prompts = Prompts::none();
+        if let Some(g) = &self.g_prompt {
+            for (i, &l) in self.params.g_layers.iter().enumerate() {
+                let (k, v) = split_prefix(&g.select(0, i as i64).unsqueeze(0));
+                prompts = prompts.with_prefix(l, &k, &v);
+            }
+        }
+        for (i, &l) in self.params.e_layers.iter().enumerate() {
+            let (k, v) = split_prefix(&e.select(1, i as i64));
+            prompts = prompts.with_prefix(l, &k, &v);
+        }
+        prompts
+    }
+
+    /// Nearest key among the first `n_tasks` tasks' keys: `[B]` task ids.
+    pub fn match_task(&self, query: &Tensor, n_tasks: usize) -> Tensor {
+        let keys = Tensor::stack(&self.e_keys[..n_tasks], 0);
+        l2_normalize(query, 1).matmul(&l2_normalize(&keys, 1).tr()).argmax(1, false)
+    }
+}
+
+impl ContinualMethod for DualPrompt {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
+        for (t, (p, k)) in self.e_prompts.iter_mut().zip(self.e_keys.iter_mut()).enumerate() {
+            let on = t == task.task;
+            let _ = p.set_requires_grad(on);
+            let _ = k.set_requires_grad(on);
+        }
+        Ok(())
+    }
+
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor> {
+        let query = self.backbone.vit.query(images)?;
+        let t = task.task;
+        let out = self.backbone.vit.forward(images, &self.prompts(&self.e_prompts[t].unsqueeze(0)))?;
+        let logits = self.head.forward(&out.cls);
+        let key = l2_normalize(&self.e_keys[t].unsqueeze(0), 1);
+        let reduce_sim = (l2_normalize(&query, 1) * key).sum(Kind::Float) / images.size()[0] as f64;
+        Ok(masked_ce(&logits, labels, train_classes(task, self.params.train_mask)) - reduce_sim * self.params.pull_constraint_coeff)
+    }
+
+    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
+        let query = self.backbone.vit.query(images)?;
+        let n_tasks = tasks_seen(&self.task_sizes, seen);
+        let ids = self.match_task(&query, n_tasks);
+        let e = Tensor::stack(&self.e_prompts[..n_tasks], 0).index_select(0, &ids);
+        let out = self.backbone.vit.forward(images, &self.prompts(&e))?;
+        let logits = self.head.forward(&out.cls).narrow(1, 0, seen as i64);
+        Ok(Prediction { logits, task_ids: Some(ids) })
+    }
+}

@@ -1,0 +1,93 @@
+//! Sequential fine-tuning (lower bounds): a linear head on the frozen
+//! backbone's class token (`finetune-head`), or head and a trainable copy of
+//! the backbone (`finetune-full`). No mechanism against forgetting.
+
+use std::rc::Rc;
+
+use promptcl_model::{Prompts, VisionTransformer};
+use serde::Deserialize;
+use tch::{nn, nn::Module, Tensor};
+
+use super::common::{head, masked_ce, train_classes};
+use crate::method::{Backbone, ContinualMethod, DataScope, MethodContext, Prediction, TaskInfo};
+use crate::Result;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Score only the current task's classes while training (official
+    /// `train_mask`); off by default, so the head also unlearns old classes.
+    pub train_mask: bool,
+    /// Learning-rate multiplier of the backbone (finetune-full only).
+    pub backbone_lr_scale: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self { train_mask: false, backbone_lr_scale: 0.1 }
+    }
+}
+
+pub struct Finetune {
+    vs: nn::VarStore,
+    head: nn::Linear,
+    shared: Rc<Backbone>,
+    own: Option<VisionTransformer>,
+    params: Params,
+    scope: DataScope,
+}
+
+impl Finetune {
+    pub fn new(ctx: &MethodContext, params: Params, train_backbone: bool, scope: DataScope) -> Result<Self> {
+        let vs = nn::VarStore::new(ctx.device);
+        let root = vs.root();
+        let head = head(&root, ctx.embed_dim(), ctx.num_classes, ctx.seed);
+        let own = if train_backbone {
+            // Group 1 so the backbone can run at its own learning rate.
+            let p = root.set_group(1) / "backbone";
+            let own = VisionTransformer::new(p, &ctx.backbone.cfg);
+            let mine = vs.variables();
+            tch::no_grad(|| {
+                for (name, src) in ctx.backbone.vars.variables() {
+                    let mut dst = mine[&format!("backbone.{name}")].shallow_clone();
+                    dst.copy_(&src.to_kind(dst.kind()));
+                }
+            });
+            Some(own)
+        } else {
+            None
+        };
+        Ok(Self { vs, head, shared: ctx.backbone.clone(), own, params, scope })
+    }
+
+    fn features(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(match &self.own {
+            Some(own) => own.forward(images, &Prompts::none())?.cls,
+            None => self.shared.vit.query(images)?,
+        })
+    }
+}
+
+impl ContinualMethod for Finetune {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor> {
+        let logits = self.head.forward(&self.features(images)?);
+        Ok(masked_ce(&logits, labels, train_classes(task, self.params.train_mask)))
+    }
+
+    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
+        let logits = self.head.forward(&self.features(images)?).narrow(1, 0, seen as i64);
+        Ok(Prediction { logits, task_ids: None })
+    }
+
+    fn data_scope(&self) -> DataScope {
+        self.scope
+    }
+
+    fn lr_groups(&self) -> Vec<(usize, f64)> {
+        if self.own.is_some() { vec![(1, self.params.backbone_lr_scale)] } else { Vec::new() }
+    }
+}

@@ -1,0 +1,134 @@
+//! L2P — Learning to Prompt (Wang et al., CVPR 2022; official l2p-pytorch).
+//!
+//! A pool of `pool_size` prompts of `length` tokens with learnable keys. The
+//! query is the frozen model's class token; the `top_k` keys nearest in
+//! cosine pick the prompts, whose tokens are prepended at layer 0 (after the
+//! class token, VPT layout: promptcl gives prompt tokens no position
+//! embedding). Loss: cross-entropy with logits masked to the task's classes,
+//! minus `pull_constraint_coeff` × mean cosine of the chosen keys and the
+//! query (the surrogate loss that pulls keys to their queries).
+//! `batchwise_prompt`: every sample uses the `top_k` prompts most often chosen
+//! in its batch (ties → lower prompt id), as the official code does.
+
+use std::rc::Rc;
+
+use serde::Deserialize;
+use tch::{nn, nn::Module, Kind, Tensor};
+
+use super::common::{head, l2_normalize, mask_outside, masked_ce, seeded_uniform, train_classes, var_from};
+use crate::method::{Backbone, ContinualMethod, MethodContext, Prediction, TaskInfo};
+use crate::{LearnerError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadInput {
+    /// Mean of the prompt tokens' outputs (`head_type = 'prompt'`, the L2P paper).
+    Prompt,
+    /// The class token (`head_type = 'token'`).
+    Token,
+}
+
+/// Defaults: l2p-pytorch `configs/cifar100_l2p.py`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub pool_size: usize,
+    pub length: i64,
+    pub top_k: usize,
+    pub pull_constraint_coeff: f64,
+    pub batchwise_prompt: bool,
+    pub head_input: HeadInput,
+    pub train_mask: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            pool_size: 10,
+            length: 5,
+            top_k: 5,
+            pull_constraint_coeff: 0.1,
+            batchwise_prompt: true,
+            head_input: HeadInput::Prompt,
+            train_mask: true,
+        }
+    }
+}
+
+pub struct L2P {
+    vs: nn::VarStore,
+    prompts: Tensor,
+    keys: Tensor,
+    head: nn::Linear,
+    backbone: Rc<Backbone>,
+    params: Params,
+}
+
+impl L2P {
+    pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
+        if params.top_k == 0 || params.top_k > params.pool_size || params.length <= 0 {
+            return Err(LearnerError::Params {
+                method: "l2p".into(),
+                reason: format!("need 1 <= top_k ({}) <= pool_size ({}) and length > 0", params.top_k, params.pool_size),
+            });
+        }
+        let vs = nn::VarStore::new(ctx.device);
+        let root = vs.root();
+        let (m, d) = (params.pool_size as i64, ctx.embed_dim());
+        let prompts = var_from(&root, "prompt", seeded_uniform(ctx.seed, &[1], &[m, params.length, d], -1.0, 1.0));
+        let keys = var_from(&root, "prompt_key", seeded_uniform(ctx.seed, &[2], &[m, d], -1.0, 1.0));
+        let head = head(&root, d, ctx.num_classes, ctx.seed);
+        Ok(Self { vs, prompts, keys, head, backbone: ctx.backbone.clone(), params })
+    }
+
+    /// Chosen prompt ids `[B, k]` and the mean key–query cosine of the choice.
+    pub fn select(&self, query: &Tensor) -> (Tensor, Tensor) {
+        let qn = l2_normalize(query, 1);
+        let kn = l2_normalize(&self.keys, 1);
+        let sim = qn.matmul(&kn.tr());
+        let k = self.params.top_k as i64;
+        let (_, mut idx) = sim.topk(k, 1, true, true);
+        let b = query.size()[0];
+        if self.params.batchwise_prompt {
+            let counts: Vec<i64> =
+                Vec::try_from(idx.flatten(0, -1).bincount::<Tensor>(None, self.params.pool_size as i64).to_device(tch::Device::Cpu))
+                    .expect("int64 counts");
+            let mut ids: Vec<i64> = (0..counts.len() as i64).collect();
+            ids.sort_by_key(|&i| (-counts[i as usize], i));
+            ids.truncate(k as usize);
+            idx = Tensor::from_slice(&ids).to_device(query.device()).unsqueeze(0).expand([b, k], false);
+        }
+        let chosen = kn.index_select(0, &idx.flatten(0, -1)).view([b, k, -1]);
+        let reduce_sim = (chosen * qn.unsqueeze(1)).sum(Kind::Float) / b as f64;
+        (idx, reduce_sim)
+    }
+
+    fn logits(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
+        let query = self.backbone.vit.query(images)?;
+        let (idx, reduce_sim) = self.select(&query);
+        let b = images.size()[0];
+        let tokens = self.prompts.index_select(0, &idx.flatten(0, -1)).view([b, -1, self.prompts.size()[2]]);
+        let out = self.backbone.vit.forward(images, &promptcl_model::Prompts::none().with_tokens(0, &tokens))?;
+        let feat = match self.params.head_input {
+            HeadInput::Prompt => out.prompt_tokens.expect("prompt tokens were inserted").mean_dim(1, false, Kind::Float),
+            HeadInput::Token => out.cls,
+        };
+        Ok((self.head.forward(&feat), reduce_sim))
+    }
+}
+
+impl ContinualMethod for L2P {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor> {
+        let (logits, reduce_sim) = self.logits(images)?;
+        Ok(masked_ce(&logits, labels, train_classes(task, self.params.train_mask)) - reduce_sim * self.params.pull_constraint_coeff)
+    }
+
+    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
+        let (logits, _) = self.logits(images)?;
+        Ok(Prediction { logits: mask_outside(&logits, 0..seen).narrow(1, 0, seen as i64), task_ids: None })
+    }
+}

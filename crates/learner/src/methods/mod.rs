@@ -1,0 +1,9 @@
+//! One method per file; the registry (`crate::registry`) lists them.
+
+mod common;
+pub mod coda_prompt;
+pub mod dualprompt;
+pub mod finetune;
+pub mod joint;
+pub mod l2p;
+pub mod prototype;

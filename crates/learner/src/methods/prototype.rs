@@ -1,0 +1,69 @@
+//! Prototype classifier on frozen features (SimpleCIL, Zhou et al. 2023):
+//! no training; after each task, each new class's prototype is the mean of
+//! its frozen class-token features; prediction is cosine similarity.
+
+use std::rc::Rc;
+
+use serde::Deserialize;
+use tch::{nn, Kind, Tensor};
+
+use super::common::l2_normalize;
+use crate::method::{Backbone, BatchSource, ContinualMethod, MethodContext, Prediction, TaskInfo};
+use crate::Result;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Params {}
+
+pub struct Prototype {
+    vs: nn::VarStore,
+    sums: Tensor,
+    counts: Tensor,
+    backbone: Rc<Backbone>,
+}
+
+impl Prototype {
+    pub fn new(ctx: &MethodContext, _params: Params) -> Result<Self> {
+        let vs = nn::VarStore::new(ctx.device);
+        let p = vs.root();
+        let c = ctx.num_classes as i64;
+        let sums = p.zeros_no_train("proto_sums", &[c, ctx.embed_dim()]);
+        let counts = p.zeros_no_train("proto_counts", &[c]);
+        Ok(Self { vs, sums, counts, backbone: ctx.backbone.clone() })
+    }
+}
+
+impl ContinualMethod for Prototype {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn epochs(&self) -> Option<usize> {
+        Some(0)
+    }
+
+    fn train_step(&mut self, images: &Tensor, _labels: &Tensor, _task: &TaskInfo) -> Result<Tensor> {
+        // Never called with epochs = 0; a zero loss keeps the contract if it is.
+        Ok(Tensor::zeros([], (Kind::Float, images.device())))
+    }
+
+    fn end_task(&mut self, _task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        let (sums, counts, vit) = (&mut self.sums, &mut self.counts, &self.backbone.vit);
+        data.for_each(&mut |images, labels| {
+            let f = vit.query(images)?;
+            tch::no_grad(|| {
+                let _ = sums.index_add_(0, labels, &f);
+                let _ = counts.index_add_(0, labels, &Tensor::ones([labels.size()[0]], (Kind::Float, f.device())));
+            });
+            Ok(())
+        })
+    }
+
+    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
+        let f = l2_normalize(&self.backbone.vit.query(images)?, 1);
+        let n = seen as i64;
+        let protos = self.sums.narrow(0, 0, n) / self.counts.narrow(0, 0, n).clamp_min(1.0).unsqueeze(1);
+        let logits = f.matmul(&l2_normalize(&protos, 1).tr());
+        Ok(Prediction { logits, task_ids: None })
+    }
+}
