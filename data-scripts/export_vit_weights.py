@@ -6,14 +6,16 @@ Checkpoints used by the prompt-CL papers (NoRGa, HiDe-Prompt):
 
 | name in configs | source | how |
 | --- | --- | --- |
-| sup21k   | timm `vit_base_patch16_224.augreg_in21k` | `--timm vit_base_patch16_224.augreg_in21k` |
+| sup21k   | the original Google ViT-B/16 ImageNet-21K (`ViT-B_16.npz`), which the L2P / DualPrompt / HiDe / NoRGa code loads as `vit_base_patch16_224`; timm `vit_base_patch16_224.orig_in21k` | `--timm vit_base_patch16_224.orig_in21k` |
+| sup21k-augreg | the newer AugReg ImageNet-21K weights (not what those papers used) | `--timm vit_base_patch16_224.augreg_in21k` |
+| in1k     | ImageNet-1K fine-tuned ViT-B/16 (CODA-Prompt's `vit_pt_imnet`) | `--timm vit_base_patch16_224.augreg2_in21k_ft_in1k` |
 | ibot21k  | iBOT ViT-B/16 IN-21K (`checkpoint_teacher.pth`, github.com/bytedance/ibot) | `--torch FILE --key state_dict` |
 | ibot1k   | iBOT ViT-B/16 IN-1K teacher | `--torch FILE --key state_dict` |
 | dino1k   | DINO ViT-B/16 (`dino_vitbase16_pretrain.pth`) | `--torch FILE` |
 | mocov3   | MoCo v3 ViT-B/16 (`linear-vit-b-300ep.pth.tar`) | `--torch FILE --key state_dict --strip module.` |
 
 Usage:
-  export_vit_weights.py --timm vit_base_patch16_224.augreg_in21k -o weights/sup21k.safetensors
+  export_vit_weights.py --timm vit_base_patch16_224.orig_in21k -o weights/sup21k.safetensors
   export_vit_weights.py --torch dino_vitbase16_pretrain.pth -o weights/dino1k.safetensors
 Needs timm (`PROMPTCL_EXTRAS=timm scripts/bootstrap.sh`) and internet for --timm.
 """

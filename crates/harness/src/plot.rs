@@ -51,8 +51,10 @@ fn svg(title: &str, x_max: usize, series: &[Series]) -> String {
     let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">after task</text>"#, L + pw / 2.0, H - 10.0);
     let _ = write!(s, r#"<text transform="translate(16 {}) rotate(-90)" text-anchor="middle">accuracy (%)</text>"#, T + ph / 2.0);
     for (i, se) in series.iter().enumerate() {
-        let pts: Vec<String> = se.points.iter().map(|&(a, b)| format!("{:.2},{:.2}", x(a), y(b))).collect();
-        let _ = write!(s, r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="{}"/>"#, pts.join(" "), se.color, se.width);
+        if se.points.len() > 1 {
+            let pts: Vec<String> = se.points.iter().map(|&(a, b)| format!("{:.2},{:.2}", x(a), y(b))).collect();
+            let _ = write!(s, r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="{}"/>"#, pts.join(" "), se.color, se.width);
+        }
         for &(a, b) in &se.points {
             let _ = write!(s, r#"<circle cx="{:.2}" cy="{:.2}" r="2.5" fill="{}"/>"#, x(a), y(b), se.color);
         }

@@ -137,7 +137,10 @@ fn ortho_penalty(t: &Tensor) -> Tensor {
 
 /// `rows` new unit vectors, each orthogonal to all earlier (given and new)
 /// ones; earlier vectors are kept as they are. Classical Gram–Schmidt from
-/// Gaussian draws, as the official code; a draw in the span is redrawn.
+/// Gaussian draws, as the official code: each draw is projected against the
+/// earlier rows as they are (not re-orthonormalised), so orthogonality to
+/// rows that training has moved is approximate, exactly as there. A draw in
+/// the span is redrawn.
 fn gram_schmidt(earlier: &[Tensor], new_size: Vec<i64>, rng: &mut SplitMix64) -> Tensor {
     let (rows, dim) = (new_size[0] as usize, new_size[1] as usize);
     let mut basis: Vec<Vec<f64>> = Vec::new();
@@ -183,6 +186,9 @@ impl ContinualMethod for CodaPrompt {
         for (_, layer) in &mut self.layers {
             for set in [&mut layer.p, &mut layer.k, &mut layer.a] {
                 for (t, x) in set.iter_mut().enumerate() {
+                    if t != task.task {
+                        x.zero_grad();
+                    }
                     let _ = x.set_requires_grad(t == task.task);
                 }
             }

@@ -105,8 +105,12 @@ impl ContinualMethod for DualPrompt {
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
         for (t, (p, k)) in self.e_prompts.iter_mut().zip(self.e_keys.iter_mut()).enumerate() {
             let on = t == task.task;
-            let _ = p.set_requires_grad(on);
-            let _ = k.set_requires_grad(on);
+            for x in [&mut *p, &mut *k] {
+                if !on {
+                    x.zero_grad();
+                }
+                let _ = x.set_requires_grad(on);
+            }
         }
         Ok(())
     }

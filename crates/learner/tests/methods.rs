@@ -1,0 +1,236 @@
+//! The properties that make each method what it is, on the tiny timm-fixture ViT.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, MethodContext, OptimConfig, TaskInfo};
+use promptcl_model::{frozen_vit, Precision, ViTConfig};
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+const TASKS: usize = 5;
+const PER_TASK: usize = 2;
+
+fn ctx() -> MethodContext {
+    let cfg = ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 3, num_heads: 4, num_classes: 0, ..ViTConfig::vit_tiny_patch16_224() };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vit_tiny_test.safetensors");
+    let (vars, vit) = frozen_vit(&cfg, Some(&path), Device::Cpu, Precision::F32).unwrap();
+    MethodContext {
+        backbone: Rc::new(Backbone { vit, vars, cfg }),
+        num_classes: TASKS * PER_TASK,
+        num_tasks: TASKS,
+        task_sizes: vec![PER_TASK; TASKS],
+        optim: OptimConfig::default(),
+        device: Device::Cpu,
+        seed: 5,
+    }
+}
+
+fn build(name: &str, params: &str) -> Box<dyn ContinualMethod> {
+    registry::build(name, &ctx(), &toml::from_str(params).unwrap()).unwrap()
+}
+
+fn task(t: usize) -> TaskInfo {
+    TaskInfo { task: t, num_tasks: TASKS, classes: t * PER_TASK..(t + 1) * PER_TASK, seen: 0..(t + 1) * PER_TASK, epoch: 0 }
+}
+
+fn images(seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu))
+}
+
+fn labels(t: usize) -> Tensor {
+    let l = (t * PER_TASK) as i64;
+    Tensor::from_slice(&[l, l + 1, l, l + 1])
+}
+
+fn var(m: &dyn ContinualMethod, name: &str) -> Tensor {
+    m.vars().variables().get(name).unwrap_or_else(|| panic!("no variable {name}")).shallow_clone()
+}
+
+fn has_grad(t: &Tensor) -> bool {
+    t.grad().defined() && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
+}
+
+/// A few Adam steps on task `t`, as the harness does (fresh optimizer per task).
+fn train(m: &mut dyn ContinualMethod, t: usize, steps: usize) {
+    let info = task(t);
+    m.begin_task(&info).unwrap();
+    let mut opt = nn::Adam::default().build(m.vars(), 0.01).unwrap();
+    for s in 0..steps {
+        let loss = m.train_step(&images(s as i64), &labels(t), &info).unwrap();
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+    }
+}
+
+fn snapshot(m: &dyn ContinualMethod, prefix: &str) -> Vec<(String, Tensor)> {
+    let mut v: Vec<_> = m.vars().variables().into_iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, t)| (k, t.copy())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn dualprompt_trains_only_the_current_e_prompt_and_keeps_old_ones() {
+    let mut m = build("dualprompt", "g_layers = [0]\ne_layers = [1, 2]\ne_length = 3");
+    train(&mut *m, 0, 3);
+    let old = snapshot(&*m, "e_prompt.0").into_iter().chain(snapshot(&*m, "e_key.0")).collect::<Vec<_>>();
+    let info = task(1);
+    m.begin_task(&info).unwrap();
+    // As the harness: a fresh optimizer per task, gradients cleared before backward.
+    let mut opt = nn::Adam::default().build(m.vars(), 0.01).unwrap();
+    opt.zero_grad();
+    let loss = m.train_step(&images(9), &labels(1), &info).unwrap();
+    loss.backward();
+    assert!(has_grad(&var(&*m, "e_prompt.1")) && has_grad(&var(&*m, "e_key.1")));
+    assert!(has_grad(&var(&*m, "g_prompt")) && has_grad(&var(&*m, "head.weight")));
+    for name in ["e_prompt.0", "e_key.0", "e_prompt.2", "e_key.2"] {
+        assert!(!has_grad(&var(&*m, name)), "{name} got a gradient");
+    }
+    train(&mut *m, 1, 3);
+    for (name, before) in old {
+        assert!(before.equal(&var(&*m, &name)), "{name} changed after a later task");
+    }
+}
+
+#[test]
+fn dualprompt_key_matching_routes_to_the_matching_task() {
+    let m = build("dualprompt", "g_layers = [0]\ne_layers = [1, 2]");
+    let x = images(3);
+    let q = ctx().backbone.vit.query(&x).unwrap();
+    // Give task 2's key the query of sample 0, task 4's that of sample 1.
+    tch::no_grad(|| {
+        var(&*m, "e_key.2").copy_(&q.get(0));
+        var(&*m, "e_key.4").copy_(&q.get(1));
+    });
+    let pred = m.predict(&x, TASKS * PER_TASK).unwrap();
+    let ids: Vec<i64> = pred.task_ids.unwrap().try_into().unwrap();
+    assert_eq!((ids[0], ids[1]), (2, 4));
+    // Only tasks seen so far are candidates.
+    let pred = m.predict(&x, 2 * PER_TASK).unwrap();
+    let ids: Vec<i64> = pred.task_ids.unwrap().try_into().unwrap();
+    assert!(ids.iter().all(|&i| i < 2), "{ids:?}");
+}
+
+#[test]
+fn l2p_selects_the_nearest_keys_batchwise() {
+    use promptcl_learner::methods::l2p::{Params, L2P};
+    let l2p = L2P::new(&ctx(), Params { pool_size: 6, top_k: 2, length: 3, ..Default::default() }).unwrap();
+    let q = ctx().backbone.vit.query(&images(4)).unwrap();
+    let mean_q = q.mean_dim(0, false, Kind::Float);
+    tch::no_grad(|| {
+        let mut keys = var(&l2p, "prompt_key");
+        keys.copy_(&(-mean_q.unsqueeze(0).expand([6, 64], false)));
+        keys.get(3).copy_(&mean_q);
+        keys.get(5).copy_(&(&mean_q * 0.5 + q.get(0) * 0.5));
+    });
+    let (idx, sim) = l2p.select(&q);
+    assert_eq!(idx.size(), [4, 2], "batchwise: every sample uses the batch's top prompts");
+    for b in 0..4 {
+        let mut ids: Vec<i64> = idx.get(b).try_into().unwrap();
+        ids.sort();
+        assert_eq!(ids, [3, 5]);
+    }
+    assert!(sim.double_value(&[]) > 0.5);
+}
+
+#[test]
+fn coda_components_of_finished_tasks_are_frozen_and_new_ones_orthogonal() {
+    let mut m = build("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0, 1]");
+    train(&mut *m, 0, 3);
+    let old = snapshot(&*m, "e.0.");
+    let old0: Vec<_> = old.into_iter().filter(|(k, _)| k.ends_with(".0")).collect();
+    assert_eq!(old0.len(), 3, "p, k, a of task 0 in layer 0");
+    train(&mut *m, 1, 3);
+    for (name, before) in &old0 {
+        assert!(before.equal(&var(&*m, name)), "{name} changed after task 1");
+    }
+    // Task 1's components start orthogonal to task 0's. (The official
+    // Gram–Schmidt projects against earlier rows as they are, so this is exact
+    // when those rows are still orthonormal, as here, and approximate once
+    // training has moved them.)
+    let mut fresh = build("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0, 1]");
+    fresh.begin_task(&task(0)).unwrap();
+    fresh.begin_task(&task(1)).unwrap();
+    let (k0, k1) = (var(&*fresh, "e.0.k.0"), var(&*fresh, "e.0.k.1"));
+    let cross = k1.matmul(&k0.tr()).abs().max().double_value(&[]);
+    assert!(cross < 1e-4, "task-1 keys not orthogonal to task-0 keys: {cross}");
+    let gram = k1.matmul(&k1.tr()) - Tensor::eye(2, (Kind::Float, Device::Cpu));
+    assert!(gram.abs().max().double_value(&[]) < 1e-5);
+}
+
+#[test]
+fn predictions_cover_exactly_the_seen_classes() {
+    let params = [
+        ("finetune-head", ""),
+        ("finetune-full", ""),
+        ("joint", ""),
+        ("prototype", ""),
+        ("l2p", "pool_size = 6\ntop_k = 2\nlength = 3"),
+        ("dualprompt", "g_layers = [0]\ne_layers = [1, 2]"),
+        ("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0]"),
+    ];
+    assert_eq!(params.len(), registry::METHODS.len(), "a new method needs a line here");
+    for (name, p) in params {
+        let m = build(name, p);
+        for seen in [2, 6] {
+            let pred = tch::no_grad(|| m.predict(&images(1), seen)).unwrap();
+            assert_eq!(pred.logits.size(), [4, seen as i64], "{name}");
+        }
+    }
+}
+
+#[test]
+fn training_scores_only_the_current_task_when_masked() {
+    // With the task mask, the gradient on head rows of other classes is zero.
+    let mut m = build("l2p", "pool_size = 6\ntop_k = 2\nlength = 3");
+    let info = task(2);
+    m.begin_task(&info).unwrap();
+    m.train_step(&images(2), &labels(2), &info).unwrap().backward();
+    let g = var(&*m, "head.weight").grad();
+    for class in 0..TASKS * PER_TASK {
+        let norm = g.get(class as i64).abs().sum(Kind::Float).double_value(&[]);
+        assert_eq!(norm > 0.0, info.classes.contains(&class), "class {class}");
+    }
+}
+
+#[test]
+fn finetune_full_trains_its_own_backbone_copy_only() {
+    let c = ctx();
+    let frozen_before: Vec<_> = c.backbone.vars.variables().into_iter().map(|(k, v)| (k, v.copy())).collect();
+    let mut m = build("finetune-full", "");
+    train(&mut *m, 0, 2);
+    assert!(!var(&*m, "backbone.blocks.0.attn.qkv.weight").equal(&c.backbone.vars.variables()["blocks.0.attn.qkv.weight"]));
+    for (k, v) in frozen_before {
+        assert!(v.equal(&c.backbone.vars.variables()[&k]), "shared backbone {k} changed");
+    }
+}
+
+struct Fixed(Vec<(Tensor, Tensor)>);
+
+impl BatchSource for Fixed {
+    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
+        self.0.iter().try_for_each(|(x, y)| f(x, y))
+    }
+}
+
+#[test]
+fn prototypes_are_class_means_of_frozen_features() {
+    let c = ctx();
+    let mut m = build("prototype", "");
+    assert_eq!(m.epochs(), Some(0), "SimpleCIL does not train");
+    let (x1, x2) = (images(11), images(12));
+    let y1 = Tensor::from_slice(&[0i64, 1, 0, 1]);
+    let y2 = Tensor::from_slice(&[1i64, 1, 0, 0]);
+    m.end_task(&task(0), &mut Fixed(vec![(x1.shallow_clone(), y1.shallow_clone()), (x2.shallow_clone(), y2.shallow_clone())])).unwrap();
+    let f = Tensor::cat(&[c.backbone.vit.query(&x1).unwrap(), c.backbone.vit.query(&x2).unwrap()], 0);
+    let y = Tensor::cat(&[y1, y2], 0);
+    let sums = var(&*m, "proto_sums");
+    for class in 0..2i64 {
+        let mask = y.eq(class);
+        let mean = f.index_select(0, &mask.nonzero().squeeze_dim(1)).mean_dim(0, false, Kind::Float);
+        let counts = var(&*m, "proto_counts").get(class).double_value(&[]);
+        let proto = sums.get(class) / counts;
+        assert!((proto - mean).abs().max().double_value(&[]) < 1e-5);
+    }
+}
