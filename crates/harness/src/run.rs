@@ -230,15 +230,17 @@ fn train_task(
         let loader_epoch = ((info.task as u64) << 20) | epoch as u64;
         let pb = progress(per_epoch as u64, quiet, format!("task {} epoch {}/{}", info.task + 1, epoch + 1, epochs));
         let (mut loss_sum, mut n) = (0.0, 0usize);
+        let (mut correct, mut scored) = (0i64, 0i64);
         for batch in Loader::new(split, indices.to_vec(), loader_opts, loader_epoch, &cfg.stream.transform, device) {
             let batch = batch?;
-            let lr = o.lr_at(step, total);
+            let lr = o.lr_at(step, per_epoch, total);
             opt.set_lr(lr);
             for (g, mult) in &groups {
                 opt.set_lr_group(*g, lr * mult);
             }
             let labels = incremental(stream, &batch.labels, device);
-            let loss = method.train_step(&batch.images, &labels, info)?;
+            let out = method.train_step(&batch.images, &labels, info)?;
+            let loss = out.loss;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 bail!(
@@ -257,13 +259,18 @@ fn train_task(
             opt.step();
             loss_sum += value * batch.labels.len() as f64;
             n += batch.labels.len();
+            if let Some(logits) = &out.logits {
+                correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+                scored += batch.labels.len() as i64;
+            }
             step += 1;
             pb.inc(1);
         }
         pb.finish_and_clear();
         dir.append_log(&serde_json::json!({
             "task": info.task, "epoch": epoch, "loss": loss_sum / n.max(1) as f64,
-            "lr": o.lr_at(step.saturating_sub(1), total), "seconds": t0.elapsed().as_secs_f64(),
+            "train_accuracy": (scored > 0).then(|| 100.0 * correct as f64 / scored as f64),
+            "lr": o.lr_at(step.saturating_sub(1), per_epoch, total), "seconds": t0.elapsed().as_secs_f64(),
         }))?;
     }
     Ok(())

@@ -14,6 +14,7 @@ fn params(method: &str) -> &'static str {
         "dualprompt" => "g_layers = [0]\ne_layers = [1, 2]\ne_length = 3",
         "coda-prompt" => "pool_size = 10\nlength = 4\nlayers = [0, 1, 2]",
         "l2p" => "pool_size = 6\ntop_k = 2\nlength = 3",
+        "hide-prompt" | "norga" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"",
         _ => "",
     }
 }
@@ -71,8 +72,10 @@ fn every_registered_method_runs_end_to_end() {
     let out = tmp("all");
     for (name, _, _) in promptcl_learner::registry::METHODS {
         let cfg = config(name, &out);
+        let t0 = std::time::Instant::now();
         let dir = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() })
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        eprintln!("{name}: {:.1}s", t0.elapsed().as_secs_f64());
         let m = results::load_metrics(&dir).unwrap();
         assert_eq!(m.matrix.num_tasks(), 5, "{name}");
         for (i, row) in m.matrix.rows.iter().enumerate() {
@@ -90,6 +93,13 @@ fn every_registered_method_runs_end_to_end() {
         RunConfig::load(&dir.join(results::CONFIG)).unwrap();
         promptcl_harness::report(&dir, true).unwrap();
         assert!(dir.join("forgetting.png").is_file() && dir.join("forgetting.svg").is_file());
+        let log = std::fs::read_to_string(dir.join(results::LOG)).unwrap();
+        let epochs: Vec<serde_json::Value> =
+            log.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("epoch").is_some()).collect();
+        if *name != "prototype" {
+            assert_eq!(epochs.len(), 5, "{name}: one log line per epoch and task");
+            assert!(epochs.iter().all(|e| e["loss"].as_f64().unwrap().is_finite() && e["train_accuracy"].is_number()), "{name}: {log}");
+        }
         if *name == "dualprompt" {
             assert!(m.matrix.task_id_accuracy.iter().all(Option::is_some), "DualPrompt predicts task ids");
         }

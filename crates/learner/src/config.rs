@@ -11,12 +11,14 @@ pub enum OptimizerKind {
     Sgd,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     Constant,
     /// Cosine from `lr` to 0 over each task's epochs (per step).
     Cosine,
+    /// `lr · rate^⌊epoch / every⌋` (timm `StepLRScheduler`, `--sched step`).
+    Step { every: usize, rate: f64 },
 }
 
 /// `[optim]` of a run config. The optimizer is rebuilt at every task
@@ -71,20 +73,29 @@ impl OptimConfig {
         if !(self.weight_decay >= 0.0) || !(self.clip_grad_norm >= 0.0) {
             return bad("weight_decay and clip_grad_norm must be >= 0".into());
         }
+        if let Schedule::Step { every, rate } = self.schedule {
+            if every == 0 || !(rate > 0.0) {
+                return bad(format!("schedule.step: every = {every} must be >= 1 and rate = {rate} > 0"));
+            }
+        }
         if !(0.0..1.0).contains(&self.betas[0]) || !(0.0..1.0).contains(&self.betas[1]) {
             return bad(format!("betas {:?} must be in [0, 1)", self.betas));
         }
         Ok(())
     }
 
-    /// Learning rate at `step` of `total` steps in a task.
-    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+    /// Learning rate at `step` of a task with `per_epoch` steps per epoch and `total` steps.
+    pub fn lr_at(&self, step: usize, per_epoch: usize, total: usize) -> f64 {
         let lr = self.effective_lr();
         match self.schedule {
             Schedule::Constant => lr,
             Schedule::Cosine => {
                 let t = if total == 0 { 0.0 } else { step as f64 / total as f64 };
                 0.5 * lr * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+            Schedule::Step { every, rate } => {
+                let epoch = step / per_epoch.max(1);
+                lr * rate.powi((epoch / every.max(1)) as i32)
             }
         }
     }

@@ -9,7 +9,8 @@ mod method;
 pub mod methods;
 pub mod metrics;
 pub mod registry;
+pub mod stats;
 
 pub use config::{parse_params, OptimConfig, OptimizerKind, Schedule};
 pub use error::{LearnerError, Result};
-pub use method::{tasks_seen, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, Prediction, TaskInfo};
+pub use method::{tasks_seen, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, Prediction, Step, TaskInfo};

@@ -57,6 +57,20 @@ pub struct Prediction {
     pub task_ids: Option<Tensor>,
 }
 
+/// What one training step returns: the loss, and the (masked) logits it was
+/// computed from when there are any, for the per-epoch training accuracy.
+pub struct Step {
+    pub loss: Tensor,
+    /// `[B, classes]`
+    pub logits: Option<Tensor>,
+}
+
+impl From<Tensor> for Step {
+    fn from(loss: Tensor) -> Self {
+        Self { loss, logits: None }
+    }
+}
+
 /// Which training data a method wants for a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataScope {
@@ -90,7 +104,7 @@ pub trait ContinualMethod {
     /// The loss of one batch (the harness does backward and the step).
     /// # Shapes
     /// - `images`: `[B, 3, H, W]`; `labels`: `[B]` int64 incremental labels
-    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor>;
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step>;
 
     fn end_task(&mut self, _task: &TaskInfo, _data: &mut dyn BatchSource) -> Result<()> {
         Ok(())

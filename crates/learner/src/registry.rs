@@ -3,7 +3,7 @@
 
 use crate::config::parse_params;
 use crate::method::{ContinualMethod, DataScope, MethodContext};
-use crate::methods::{coda_prompt, dualprompt, finetune, joint, l2p, prototype};
+use crate::methods::{coda_prompt, dualprompt, finetune, hide_prompt, joint, l2p, norga, prototype};
 use crate::{LearnerError, Result};
 
 pub type Constructor = fn(&MethodContext, &toml::Table) -> Result<Box<dyn ContinualMethod>>;
@@ -27,6 +27,10 @@ pub const METHODS: &[(&str, &str, Constructor)] = &[
     ("coda-prompt", "attention-weighted orthogonal prompt components (Smith et al. 2023)", |c, p| {
         Ok(Box::new(coda_prompt::CodaPrompt::new(c, parse_params("coda-prompt", p)?)?))
     }),
+    ("hide-prompt", "TII + per-task prefix prompts + task-adaptive prediction (Wang et al. 2023)", |c, p| {
+        Ok(Box::new(hide_prompt::HidePrompt::new(c, parse_params("hide-prompt", p)?, "hide-prompt")?))
+    }),
+    ("norga", "HiDe-Prompt with NoRGa's non-linear residual gate (Le et al. 2024)", |c, p| Ok(Box::new(norga::new(c, p)?))),
 ];
 
 pub fn names() -> Vec<&'static str> {
@@ -50,6 +54,7 @@ pub fn check(name: &str, params: &toml::Table) -> Result<()> {
         "l2p" => parse_params::<l2p::Params>(name, params).map(drop),
         "dualprompt" => parse_params::<dualprompt::Params>(name, params).map(drop),
         "coda-prompt" => parse_params::<coda_prompt::Params>(name, params).map(drop),
+        "hide-prompt" | "norga" => parse_params::<hide_prompt::Params>(name, params).map(drop),
         _ => Err(LearnerError::UnknownMethod { name: name.into(), valid: names().join(", ") }),
     };
     parsed

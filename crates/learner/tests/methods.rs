@@ -57,7 +57,7 @@ fn train(m: &mut dyn ContinualMethod, t: usize, steps: usize) {
     m.begin_task(&info).unwrap();
     let mut opt = nn::Adam::default().build(m.vars(), 0.01).unwrap();
     for s in 0..steps {
-        let loss = m.train_step(&images(s as i64), &labels(t), &info).unwrap();
+        let loss = m.train_step(&images(s as i64), &labels(t), &info).unwrap().loss;
         opt.zero_grad();
         loss.backward();
         opt.step();
@@ -80,7 +80,7 @@ fn dualprompt_trains_only_the_current_e_prompt_and_keeps_old_ones() {
     // As the harness: a fresh optimizer per task, gradients cleared before backward.
     let mut opt = nn::Adam::default().build(m.vars(), 0.01).unwrap();
     opt.zero_grad();
-    let loss = m.train_step(&images(9), &labels(1), &info).unwrap();
+    let loss = m.train_step(&images(9), &labels(1), &info).unwrap().loss;
     loss.backward();
     assert!(has_grad(&var(&*m, "e_prompt.1")) && has_grad(&var(&*m, "e_key.1")));
     assert!(has_grad(&var(&*m, "g_prompt")) && has_grad(&var(&*m, "head.weight")));
@@ -169,6 +169,8 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("l2p", "pool_size = 6\ntop_k = 2\nlength = 3"),
         ("dualprompt", "g_layers = [0]\ne_layers = [1, 2]"),
         ("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0]"),
+        ("hide-prompt", HIDE),
+        ("norga", HIDE),
     ];
     assert_eq!(params.len(), registry::METHODS.len(), "a new method needs a line here");
     for (name, p) in params {
@@ -186,7 +188,7 @@ fn training_scores_only_the_current_task_when_masked() {
     let mut m = build("l2p", "pool_size = 6\ntop_k = 2\nlength = 3");
     let info = task(2);
     m.begin_task(&info).unwrap();
-    m.train_step(&images(2), &labels(2), &info).unwrap().backward();
+    m.train_step(&images(2), &labels(2), &info).unwrap().loss.backward();
     let g = var(&*m, "head.weight").grad();
     for class in 0..TASKS * PER_TASK {
         let norm = g.get(class as i64).abs().sum(Kind::Float).double_value(&[]);
@@ -233,4 +235,88 @@ fn prototypes_are_class_means_of_frozen_features() {
         let proto = sums.get(class) / counts;
         assert!((proto - mean).abs().max().double_value(&[]) < 1e-5);
     }
+}
+
+const HIDE: &str = "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 2\nalign_epochs = 2\nstatistics = \"covariance\"";
+
+/// A data source that counts how often it is read.
+struct Counting(Vec<(Tensor, Tensor)>, usize);
+
+impl BatchSource for Counting {
+    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
+        self.1 += 1;
+        self.0.iter().try_for_each(|(x, y)| f(x, y))
+    }
+}
+
+fn task_data(t: usize) -> Counting {
+    let l = (t * PER_TASK) as i64;
+    let y = Tensor::from_slice(&[l, l + 1, l, l + 1, l, l + 1]);
+    tch::manual_seed(100 + t as i64);
+    Counting(vec![(Tensor::randn([6, 3, 32, 32], (Kind::Float, Device::Cpu)), y)], 0)
+}
+
+#[test]
+fn norga_gate_and_current_prompt_get_gradient_and_gate_freezes_after_task_one() {
+    let mut m = build("norga", HIDE);
+    let info = task(0);
+    m.begin_task(&info).unwrap();
+    m.train_step(&images(1), &labels(0), &info).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "act_scale")), "alpha/tau learn in the first task");
+    assert!(has_grad(&var(&*m, "e_prompt.0")));
+    for name in ["e_prompt.1", "e_prompt.2"] {
+        assert!(!has_grad(&var(&*m, name)), "{name}");
+    }
+    assert!(has_grad(&var(&*m, "tii.head.weight")), "TII trains on the frozen query in its epochs");
+    m.end_task(&info, &mut task_data(0)).unwrap();
+    let info = task(1);
+    m.begin_task(&info).unwrap();
+    let mut opt = nn::Adam::default().build(m.vars(), 0.01).unwrap();
+    opt.zero_grad();
+    m.train_step(&images(2), &labels(1), &info).unwrap().loss.backward();
+    assert!(!has_grad(&var(&*m, "act_scale")), "frozen from the second task (official act_scale.requires_grad_(False))");
+    assert!(has_grad(&var(&*m, "e_prompt.1")) && !has_grad(&var(&*m, "e_prompt.0")));
+    // HiDe-Prompt has no gate at all.
+    assert!(build("hide-prompt", HIDE).vars().variables().get("act_scale").is_none());
+}
+
+#[test]
+fn hide_prompt_pipeline_keeps_finished_prompts_and_consolidates_from_statistics() {
+    let mut m = build("hide-prompt", HIDE);
+    train(&mut *m, 0, 2);
+    m.end_task(&task(0), &mut task_data(0)).unwrap();
+    let p0 = var(&*m, "e_prompt.0").copy();
+    // begin_task(1) starts task 1's prompt from task 0's.
+    m.begin_task(&task(1)).unwrap();
+    assert!(var(&*m, "e_prompt.1").equal(&p0));
+    train(&mut *m, 1, 2);
+    let trained = var(&*m, "e_prompt.1").copy();
+    let tii_before = var(&*m, "tii.head.weight").copy();
+    let head_before = var(&*m, "head.weight").copy();
+    let mut data = task_data(1);
+    m.end_task(&task(1), &mut data).unwrap();
+    assert_eq!(data.1, 1, "the task's data is read once, for statistics");
+    assert!(!var(&*m, "tii.head.weight").equal(&tii_before), "TII refined on pseudo-features");
+    assert!(!var(&*m, "head.weight").equal(&head_before), "TAP retrained the head on pseudo-features");
+    // Momentum write-back: P1 = (1 - m) P1 + m mean(P0), m = 0.01.
+    let expected = &trained * 0.99 + &p0 * 0.01;
+    assert!((var(&*m, "e_prompt.1") - expected).abs().max().double_value(&[]) < 1e-6);
+    assert!(var(&*m, "e_prompt.0").equal(&p0), "task 0's prompt never changes after task 0");
+    // Statistics: per-class Cholesky factors of positive-definite covariances, for fitted classes only.
+    let chol = var(&*m, "tap_stats.cov_cholesky");
+    assert_eq!(chol.size(), [10, 64, 64]);
+    for c in 0..4 {
+        let l = chol.get(c);
+        let eig = l.matmul(&l.tr()).to_kind(Kind::Double).linalg_eigvalsh("L");
+        assert!(eig.min().double_value(&[]) > 0.0, "class {c} covariance not PD");
+    }
+    assert_eq!(var(&*m, "tap_stats.fitted").sum(Kind::Float).double_value(&[]), 4.0);
+    // The method keeps parameters and statistics only: nothing image-shaped.
+    for (name, t) in m.vars().variables() {
+        assert!(t.dim() < 4 || name.starts_with("e_prompt"), "{name} {:?}", t.size());
+    }
+    // Inference routes through TII: every predicted task is a seen one.
+    let pred = m.predict(&images(5), 4).unwrap();
+    let ids: Vec<i64> = pred.task_ids.unwrap().try_into().unwrap();
+    assert!(ids.iter().all(|&t| t < 2), "{ids:?}");
 }

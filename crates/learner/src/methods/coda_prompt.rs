@@ -17,8 +17,8 @@ use promptcl_stream::SplitMix64;
 use serde::Deserialize;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{gaussian, head, l2_normalize, masked_ce, seeded_uniform, train_classes, var_from};
-use crate::method::{tasks_seen, Backbone, ContinualMethod, MethodContext, Prediction, TaskInfo};
+use super::common::{ce_step, gaussian, head, l2_normalize, seeded_uniform, train_classes, var_from};
+use crate::method::{tasks_seen, Backbone, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
 use crate::{LearnerError, Result};
 
 /// Defaults: CODA-Prompt `configs/cifar-100_prompt.yaml` (`prompt_param: [100, 8, 0.0]`).
@@ -196,12 +196,14 @@ impl ContinualMethod for CodaPrompt {
         Ok(())
     }
 
-    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor> {
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let query = self.backbone.vit.query(images)?;
         let (prompts, ortho) = self.prompts(&query, task.task + 1, true);
         let out = self.backbone.vit.forward(images, &prompts)?;
         let logits = self.head.forward(&out.cls);
-        Ok(masked_ce(&logits, labels, train_classes(task, self.params.train_mask)) + ortho)
+        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask));
+        step.loss = step.loss + ortho;
+        Ok(step)
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {

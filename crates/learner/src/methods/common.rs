@@ -5,6 +5,8 @@ use std::ops::Range;
 use promptcl_stream::SplitMix64;
 use tch::{nn, Kind, Tensor};
 
+use crate::Step;
+
 /// One standard-normal draw (Box–Muller) from promptcl's RNG. Method
 /// initialisations draw from it rather than libtorch's global generator, so a
 /// resumed run re-creates exactly what an uninterrupted one did.
@@ -48,6 +50,12 @@ pub(crate) fn mask_outside(logits: &Tensor, allowed: Range<usize>) -> Tensor {
 /// Cross-entropy of `labels` with logits outside `allowed` masked.
 pub(crate) fn masked_ce(logits: &Tensor, labels: &Tensor, allowed: Range<usize>) -> Tensor {
     mask_outside(logits, allowed).cross_entropy_for_logits(labels)
+}
+
+/// A training step scored by masked cross-entropy, keeping the masked logits for the log.
+pub(crate) fn ce_step(logits: &Tensor, labels: &Tensor, allowed: Range<usize>) -> Step {
+    let masked = mask_outside(logits, allowed);
+    Step { loss: masked.cross_entropy_for_logits(labels), logits: Some(masked.detach()) }
 }
 
 /// The classes a training batch is scored over: the task's own (official

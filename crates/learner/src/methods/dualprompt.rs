@@ -15,8 +15,8 @@ use promptcl_model::Prompts;
 use serde::Deserialize;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{head, l2_normalize, masked_ce, seeded_uniform, split_prefix, train_classes, var_from};
-use crate::method::{tasks_seen, Backbone, ContinualMethod, MethodContext, Prediction, TaskInfo};
+use super::common::{ce_step, head, l2_normalize, seeded_uniform, split_prefix, train_classes, var_from};
+use crate::method::{tasks_seen, Backbone, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
 use crate::{LearnerError, Result};
 
 /// Defaults: dualprompt-pytorch `configs/cifar100_dualprompt.py`.
@@ -115,14 +115,16 @@ impl ContinualMethod for DualPrompt {
         Ok(())
     }
 
-    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor> {
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let query = self.backbone.vit.query(images)?;
         let t = task.task;
         let out = self.backbone.vit.forward(images, &self.prompts(&self.e_prompts[t].unsqueeze(0)))?;
         let logits = self.head.forward(&out.cls);
         let key = l2_normalize(&self.e_keys[t].unsqueeze(0), 1);
         let reduce_sim = (l2_normalize(&query, 1) * key).sum(Kind::Float) / images.size()[0] as f64;
-        Ok(masked_ce(&logits, labels, train_classes(task, self.params.train_mask)) - reduce_sim * self.params.pull_constraint_coeff)
+        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask));
+        step.loss = step.loss - reduce_sim * self.params.pull_constraint_coeff;
+        Ok(step)
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {

@@ -8,8 +8,8 @@ use promptcl_model::{Prompts, VisionTransformer};
 use serde::Deserialize;
 use tch::{nn, nn::Module, Tensor};
 
-use super::common::{head, masked_ce, train_classes};
-use crate::method::{Backbone, ContinualMethod, DataScope, MethodContext, Prediction, TaskInfo};
+use super::common::{ce_step, head, train_classes};
+use crate::method::{Backbone, ContinualMethod, DataScope, MethodContext, Prediction, Step, TaskInfo};
 use crate::Result;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,9 +73,9 @@ impl ContinualMethod for Finetune {
         &self.vs
     }
 
-    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor> {
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let logits = self.head.forward(&self.features(images)?);
-        Ok(masked_ce(&logits, labels, train_classes(task, self.params.train_mask)))
+        Ok(ce_step(&logits, labels, train_classes(task, self.params.train_mask)))
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {

@@ -15,8 +15,8 @@ use std::rc::Rc;
 use serde::Deserialize;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{head, l2_normalize, mask_outside, masked_ce, seeded_uniform, train_classes, var_from};
-use crate::method::{Backbone, ContinualMethod, MethodContext, Prediction, TaskInfo};
+use super::common::{ce_step, head, l2_normalize, mask_outside, seeded_uniform, train_classes, var_from};
+use crate::method::{Backbone, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
 use crate::{LearnerError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -122,9 +122,11 @@ impl ContinualMethod for L2P {
         &self.vs
     }
 
-    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor> {
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let (logits, reduce_sim) = self.logits(images)?;
-        Ok(masked_ce(&logits, labels, train_classes(task, self.params.train_mask)) - reduce_sim * self.params.pull_constraint_coeff)
+        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask));
+        step.loss = step.loss - reduce_sim * self.params.pull_constraint_coeff;
+        Ok(step)
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {

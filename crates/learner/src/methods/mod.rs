@@ -4,6 +4,8 @@ mod common;
 pub mod coda_prompt;
 pub mod dualprompt;
 pub mod finetune;
+pub mod hide_prompt;
 pub mod joint;
 pub mod l2p;
+pub mod norga;
 pub mod prototype;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tch::{nn, Kind, Tensor};
 
 use super::common::l2_normalize;
-use crate::method::{Backbone, BatchSource, ContinualMethod, MethodContext, Prediction, TaskInfo};
+use crate::method::{Backbone, BatchSource, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
 use crate::Result;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -42,9 +42,9 @@ impl ContinualMethod for Prototype {
         Some(0)
     }
 
-    fn train_step(&mut self, images: &Tensor, _labels: &Tensor, _task: &TaskInfo) -> Result<Tensor> {
+    fn train_step(&mut self, images: &Tensor, _labels: &Tensor, _task: &TaskInfo) -> Result<Step> {
         // Never called with epochs = 0; a zero loss keeps the contract if it is.
-        Ok(Tensor::zeros([], (Kind::Float, images.device())))
+        Ok(Tensor::zeros([], (Kind::Float, images.device())).into())
     }
 
     fn end_task(&mut self, _task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {

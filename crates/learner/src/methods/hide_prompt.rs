@@ -1,0 +1,414 @@
+//! HiDe-Prompt (Wang et al., NeurIPS 2023; thu-ml/HiDe-Prompt) and, with the
+//! gate on, NoRGa (Le et al., 2024, arXiv 2405.14124; Minhchuyentoancbn/MoE_PromptCL),
+//! following MoE_PromptCL `engines/norga_tii_engine.py` + `norga_prompt_engine.py`.
+//!
+//! Three parts, all trained within promptcl's one task loop (the official code
+//! runs TII as a separate first run; per task the two are independent, so
+//! interleaving them is the same algorithm, and one frozen query forward per
+//! batch serves both):
+//!
+//! - **TII** (task-identity inference): `MlpMapping(hidden=[2])` (Linear D→2D,
+//!   GELU, Linear 2D→D, residual, LayerNorm) + linear head on the frozen,
+//!   un-prompted class token, trained with cross-entropy masked to the task's
+//!   classes for `tii_epochs` (Adam at `tii_lr`); after each task, per-class
+//!   statistics of the frozen features, and from task 2 on a refinement of the
+//!   MLP + head on Gaussian pseudo-features of all seen classes
+//!   (`tii_align_epochs`, SGD momentum 0.9, wd 5e-4, lr `tii_align_lr`,
+//!   cosine; `batch` samples per class, `#old classes` steps per epoch).
+//! - **WTP** (within-task prediction): one prefix prompt per task in `layers`
+//!   (length `length`), no shared prompt. Task t's prompt starts as a copy of
+//!   task t−1's; while training, the prompt used is
+//!   `(1−m)·P_t + m·mean(P_<t)` (the mean detached), and after training that
+//!   mix is written into P_t. Loss: cross-entropy masked to the task's classes
+//!   + `reg` × a contrastive term: rows = stored class means of earlier
+//!   classes then the batch's prompted features, `CE(MMᵀ/0.8, identity)`.
+//!   The head learns at `head_lr_scale` × the prompt learning rate (`--larger_prompt_lr`).
+//! - **TAP** (task-adaptive prediction): after each task, per-class statistics
+//!   of the prompted features (with the class's own task prompt); from task 2
+//!   on, the head is retrained on `5 × batch` pseudo-features per seen class
+//!   (`align_epochs`, SGD momentum 0.9, wd 5e-4, lr `align_lr`, cosine,
+//!   `#old classes` steps per epoch, logits masked to seen classes).
+//! - **Inference**: TII's class → its task → that task's prompt → prompted
+//!   forward → head.
+//!
+//! **NoRGa**: each prompted layer's prefix logits pass through
+//! `s + α·σ(τ·s)`; (τ, α) per layer, initialised to 1, trained with the
+//! prompts during the first task and frozen afterwards (the official engine
+//! sets `act_scale.requires_grad_(False)` from task 2 on).
+
+use std::rc::Rc;
+
+use promptcl_model::{GateActivation, NoRGaGate, PrefixScoreHook, Prompts};
+use serde::Deserialize;
+use tch::{nn, nn::Module, nn::OptimizerConfig, Kind, Tensor};
+
+use super::common::{ce_step, head, mask_outside, masked_ce, seeded_uniform, split_prefix, var_from};
+use crate::method::{Backbone, BatchSource, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
+use crate::stats::{ClassStats, StatsKind};
+use crate::{LearnerError, Result};
+
+/// Defaults: MoE_PromptCL `scripts/cifar100_Sup21k_NoRGa.sh` and
+/// `configs/cifar100_norgaprompt.py` @5bd6f7a (the prompt stage's
+/// `--lr 0.03 --sched step` live in `[optim]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub layers: Vec<usize>,
+    pub length: i64,
+    pub prompt_momentum: f64,
+    pub reg: f64,
+    pub temperature: f64,
+    pub head_lr_scale: f64,
+    pub train_mask: bool,
+    /// NoRGa's σ; `None` = plain prefix-tuning (HiDe-Prompt).
+    pub gate: Option<GateActivation>,
+    pub statistics: StatsKind,
+    pub n_centroids: usize,
+    pub tii_epochs: usize,
+    /// The TII stage's Adam learning rate (scaled by batch/256 like `[optim].lr` when that is).
+    pub tii_lr: f64,
+    pub tii_mlp_hidden: Vec<i64>,
+    pub tii_align_epochs: usize,
+    pub tii_align_lr: f64,
+    pub align_epochs: usize,
+    pub align_lr: f64,
+    /// Pseudo-features per class per TAP epoch, as a multiple of the batch size.
+    pub align_samples_factor: i64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            layers: vec![0, 1, 2, 3, 4],
+            length: 5,
+            prompt_momentum: 0.01,
+            reg: 0.1,
+            temperature: 0.8,
+            head_lr_scale: 0.1,
+            train_mask: true,
+            gate: None,
+            statistics: StatsKind::Covariance,
+            n_centroids: 10,
+            tii_epochs: 20,
+            tii_lr: 0.0005,
+            tii_mlp_hidden: vec![2],
+            tii_align_epochs: 30,
+            tii_align_lr: 0.005,
+            align_epochs: 80,
+            align_lr: 0.05,
+            align_samples_factor: 5,
+        }
+    }
+}
+
+/// The TII network on top of the frozen class token.
+struct Tii {
+    layers: Vec<nn::Linear>,
+    norm_w: Tensor,
+    norm_b: Tensor,
+    head: nn::Linear,
+}
+
+impl Tii {
+    fn new(p: &nn::Path, d: i64, hidden: &[i64], classes: usize, seed: u64) -> Self {
+        let mut dims = vec![d];
+        dims.extend(hidden.iter().map(|h| h * d));
+        dims.push(d);
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let bound = 1.0 / (w[0] as f64).sqrt();
+                let lp = p / "mlp" / i;
+                let ws = var_from(&lp, "weight", seeded_uniform(seed, &[30, i as u64, 0], &[w[1], w[0]], -bound, bound));
+                let bs = var_from(&lp, "bias", seeded_uniform(seed, &[30, i as u64, 1], &[w[1]], -bound, bound));
+                nn::Linear { ws, bs: Some(bs) }
+            })
+            .collect();
+        let norm_w = p.ones("norm_weight", &[d]);
+        let norm_b = p.zeros("norm_bias", &[d]);
+        Self { layers, norm_w, norm_b, head: head(p, d, classes, seed ^ 0x7111) }
+    }
+
+    /// `MlpMapping` (residual + LayerNorm) then the head.
+    fn logits(&self, q: &Tensor) -> Tensor {
+        let mut h = q.shallow_clone();
+        let last = self.layers.len() - 1;
+        for (i, l) in self.layers.iter().enumerate() {
+            h = l.forward(&h);
+            if i != last {
+                h = h.gelu("none");
+            }
+        }
+        let d = q.size()[1];
+        let x = (h + q).layer_norm([d], Some(&self.norm_w), Some(&self.norm_b), 1e-5, false);
+        self.head.forward(&x)
+    }
+}
+
+pub struct HidePrompt {
+    vs: nn::VarStore,
+    prompts: Vec<Tensor>,
+    /// `[layers, 2]`: column 0 τ, column 1 α (official `act_scale`).
+    gate: Option<Tensor>,
+    head: nn::Linear,
+    tii: Tii,
+    tii_stats: ClassStats,
+    tap_stats: ClassStats,
+    backbone: Rc<Backbone>,
+    task_sizes: Vec<usize>,
+    params: Params,
+    name: &'static str,
+    prompt_epochs: usize,
+    batch_size: i64,
+    seed: u64,
+    tii_lr_scale: f64,
+}
+
+impl HidePrompt {
+    pub fn new(ctx: &MethodContext, params: Params, name: &'static str) -> Result<Self> {
+        let bad = |reason: String| Err(LearnerError::Params { method: name.into(), reason });
+        let cfg = &ctx.backbone.cfg;
+        if let Some(l) = params.layers.iter().find(|&&l| l >= cfg.depth) {
+            return bad(format!("prompt layer {l} beyond the backbone's depth {}", cfg.depth));
+        }
+        if params.length < 1 || !(0.0..=1.0).contains(&params.prompt_momentum) || !(params.temperature > 0.0) {
+            return bad("need length >= 1, 0 <= prompt_momentum <= 1, temperature > 0".into());
+        }
+        if params.statistics == StatsKind::MultiCentroid && params.n_centroids == 0 {
+            return bad("n_centroids must be >= 1".into());
+        }
+        let vs = nn::VarStore::new(ctx.device);
+        let root = vs.root();
+        let (h, hd, d) = (cfg.num_heads, cfg.head_dim(), cfg.embed_dim);
+        // Group 0: prompts and gate at the prompt lr; 1: the head; 2: TII.
+        let p0 = root.set_group(0);
+        let dims = [params.layers.len() as i64, 2, params.length, h, hd];
+        let prompts = (0..ctx.num_tasks)
+            .map(|t| var_from(&(&p0 / "e_prompt"), &t.to_string(), seeded_uniform(ctx.seed, &[40, t as u64], &dims, -1.0, 1.0)))
+            .collect();
+        let gate = params.gate.map(|_| p0.ones("act_scale", &[params.layers.len() as i64, 2]));
+        let head = head(&root.set_group(1), d, ctx.num_classes, ctx.seed);
+        let p2 = root.set_group(2) / "tii";
+        let tii = Tii::new(&p2, d, &params.tii_mlp_hidden, ctx.num_classes, ctx.seed);
+        let k = params.n_centroids;
+        let tii_stats = ClassStats::new(&(&root / "tii_stats"), params.statistics, ctx.num_classes, d, k);
+        let tap_stats = ClassStats::new(&(&root / "tap_stats"), params.statistics, ctx.num_classes, d, k);
+        let tii_lr_scale = params.tii_lr / ctx.optim.lr;
+        Ok(Self {
+            vs,
+            prompts,
+            gate,
+            head,
+            tii,
+            tii_stats,
+            tap_stats,
+            backbone: ctx.backbone.clone(),
+            task_sizes: ctx.task_sizes.clone(),
+            prompt_epochs: ctx.optim.epochs,
+            batch_size: ctx.optim.batch_size as i64,
+            seed: ctx.seed,
+            tii_lr_scale,
+            params,
+            name,
+        })
+    }
+
+    fn task_of_class(&self, class: i64) -> i64 {
+        let mut end = 0;
+        for (t, s) in self.task_sizes.iter().enumerate() {
+            end += *s as i64;
+            if class < end {
+                return t as i64;
+            }
+        }
+        self.task_sizes.len() as i64 - 1
+    }
+
+    /// The gates of every prompted layer (shared by all tasks).
+    fn gates(&self) -> Vec<NoRGaGate> {
+        match (&self.gate, self.params.gate) {
+            (Some(g), Some(activation)) => (0..self.params.layers.len() as i64)
+                .map(|i| NoRGaGate { tau: g.get(i).get(0), alpha: g.get(i).get(1), activation })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Prompted class-token features for prompts `e` (`[B or 1, layers, 2, L, H, hd]`).
+    fn prompted(&self, images: &Tensor, e: &Tensor) -> Result<Tensor> {
+        let gates = self.gates();
+        let mut prompts = Prompts::none();
+        for (i, &l) in self.params.layers.iter().enumerate() {
+            let (k, v) = split_prefix(&e.select(1, i as i64));
+            prompts = prompts.with_prefix(l, &k, &v);
+            if let Some(g) = gates.get(i) {
+                prompts = prompts.with_score_hook(l, g as &dyn PrefixScoreHook);
+            }
+        }
+        Ok(self.backbone.vit.forward(images, &prompts)?.cls)
+    }
+
+    /// Task t's prompt as used in training: mixed with the mean of earlier prompts.
+    fn training_prompt(&self, t: usize) -> Tensor {
+        let own = &self.prompts[t];
+        let m = self.params.prompt_momentum;
+        if t == 0 || m == 0.0 {
+            return own.shallow_clone();
+        }
+        let earlier = Tensor::stack(&self.prompts[..t], 0).mean_dim(0, false, Kind::Float).detach();
+        own * (1.0 - m) + earlier * m
+    }
+
+    /// `CE(MMᵀ/τ, I)` over [stored means of classes < `seen_before`; batch features].
+    fn contrastive(&self, feats: &Tensor, seen_before: usize) -> Tensor {
+        let m = if seen_before > 0 { Tensor::cat(&[self.tap_stats.means(seen_before), feats.shallow_clone()], 0) } else { feats.shallow_clone() };
+        let n = m.size()[0];
+        let sim = m.matmul(&m.tr()) / self.params.temperature;
+        sim.cross_entropy_for_logits(&Tensor::arange(n, (Kind::Int64, feats.device())))
+    }
+
+    /// SGD (momentum 0.9, wd 5e-4, cosine over epochs) on pseudo-features of
+    /// all seen classes, `steps = #old classes` batches of `per_class` per epoch.
+    fn align(&mut self, tii: bool, task: &TaskInfo) -> Result<()> {
+        let (epochs, lr, per_class) = if tii {
+            (self.params.tii_align_epochs, self.params.tii_align_lr, self.batch_size)
+        } else {
+            (self.params.align_epochs, self.params.align_lr, self.batch_size * self.params.align_samples_factor)
+        };
+        let steps = task.classes.start;
+        if epochs == 0 || steps == 0 {
+            return Ok(());
+        }
+        tch::manual_seed((self.seed ^ ((task.task as u64) << 8) ^ u64::from(tii)) as i64);
+        let mut opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 5e-4, nesterov: false }.build(&self.vs, lr)?;
+        for epoch in 0..epochs {
+            opt.set_lr(0.5 * lr * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos()));
+            let stats = if tii { &self.tii_stats } else { &self.tap_stats };
+            let (x, y) = stats.sample_classes(0..task.seen.end, per_class);
+            let perm = Tensor::randperm(x.size()[0], (Kind::Int64, x.device()));
+            let (x, y) = (x.index_select(0, &perm), y.index_select(0, &perm));
+            for s in 0..steps as i64 {
+                let (start, len) = (s * per_class, per_class.min(x.size()[0] - s * per_class));
+                if len <= 0 {
+                    break;
+                }
+                let (xb, yb) = (x.narrow(0, start, len), y.narrow(0, start, len));
+                let logits = if tii { self.tii.logits(&xb) } else { self.head.forward(&xb) };
+                let loss = masked_ce(&logits, &yb, 0..task.seen.end);
+                opt.zero_grad();
+                loss.backward();
+                opt.step();
+            }
+        }
+        opt.zero_grad();
+        Ok(())
+    }
+}
+
+impl ContinualMethod for HidePrompt {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn epochs(&self) -> Option<usize> {
+        Some(self.prompt_epochs.max(self.params.tii_epochs))
+    }
+
+    fn lr_groups(&self) -> Vec<(usize, f64)> {
+        vec![(1, self.params.head_lr_scale), (2, self.tii_lr_scale)]
+    }
+
+    fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
+        let t = task.task;
+        tch::no_grad(|| {
+            if t > 0 {
+                // `shared_prompt_pool`: the new prompt starts from the previous one.
+                let prev = self.prompts[t - 1].copy();
+                self.prompts[t].copy_(&prev);
+            }
+        });
+        for (i, p) in self.prompts.iter_mut().enumerate() {
+            if i != t {
+                p.zero_grad();
+            }
+            let _ = p.set_requires_grad(i == t);
+        }
+        if let Some(g) = &mut self.gate {
+            if t > 0 {
+                g.zero_grad();
+            }
+            let _ = g.set_requires_grad(t == 0);
+        }
+        Ok(())
+    }
+
+    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+        let mut loss = Tensor::zeros([], (Kind::Float, images.device()));
+        let mut logits = None;
+        let classes = if self.params.train_mask { task.classes.clone() } else { 0..task.seen.end };
+        if task.epoch < self.params.tii_epochs {
+            let q = self.backbone.vit.query(images)?;
+            loss = loss + masked_ce(&self.tii.logits(&q), labels, classes.clone());
+        }
+        if task.epoch < self.prompt_epochs {
+            let e = self.training_prompt(task.task).unsqueeze(0);
+            let feats = self.prompted(images, &e)?;
+            let step = ce_step(&self.head.forward(&feats), labels, classes);
+            loss = loss + step.loss + self.contrastive(&feats, task.classes.start) * self.params.reg;
+            logits = step.logits;
+        }
+        Ok(Step { loss, logits })
+    }
+
+    fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        let t = task.task;
+        let m = self.params.prompt_momentum;
+        if t > 0 && m > 0.0 {
+            let mixed = tch::no_grad(|| self.training_prompt(t));
+            tch::no_grad(|| self.prompts[t].copy_(&mixed));
+        }
+        // One pass: frozen and prompted features of the task's classes.
+        let (mut q_all, mut f_all, mut y_all) = (Vec::new(), Vec::new(), Vec::new());
+        let e = self.prompts[t].unsqueeze(0);
+        data.for_each(&mut |images, labels| {
+            tch::no_grad(|| -> Result<()> {
+                q_all.push(self.backbone.vit.query(images)?);
+                f_all.push(self.prompted(images, &e)?);
+                y_all.push(labels.shallow_clone());
+                Ok(())
+            })
+        })?;
+        let (q, f, y) = (Tensor::cat(&q_all, 0), Tensor::cat(&f_all, 0), Tensor::cat(&y_all, 0));
+        for c in task.classes.clone() {
+            let idx = y.eq(c as i64).nonzero().squeeze_dim(1);
+            let seed = self.seed ^ ((c as u64) << 16);
+            self.tii_stats.fit(c, &q.index_select(0, &idx), seed)?;
+            self.tap_stats.fit(c, &f.index_select(0, &idx), seed ^ 1)?;
+        }
+        if t > 0 {
+            self.align(true, task)?;
+            self.align(false, task)?;
+        }
+        Ok(())
+    }
+
+    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
+        let q = self.backbone.vit.query(images)?;
+        let tii_logits = mask_outside(&self.tii.logits(&q), 0..seen);
+        let classes: Vec<i64> = Vec::try_from(tii_logits.argmax(1, false).to_device(tch::Device::Cpu)).expect("int64");
+        let tasks: Vec<i64> = classes.iter().map(|&c| self.task_of_class(c)).collect();
+        let task_ids = Tensor::from_slice(&tasks).to_device(images.device());
+        let n_tasks = tasks.iter().max().map_or(1, |&m| m as usize + 1);
+        let e = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, &task_ids);
+        let feats = self.prompted(images, &e)?;
+        let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
+        Ok(Prediction { logits, task_ids: Some(task_ids) })
+    }
+}
+
+impl std::fmt::Debug for HidePrompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)
+    }
+}
