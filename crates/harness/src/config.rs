@@ -102,11 +102,33 @@ pub struct RunSection {
     pub eval_batch_size: usize,
     /// Keep one checkpoint per finished task (else only the latest).
     pub keep_all_checkpoints: bool,
+    /// Also checkpoint after every epoch (method and optimizer state), so
+    /// `--resume` continues inside a task.
+    pub checkpoint_every_epoch: bool,
+    pub on_nonfinite_loss: NonFinite,
+}
+
+/// What a NaN/Inf loss does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonFinite {
+    /// Stop the run with an error; everything finished so far is kept.
+    #[default]
+    Stop,
+    /// Skip the batch (no update) and log it; stop after 10 in a row.
+    SkipBatch,
 }
 
 impl Default for RunSection {
     fn default() -> Self {
-        Self { device: "auto".into(), results_dir: "results".into(), eval_batch_size: 256, keep_all_checkpoints: false }
+        Self {
+            device: "auto".into(),
+            results_dir: "results".into(),
+            eval_batch_size: 256,
+            keep_all_checkpoints: false,
+            checkpoint_every_epoch: false,
+            on_nonfinite_loss: NonFinite::Stop,
+        }
     }
 }
 
@@ -114,11 +136,12 @@ impl RunConfig {
     /// Reads TOML or JSON (by extension) and validates it.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let cfg: Self = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?
+        let parsed: std::result::Result<Self, String> = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
         } else {
-            toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?
+            toml::from_str(&text).map_err(|e| e.to_string())
         };
+        let cfg = parsed.map_err(|e| anyhow::anyhow!("{}: invalid config: {}", path.display(), promptcl_learner::did_you_mean(&e)))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let cfg = cfg.resolve_paths(base);
         cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
@@ -148,12 +171,16 @@ impl RunConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.validate_inner().map_err(|e| anyhow::anyhow!(promptcl_learner::did_you_mean(&format!("{e:#}"))))
+    }
+
+    fn validate_inner(&self) -> Result<()> {
         if self.seeds.is_empty() {
             bail!("seeds: give at least one seed");
         }
         self.optim.validate()?;
-        self.stream.transform.validate()?;
-        self.stream.dataset.validate()?;
+        self.stream.transform.validate().context("stream.transform")?;
+        self.stream.dataset.validate().context("stream.dataset.root")?;
         if let Some(n) = self.stream.dataset.known_num_classes() {
             promptcl_stream::TaskStream::new(n, &ClassOrder::Natural, &self.stream.split())?;
             if let ClassOrder::Explicit(_) = &self.stream.order {
@@ -174,6 +201,14 @@ impl RunConfig {
             );
         }
         promptcl_learner::registry::check(&self.method.name, &self.method.params).context("method")?;
+        // Any `*layers` list of a method indexes backbone blocks.
+        for (key, value) in &self.method.params {
+            if let (true, Some(list)) = (key.ends_with("layers"), value.as_array()) {
+                if let Some(bad) = list.iter().filter_map(|v| v.as_integer()).find(|&l| l < 0 || l as usize >= vit.depth) {
+                    bail!("method.params.{key}: layer {bad} does not exist, the backbone has {} blocks (0..{})", vit.depth, vit.depth);
+                }
+            }
+        }
         match self.run.device.as_str() {
             "auto" | "cpu" | "cuda" => {}
             d => bail!("run.device = `{d}`: expected auto, cpu or cuda"),

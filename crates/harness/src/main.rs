@@ -74,6 +74,16 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let quiet = cli.quiet;
+    // Out-of-memory panics from libtorch are caught and explained by the run
+    // loop; keep their stack trace out of the user's terminal.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
+        if !msg.to_lowercase().contains("out of memory") {
+            default_hook(info);
+        }
+    }));
     match cli.command {
         Command::Run { config, resume, seed } => {
             let opts = run::RunOptions { quiet, ..Default::default() };

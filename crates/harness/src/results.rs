@@ -17,7 +17,8 @@ pub const ENV: &str = "env.json";
 pub const LOG: &str = "log.jsonl";
 const LOCK: &str = "run.lock";
 
-/// Where a run stands; rewritten after every finished task.
+/// Where a run stands; rewritten after every finished task (and epoch, with
+/// per-epoch checkpoints).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
     pub run_id: String,
@@ -25,7 +26,18 @@ pub struct State {
     pub completed_tasks: usize,
     pub num_tasks: usize,
     pub finished: bool,
+    /// The last epoch checkpoint inside the unfinished task, if any.
+    #[serde(default)]
+    pub epoch_checkpoint: Option<EpochMark>,
 }
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpochMark {
+    pub task: usize,
+    pub epochs_done: usize,
+}
+
+pub const EPOCH_CHECKPOINT: &str = "checkpoints/epoch.safetensors";
 
 /// `metrics.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,13 +9,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use promptcl_learner::metrics::AccuracyMatrix;
-use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, OptimizerKind, TaskInfo};
+use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, TaskInfo};
 use promptcl_model::frozen_vit;
 use promptcl_stream::{ClassOrder, Dataset, Loader, LoaderOptions, Split, TaskStream, TransformConfig};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
-use crate::config::RunConfig;
-use crate::results::{self, Metrics, RunDir, State};
+use crate::config::{NonFinite, RunConfig};
+use crate::optim::{clip_grad_norm, Optimizer};
+use crate::results::{self, EpochMark, Metrics, RunDir, State};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
@@ -107,6 +108,7 @@ pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<
                 completed_tasks: 0,
                 num_tasks: stream.num_tasks(),
                 finished: false,
+                epoch_checkpoint: None,
             };
             results::write_json(&dir.file(results::STATE), &state)?;
             (dir, state, AccuracyMatrix::default())
@@ -130,8 +132,20 @@ pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<
             DataScope::AllSeen => stream.indices_until(&dataset.train, t),
         };
         let epochs = method.epochs().unwrap_or(cfg.optim.epochs);
+        // Inside an interrupted task: restore the last epoch's method and optimizer state.
+        let resume_from = match state.epoch_checkpoint {
+            Some(mark) if mark.task == t => {
+                let path = dir.file(results::EPOCH_CHECKPOINT);
+                let saved = promptcl_model::weights::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
+                restore_vars(method.vars(), &saved, &path)?;
+                tracing::info!("resuming task {} after epoch {}", t + 1, mark.epochs_done);
+                Some((mark.epochs_done, saved))
+            }
+            _ => None,
+        };
         if epochs > 0 {
-            train_task(&mut *method, cfg, stream, &dataset.train, &indices, &mut info, epochs, seed, device, &dir, quiet)?;
+            let mut job = TrainJob { cfg, stream, split: &dataset.train, indices: &indices, epochs, seed, device, dir: &dir, quiet, state: &mut state };
+            job.run(&mut *method, &mut info, resume_from)?;
         }
         let mut source = Batches {
             split: &dataset.train,
@@ -165,7 +179,9 @@ pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<
         dir.write_matrix_csv(&matrix)?;
         state.completed_tasks = t + 1;
         state.finished = state.completed_tasks == stream.num_tasks();
+        state.epoch_checkpoint = None;
         results::write_json(&dir.file(results::STATE), &state)?;
+        std::fs::remove_file(dir.file(results::EPOCH_CHECKPOINT)).ok();
         if t > 0 && !cfg.run.keep_all_checkpoints {
             std::fs::remove_file(dir.checkpoint(t - 1)).ok();
         }
@@ -196,100 +212,172 @@ fn progress(len: u64, quiet: bool, msg: String) -> ProgressBar {
     pb
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_task(
-    method: &mut dyn ContinualMethod,
-    cfg: &RunConfig,
-    stream: &TaskStream,
-    split: &Split,
-    indices: &[usize],
-    info: &mut TaskInfo,
+/// Copies saved `method.<name>` tensors into the method's variables (strict).
+fn restore_vars(vs: &nn::VarStore, saved: &std::collections::HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            let src = saved.get(&format!("method.{name}")).with_context(|| format!("{}: no `method.{name}`", path.display()))?;
+            anyhow::ensure!(src.size() == var.size(), "{}: `method.{name}` has shape {:?}, expected {:?}", path.display(), src.size(), var.size());
+            var.copy_(&src.to_device(var.device()).to_kind(var.kind()));
+        }
+        Ok(())
+    })
+}
+
+/// Training steps taken by this process, for fault injection only.
+static STEPS_TAKEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A fault to inject (tests only): `PROMPTCL_FAULT=nan@<step>` or `oom@<step>`,
+/// counting training steps from 0 across this process.
+fn injected_fault() -> Option<(String, usize)> {
+    let spec = std::env::var("PROMPTCL_FAULT").ok()?;
+    let (kind, step) = spec.split_once('@')?;
+    Some((kind.to_string(), step.parse().ok()?))
+}
+
+/// Explains a libtorch failure that surfaced as a panic.
+fn explain_panic(payload: &(dyn std::any::Any + Send), batch: usize) -> anyhow::Error {
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    if msg.to_lowercase().contains("out of memory") {
+        anyhow::anyhow!(
+            "out of GPU memory at batch size {batch}: lower optim.batch_size (or run.eval_batch_size), or use \
+             model.precision = \"bf16\". Finished tasks and checkpoints are kept; resume with `promptcl run --resume`."
+        )
+    } else {
+        anyhow::anyhow!("libtorch failed during training: {msg}")
+    }
+}
+
+struct TrainJob<'a> {
+    cfg: &'a RunConfig,
+    stream: &'a TaskStream,
+    split: &'a Split,
+    indices: &'a [usize],
     epochs: usize,
     seed: u64,
     device: Device,
-    dir: &RunDir,
+    dir: &'a RunDir,
     quiet: bool,
-) -> Result<()> {
-    let o = &cfg.optim;
-    let mut opt = match o.kind {
-        OptimizerKind::Adam => nn::Adam { beta1: o.betas[0], beta2: o.betas[1], wd: o.weight_decay, eps: 1e-8, amsgrad: false }
-            .build(method.vars(), o.effective_lr())?,
-        OptimizerKind::Sgd => nn::Sgd { momentum: o.momentum, dampening: 0.0, wd: o.weight_decay, nesterov: false }
-            .build(method.vars(), o.effective_lr())?,
-    };
-    let groups = method.lr_groups();
-    let params = method.vars().trainable_variables();
-    let loader_opts = LoaderOptions { batch_size: o.batch_size, shuffle: true, augment: true, drop_last: false, seed };
-    let per_epoch = indices.len().div_ceil(o.batch_size);
-    let total = per_epoch * epochs;
-    let mut step = 0;
-    for epoch in 0..epochs {
-        info.epoch = epoch;
-        let t0 = Instant::now();
-        // Distinct loader stream per (task, epoch).
-        let loader_epoch = ((info.task as u64) << 20) | epoch as u64;
-        let pb = progress(per_epoch as u64, quiet, format!("task {} epoch {}/{}", info.task + 1, epoch + 1, epochs));
-        let (mut loss_sum, mut n) = (0.0, 0usize);
-        let (mut correct, mut scored) = (0i64, 0i64);
-        for batch in Loader::new(split, indices.to_vec(), loader_opts, loader_epoch, &cfg.stream.transform, device) {
-            let batch = batch?;
-            let lr = o.lr_at(step, per_epoch, total);
-            opt.set_lr(lr);
-            for (g, mult) in &groups {
-                opt.set_lr_group(*g, lr * mult);
-            }
-            let labels = incremental(stream, &batch.labels, device);
-            let out = method.train_step(&batch.images, &labels, info)?;
-            let loss = out.loss;
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                bail!(
-                    "task {} epoch {} step {step}: loss is {value}; stopping (the checkpoint of task {} is kept). \
-                     Lower optim.lr or check the data.",
-                    info.task,
-                    epoch,
-                    info.task.saturating_sub(1)
-                );
-            }
-            opt.zero_grad();
-            loss.backward();
-            if o.clip_grad_norm > 0.0 {
-                clip_grad_norm(&params, o.clip_grad_norm);
-            }
-            opt.step();
-            loss_sum += value * batch.labels.len() as f64;
-            n += batch.labels.len();
-            if let Some(logits) = &out.logits {
-                correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
-                scored += batch.labels.len() as i64;
-            }
-            step += 1;
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        dir.append_log(&serde_json::json!({
-            "task": info.task, "epoch": epoch, "loss": loss_sum / n.max(1) as f64,
-            "train_accuracy": (scored > 0).then(|| 100.0 * correct as f64 / scored as f64),
-            "lr": o.lr_at(step.saturating_sub(1), per_epoch, total), "seconds": t0.elapsed().as_secs_f64(),
-        }))?;
-    }
-    Ok(())
+    state: &'a mut State,
 }
 
-/// `torch.nn.utils.clip_grad_norm_` over the parameters that got a gradient.
-fn clip_grad_norm(params: &[Tensor], max_norm: f64) {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
-        if grads.is_empty() {
-            return;
+impl TrainJob<'_> {
+    fn run(
+        &mut self,
+        method: &mut dyn ContinualMethod,
+        info: &mut TaskInfo,
+        resume_from: Option<(usize, std::collections::HashMap<String, Tensor>)>,
+    ) -> Result<()> {
+        let o = &self.cfg.optim;
+        let mut opt = Optimizer::new(method.vars(), o, &method.lr_groups());
+        let start_epoch = match &resume_from {
+            Some((done, saved)) => {
+                opt.load_state(saved)?;
+                *done
+            }
+            None => 0,
+        };
+        let loader_opts = LoaderOptions { batch_size: o.batch_size, shuffle: true, augment: true, drop_last: false, seed: self.seed };
+        let per_epoch = self.indices.len().div_ceil(o.batch_size);
+        let total = per_epoch * self.epochs;
+        let mut step = per_epoch * start_epoch;
+        let fault = injected_fault();
+        let mut bad_in_a_row = 0;
+        for epoch in start_epoch..self.epochs {
+            info.epoch = epoch;
+            let t0 = Instant::now();
+            // Distinct loader stream per (task, epoch).
+            let loader_epoch = ((info.task as u64) << 20) | epoch as u64;
+            let pb = progress(per_epoch as u64, self.quiet, format!("task {} epoch {}/{}", info.task + 1, epoch + 1, self.epochs));
+            let (mut loss_sum, mut n, mut correct, mut scored, mut skipped) = (0.0, 0usize, 0i64, 0i64, 0usize);
+            for batch in Loader::new(self.split, self.indices.to_vec(), loader_opts, loader_epoch, &self.cfg.stream.transform, self.device) {
+                let batch = batch?;
+                opt.set_lr(o.lr_at(step, per_epoch, total));
+                let labels = incremental(self.stream, &batch.labels, self.device);
+                let global = STEPS_TAKEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let run_step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Option<(f64, Option<Tensor>)>> {
+                    if fault.as_ref().is_some_and(|(k, s)| k == "oom" && *s == global) {
+                        panic!("CUDA out of memory. Tried to allocate 2.00 GiB (injected by PROMPTCL_FAULT)");
+                    }
+                    let out = method.train_step(&batch.images, &labels, info)?;
+                    let mut value = out.loss.double_value(&[]);
+                    if fault.as_ref().is_some_and(|(k, s)| k == "nan" && *s == global) {
+                        value = f64::NAN;
+                    }
+                    if !value.is_finite() {
+                        return Ok(None);
+                    }
+                    opt.zero_grad();
+                    out.loss.backward();
+                    if o.clip_grad_norm > 0.0 {
+                        clip_grad_norm(&opt.grads(), o.clip_grad_norm);
+                    }
+                    opt.step();
+                    Ok(Some((value, out.logits)))
+                }));
+                let outcome = match run_step {
+                    Ok(r) => r?,
+                    Err(payload) => return Err(explain_panic(&*payload, batch.labels.len())),
+                };
+                match outcome {
+                    Some((value, logits)) => {
+                        bad_in_a_row = 0;
+                        loss_sum += value * batch.labels.len() as f64;
+                        n += batch.labels.len();
+                        if let Some(logits) = &logits {
+                            correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+                            scored += batch.labels.len() as i64;
+                        }
+                    }
+                    None => {
+                        bad_in_a_row += 1;
+                        let keep_going = self.cfg.run.on_nonfinite_loss == NonFinite::SkipBatch && bad_in_a_row <= 10;
+                        if !keep_going {
+                            bail!(
+                                "task {} epoch {} step {step}: the loss is not finite; stopping (results and checkpoints of \
+                                 finished tasks are kept). Lower optim.lr, check the data, or set run.on_nonfinite_loss = \"skip-batch\".",
+                                info.task + 1,
+                                epoch + 1
+                            );
+                        }
+                        tracing::warn!("task {} epoch {} step {step}: non-finite loss, batch skipped", info.task + 1, epoch + 1);
+                        skipped += 1;
+                    }
+                }
+                step += 1;
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+            self.dir.append_log(&serde_json::json!({
+                "task": info.task, "epoch": epoch, "loss": loss_sum / n.max(1) as f64,
+                "train_accuracy": (scored > 0).then(|| 100.0 * correct as f64 / scored as f64),
+                "skipped_batches": skipped,
+                "lr": o.lr_at(step.saturating_sub(1), per_epoch, total), "seconds": t0.elapsed().as_secs_f64(),
+            }))?;
+            if self.cfg.run.checkpoint_every_epoch && epoch + 1 < self.epochs {
+                self.checkpoint_epoch(method, &opt, info.task, epoch + 1)?;
+            }
         }
-        let total = grads.iter().map(|g| g.square().sum(Kind::Float)).fold(Tensor::zeros([], (Kind::Float, grads[0].device())), |a, b| a + b).sqrt();
-        let coef = (total + 1e-6).reciprocal() * max_norm;
-        let coef = coef.clamp_max(1.0);
-        for mut g in grads {
-            let _ = g.g_mul_(&coef);
-        }
-    });
+        Ok(())
+    }
+
+    /// Method variables and optimizer state, then the state file that points at them.
+    fn checkpoint_epoch(&mut self, method: &dyn ContinualMethod, opt: &Optimizer, task: usize, epochs_done: usize) -> Result<()> {
+        let path = self.dir.file(results::EPOCH_CHECKPOINT);
+        std::fs::create_dir_all(path.parent().expect("checkpoints dir"))?;
+        let mut tensors: Vec<(String, Tensor)> = method.vars().variables().into_iter().map(|(k, v)| (format!("method.{k}"), v)).collect();
+        tensors.extend(opt.state());
+        let tmp = path.with_extension("tmp.safetensors");
+        Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
+        std::fs::rename(&tmp, &path)?;
+        self.state.epoch_checkpoint = Some(EpochMark { task, epochs_done });
+        results::write_json(&self.dir.file(results::STATE), &*self.state)
+    }
 }
 
 /// Accuracy (%) on each seen task's test data, on all seen test data, and the

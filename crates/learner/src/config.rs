@@ -105,5 +105,47 @@ impl OptimConfig {
 /// rejecting unknown keys with the method's name in the message.
 pub fn parse_params<T: serde::de::DeserializeOwned>(method: &str, params: &toml::Table) -> Result<T> {
     T::deserialize(toml::Value::Table(params.clone()))
-        .map_err(|e| LearnerError::Params { method: method.into(), reason: e.to_string() })
+        .map_err(|e| LearnerError::Params { method: method.into(), reason: did_you_mean(&e.to_string()) })
+}
+
+/// Adds "did you mean `x`?" to serde's "unknown field `y`, expected one of …"
+/// (or "unknown variant") messages when a valid name is close.
+pub fn did_you_mean(message: &str) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1).or_else(|| message.split("unknown variant `").nth(1)) else {
+        return message.to_string();
+    };
+    let Some((typo, tail)) = rest.split_once('`') else { return message.to_string() };
+    let candidates: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+    let best = candidates.iter().map(|c| (edit_distance(typo, c), *c)).min();
+    match best {
+        Some((d, c)) if d <= 2.max(typo.len() / 3) => format!("{message} (did you mean `{c}`?)"),
+        _ => message.to_string(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_closest_field() {
+        let m = did_you_mean("unknown field `pool_sise`, expected one of `pool_size`, `length`, `top_k`");
+        assert!(m.ends_with("(did you mean `pool_size`?)"), "{m}");
+        let m = did_you_mean("unknown field `zzzzzz`, expected one of `pool_size`, `length`");
+        assert!(!m.contains("did you mean"), "{m}");
+        assert_eq!(did_you_mean("some other error"), "some other error");
+    }
 }

@@ -11,6 +11,6 @@ pub mod metrics;
 pub mod registry;
 pub mod stats;
 
-pub use config::{parse_params, OptimConfig, OptimizerKind, Schedule};
+pub use config::{did_you_mean, parse_params, OptimConfig, OptimizerKind, Schedule};
 pub use error::{LearnerError, Result};
 pub use method::{tasks_seen, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, Prediction, Step, TaskInfo};

@@ -106,9 +106,15 @@ pub struct PickleError {
     pub reason: String,
 }
 
+/// Deepest container nesting accepted; dataset pickles use a handful of levels.
+pub const MAX_DEPTH: u32 = 1000;
+/// Values copied by `DUP` / `GET` in one file, counted in nodes.
+pub const MAX_COPIED_NODES: usize = 2_000_000;
+
 enum Item {
     Mark,
-    V(Value),
+    /// A value and its container nesting depth (0 for scalars).
+    V(Value, u32),
 }
 
 struct Reader<'a> {
@@ -149,91 +155,174 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes one pickle. Errors name the byte offset and what was wrong.
-pub fn parse(buf: &[u8]) -> Result<Value, PickleError> {
-    let mut r = Reader { buf, pos: 0 };
-    let mut stack: Vec<Item> = Vec::new();
-    let mut memo: HashMap<u64, Value> = HashMap::new();
+/// Nodes in `v`, stopping early once past `limit`.
+fn nodes(v: &Value, limit: usize) -> usize {
+    let mut count = 1;
+    let mut stack = vec![v];
+    while let Some(x) = stack.pop() {
+        if count > limit {
+            break;
+        }
+        match x {
+            Value::List(items) | Value::Tuple(items) => {
+                count += items.len();
+                stack.extend(items.iter());
+            }
+            Value::Dict(items) => {
+                count += 2 * items.len();
+                stack.extend(items.iter().flat_map(|(k, v)| [k, v]));
+            }
+            Value::Object { callable, args, state } => {
+                count += 3;
+                stack.push(callable);
+                stack.push(args);
+                if let Some(s) = state {
+                    stack.push(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    count
+}
 
-    fn pop(r: &Reader, stack: &mut Vec<Item>) -> Result<Value, PickleError> {
-        match stack.pop() {
-            Some(Item::V(v)) => Ok(v),
-            Some(Item::Mark) => r.err("unexpected mark"),
-            None => r.err("stack underflow"),
+struct Vm<'a> {
+    r: Reader<'a>,
+    stack: Vec<Item>,
+    memo: HashMap<u64, (Value, u32)>,
+    copied: usize,
+}
+
+impl<'a> Vm<'a> {
+    fn err<T>(&self, reason: impl Into<String>) -> Result<T, PickleError> {
+        self.r.err(reason)
+    }
+    fn push(&mut self, v: Value) {
+        self.stack.push(Item::V(v, 0));
+    }
+    fn push_depth(&mut self, v: Value, depth: u32) -> Result<(), PickleError> {
+        if depth > MAX_DEPTH {
+            return self.err(format!("containers nested deeper than {MAX_DEPTH}"));
+        }
+        self.stack.push(Item::V(v, depth));
+        Ok(())
+    }
+    fn pop(&mut self) -> Result<(Value, u32), PickleError> {
+        match self.stack.pop() {
+            Some(Item::V(v, d)) => Ok((v, d)),
+            Some(Item::Mark) => self.err("unexpected mark"),
+            None => self.err("stack underflow"),
         }
     }
-    fn pop_mark(r: &Reader, stack: &mut Vec<Item>) -> Result<Vec<Value>, PickleError> {
-        let Some(m) = stack.iter().rposition(|i| matches!(i, Item::Mark)) else { return r.err("no mark on the stack") };
-        let items = stack.split_off(m + 1);
-        stack.pop();
-        Ok(items.into_iter().map(|i| match i { Item::V(v) => v, Item::Mark => unreachable!() }).collect())
+    fn pop_mark(&mut self) -> Result<(Vec<Value>, u32), PickleError> {
+        let Some(m) = self.stack.iter().rposition(|i| matches!(i, Item::Mark)) else { return self.err("no mark on the stack") };
+        let items = self.stack.split_off(m + 1);
+        self.stack.pop();
+        let mut depth = 0;
+        let values = items
+            .into_iter()
+            .map(|i| match i {
+                Item::V(v, d) => {
+                    depth = depth.max(d);
+                    v
+                }
+                Item::Mark => unreachable!("marks above the last one were split off"),
+            })
+            .collect();
+        Ok((values, depth))
     }
-    fn top<'s>(r: &Reader, stack: &'s mut [Item]) -> Result<&'s mut Value, PickleError> {
-        match stack.last_mut() {
-            Some(Item::V(v)) => Ok(v),
-            _ => r.err("expected a value on the stack"),
+    /// The top value and its depth, for in-place updates.
+    fn top(&mut self) -> Result<(&mut Value, &mut u32), PickleError> {
+        match self.stack.last_mut() {
+            Some(Item::V(v, d)) => Ok((v, d)),
+            _ => Err(PickleError { offset: self.r.pos, reason: "expected a value on the stack".into() }),
         }
     }
-    fn set_items(r: &Reader, target: &mut Value, kv: Vec<Value>) -> Result<(), PickleError> {
-        let Value::Dict(d) = target else { return r.err("SETITEM on a non-dict") };
-        if kv.len() % 2 != 0 {
-            return r.err("odd number of dict items");
+    /// A copy for DUP / GET, within the file's copy budget.
+    fn copy_of(&mut self, v: &Value) -> Result<Value, PickleError> {
+        self.copied += nodes(v, MAX_COPIED_NODES);
+        if self.copied > MAX_COPIED_NODES {
+            return self.err(format!("more than {MAX_COPIED_NODES} values copied by DUP/GET"));
         }
-        let mut it = kv.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            d.push((k, v));
+        Ok(v.clone())
+    }
+    /// Adds `children` (with the deepest child's depth) to the top container.
+    fn extend_top(&mut self, children: Vec<Value>, child_depth: u32, dict: bool) -> Result<(), PickleError> {
+        let pos = self.r.pos;
+        let fail = |reason: &str| Err(PickleError { offset: pos, reason: reason.into() });
+        let (target, depth) = self.top()?;
+        match (target, dict) {
+            (Value::List(l), false) => l.extend(children),
+            (Value::Dict(d), true) => {
+                if children.len() % 2 != 0 {
+                    return fail("odd number of dict items");
+                }
+                let mut it = children.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    d.push((k, v));
+                }
+            }
+            (_, false) => return fail("APPEND on a non-list"),
+            (_, true) => return fail("SETITEM on a non-dict"),
+        }
+        *depth = (*depth).max(child_depth + 1).max(1);
+        if *depth > MAX_DEPTH {
+            return fail("containers nested too deeply");
         }
         Ok(())
     }
-    fn append(r: &Reader, target: &mut Value, items: Vec<Value>) -> Result<(), PickleError> {
-        match target {
-            Value::List(l) => {
-                l.extend(items);
-                Ok(())
-            }
-            _ => r.err("APPEND on a non-list"),
-        }
-    }
+}
 
+/// Decodes one pickle. Errors name the byte offset and what was wrong.
+pub fn parse(buf: &[u8]) -> Result<Value, PickleError> {
+    let mut vm = Vm { r: Reader { buf, pos: 0 }, stack: Vec::new(), memo: HashMap::new(), copied: 0 };
     loop {
-        let op = r.u8()?;
+        let op = vm.r.u8()?;
         match op {
             0x80 => {
-                let proto = r.u8()?;
+                let proto = vm.r.u8()?;
                 if proto > 5 {
-                    return r.err(format!("unsupported pickle protocol {proto}"));
+                    return vm.err(format!("unsupported pickle protocol {proto}"));
                 }
             }
             0x95 => {
-                r.take(8)?;
+                vm.r.take(8)?;
             }
-            b'.' => {
-                let v = pop(&r, &mut stack)?;
-                return Ok(v);
-            }
-            b'(' => stack.push(Item::Mark),
+            b'.' => return Ok(vm.pop()?.0),
+            b'(' => vm.stack.push(Item::Mark),
             b'0' => {
-                stack.pop();
+                vm.stack.pop();
             }
             b'1' => {
-                pop_mark(&r, &mut stack)?;
+                vm.pop_mark()?;
             }
             b'2' => {
-                let v = top(&r, &mut stack)?.clone();
-                stack.push(Item::V(v));
+                let (v, d) = vm.pop()?;
+                let copy = vm.copy_of(&v)?;
+                vm.push_depth(v, d)?;
+                vm.push_depth(copy, d)?;
             }
-            b'N' => stack.push(Item::V(Value::None)),
-            0x88 => stack.push(Item::V(Value::Bool(true))),
-            0x89 => stack.push(Item::V(Value::Bool(false))),
-            b'J' => stack.push(Item::V(Value::Int(i32::from_le_bytes(r.le()?) as i64))),
-            b'K' => stack.push(Item::V(Value::Int(r.u8()? as i64))),
-            b'M' => stack.push(Item::V(Value::Int(u16::from_le_bytes(r.le()?) as i64))),
+            b'N' => vm.push(Value::None),
+            0x88 => vm.push(Value::Bool(true)),
+            0x89 => vm.push(Value::Bool(false)),
+            b'J' => {
+                let v = i32::from_le_bytes(vm.r.le()?) as i64;
+                vm.push(Value::Int(v));
+            }
+            b'K' => {
+                let v = vm.r.u8()? as i64;
+                vm.push(Value::Int(v));
+            }
+            b'M' => {
+                let v = u16::from_le_bytes(vm.r.le()?) as i64;
+                vm.push(Value::Int(v));
+            }
             0x8a => {
-                let n = r.u8()? as usize;
+                let n = vm.r.u8()? as usize;
                 if n > 8 {
-                    return r.err(format!("LONG1 of {n} bytes does not fit 64 bits"));
+                    return vm.err(format!("LONG1 of {n} bytes does not fit 64 bits"));
                 }
-                let b = r.take(n)?;
+                let b = vm.r.take(n)?;
                 let mut v: i64 = 0;
                 for (i, &byte) in b.iter().enumerate() {
                     v |= (byte as i64) << (8 * i);
@@ -241,134 +330,156 @@ pub fn parse(buf: &[u8]) -> Result<Value, PickleError> {
                 if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
                     v -= 1i64 << (8 * n);
                 }
-                stack.push(Item::V(Value::Int(v)));
+                vm.push(Value::Int(v));
             }
             b'I' => {
-                let line = r.line()?;
+                let line = vm.r.line()?;
                 let v = match line {
                     "00" => Value::Bool(false),
                     "01" => Value::Bool(true),
                     s => match s.parse() {
                         Ok(i) => Value::Int(i),
-                        Err(_) => return r.err(format!("bad INT `{s}`")),
+                        Err(_) => return vm.err(format!("bad INT `{s}`")),
                     },
                 };
-                stack.push(Item::V(v));
+                vm.push(v);
             }
-            b'G' => stack.push(Item::V(Value::Float(f64::from_be_bytes(r.le()?)))),
+            b'G' => {
+                let v = f64::from_be_bytes(vm.r.le()?);
+                vm.push(Value::Float(v));
+            }
             b'U' | b'C' => {
-                let n = r.u8()? as usize;
-                stack.push(Item::V(Value::Bytes(r.take(n)?.into())));
+                let n = vm.r.u8()? as usize;
+                let b = vm.r.take(n)?;
+                vm.push(Value::Bytes(b.into()));
             }
             b'T' | b'B' => {
-                let n = r.len_u32()?;
-                stack.push(Item::V(Value::Bytes(r.take(n)?.into())));
+                let n = vm.r.len_u32()?;
+                let b = vm.r.take(n)?;
+                vm.push(Value::Bytes(b.into()));
             }
             0x8e | 0x96 => {
-                let n = r.len_u64()?;
-                stack.push(Item::V(Value::Bytes(r.take(n)?.into())));
+                let n = vm.r.len_u64()?;
+                let b = vm.r.take(n)?;
+                vm.push(Value::Bytes(b.into()));
             }
             b'X' | 0x8c | 0x8d => {
                 let n = match op {
-                    b'X' => r.len_u32()?,
-                    0x8c => r.u8()? as usize,
-                    _ => r.len_u64()?,
+                    b'X' => vm.r.len_u32()?,
+                    0x8c => vm.r.u8()? as usize,
+                    _ => vm.r.len_u64()?,
                 };
-                let s = std::str::from_utf8(r.take(n)?).or_else(|_| r.err("unicode string is not UTF-8"))?;
-                stack.push(Item::V(Value::Str(s.to_owned())));
+                let raw = vm.r.take(n)?;
+                let s = std::str::from_utf8(raw).or_else(|_| vm.err("unicode string is not UTF-8"))?;
+                vm.push(Value::Str(s.to_owned()));
             }
-            b']' => stack.push(Item::V(Value::List(Vec::new()))),
-            b')' => stack.push(Item::V(Value::Tuple(Vec::new()))),
-            b'}' => stack.push(Item::V(Value::Dict(Vec::new()))),
-            b'l' => {
-                let items = pop_mark(&r, &mut stack)?;
-                stack.push(Item::V(Value::List(items)));
-            }
-            b't' => {
-                let items = pop_mark(&r, &mut stack)?;
-                stack.push(Item::V(Value::Tuple(items)));
-            }
-            b'd' => {
-                let items = pop_mark(&r, &mut stack)?;
-                let mut d = Value::Dict(Vec::new());
-                set_items(&r, &mut d, items)?;
-                stack.push(Item::V(d));
+            b']' => vm.push_depth(Value::List(Vec::new()), 1)?,
+            b')' => vm.push_depth(Value::Tuple(Vec::new()), 1)?,
+            b'}' => vm.push_depth(Value::Dict(Vec::new()), 1)?,
+            b'l' | b't' | b'd' => {
+                let (items, d) = vm.pop_mark()?;
+                match op {
+                    b'l' => vm.push_depth(Value::List(items), d + 1)?,
+                    b't' => vm.push_depth(Value::Tuple(items), d + 1)?,
+                    _ => {
+                        vm.push_depth(Value::Dict(Vec::new()), 1)?;
+                        vm.extend_top(items, d, true)?;
+                    }
+                }
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
                 let mut items = Vec::with_capacity(n);
+                let mut depth = 0;
                 for _ in 0..n {
-                    items.push(pop(&r, &mut stack)?);
+                    let (v, d) = vm.pop()?;
+                    depth = depth.max(d);
+                    items.push(v);
                 }
                 items.reverse();
-                stack.push(Item::V(Value::Tuple(items)));
+                vm.push_depth(Value::Tuple(items), depth + 1)?;
             }
             b'a' => {
-                let v = pop(&r, &mut stack)?;
-                append(&r, top(&r, &mut stack)?, vec![v])?;
+                let (v, d) = vm.pop()?;
+                vm.extend_top(vec![v], d, false)?;
             }
             b'e' => {
-                let items = pop_mark(&r, &mut stack)?;
-                append(&r, top(&r, &mut stack)?, items)?;
+                let (items, d) = vm.pop_mark()?;
+                vm.extend_top(items, d, false)?;
             }
             b's' => {
-                let v = pop(&r, &mut stack)?;
-                let k = pop(&r, &mut stack)?;
-                set_items(&r, top(&r, &mut stack)?, vec![k, v])?;
+                let (v, dv) = vm.pop()?;
+                let (k, dk) = vm.pop()?;
+                vm.extend_top(vec![k, v], dv.max(dk), true)?;
             }
             b'u' => {
-                let items = pop_mark(&r, &mut stack)?;
-                set_items(&r, top(&r, &mut stack)?, items)?;
+                let (items, d) = vm.pop_mark()?;
+                vm.extend_top(items, d, true)?;
             }
             b'c' => {
-                let module = r.line()?.to_owned();
-                let name = r.line()?.to_owned();
-                stack.push(Item::V(Value::Global { module, name }));
+                let module = vm.r.line()?.to_owned();
+                let name = vm.r.line()?.to_owned();
+                vm.push(Value::Global { module, name });
             }
             0x93 => {
-                let name = pop(&r, &mut stack)?.as_str();
-                let module = pop(&r, &mut stack)?.as_str();
-                let (Some(module), Some(name)) = (module, name) else { return r.err("STACK_GLOBAL needs two strings") };
-                stack.push(Item::V(Value::Global { module, name }));
+                let name = vm.pop()?.0.as_str();
+                let module = vm.pop()?.0.as_str();
+                let (Some(module), Some(name)) = (module, name) else { return vm.err("STACK_GLOBAL needs two strings") };
+                vm.push(Value::Global { module, name });
             }
             b'R' | 0x81 => {
-                let args = pop(&r, &mut stack)?;
-                let callable = pop(&r, &mut stack)?;
-                stack.push(Item::V(reduce(callable, args)));
+                let (args, da) = vm.pop()?;
+                let (callable, dc) = vm.pop()?;
+                vm.push_depth(reduce(callable, args), da.max(dc) + 1)?;
             }
             b'b' => {
-                let state = pop(&r, &mut stack)?;
-                match top(&r, &mut stack)? {
+                let (state, ds) = vm.pop()?;
+                let pos = vm.r.pos;
+                let (target, depth) = vm.top()?;
+                match target {
                     Value::Object { state: s, .. } => *s = Some(Box::new(state)),
-                    _ => return r.err("BUILD on a value that is not an object"),
+                    _ => return Err(PickleError { offset: pos, reason: "BUILD on a value that is not an object".into() }),
+                }
+                *depth = (*depth).max(ds + 1);
+                if *depth > MAX_DEPTH {
+                    return vm.err("containers nested too deeply");
                 }
             }
             b'q' | b'r' | 0x94 | b'p' => {
                 let idx = match op {
-                    b'q' => r.u8()? as u64,
-                    b'r' => r.len_u32()? as u64,
-                    0x94 => memo.len() as u64,
-                    _ => match r.line()?.parse() {
+                    b'q' => vm.r.u8()? as u64,
+                    b'r' => vm.r.len_u32()? as u64,
+                    0x94 => vm.memo.len() as u64,
+                    _ => match vm.r.line()?.parse() {
                         Ok(i) => i,
-                        Err(_) => return r.err("bad PUT index"),
+                        Err(_) => return vm.err("bad PUT index"),
                     },
                 };
-                let v = top(&r, &mut stack)?.clone();
-                memo.insert(idx, v);
+                let (v, d) = vm.pop()?;
+                let copy = vm.copy_of(&v)?;
+                vm.push_depth(v, d)?;
+                vm.memo.insert(idx, (copy, d));
             }
             b'h' | b'j' | b'g' => {
                 let idx = match op {
-                    b'h' => r.u8()? as u64,
-                    b'j' => r.len_u32()? as u64,
-                    _ => match r.line()?.parse() {
+                    b'h' => vm.r.u8()? as u64,
+                    b'j' => vm.r.len_u32()? as u64,
+                    _ => match vm.r.line()?.parse() {
                         Ok(i) => i,
-                        Err(_) => return r.err("bad GET index"),
+                        Err(_) => return vm.err("bad GET index"),
                     },
                 };
-                let Some(v) = memo.get(&idx) else { return r.err(format!("memo key {idx} not found")) };
-                stack.push(Item::V(v.clone()));
+                let Some((v, d)) = vm.memo.get(&idx).map(|(v, d)| (v.clone(), *d)) else {
+                    return vm.err(format!("memo key {idx} not found"));
+                };
+                // Counted like DUP: a GET-heavy file cannot blow memory up either.
+                vm.copied += nodes(&v, MAX_COPIED_NODES);
+                if vm.copied > MAX_COPIED_NODES {
+                    return vm.err(format!("more than {MAX_COPIED_NODES} values copied by DUP/GET"));
+                }
+                vm.push_depth(v, d)?;
             }
-            other => return r.err(format!("unsupported pickle opcode 0x{other:02x}")),
+            other => return vm.err(format!("unsupported pickle opcode 0x{other:02x}")),
         }
     }
 }
@@ -408,6 +519,29 @@ mod tests {
         let a: Vec<i64> = v.get("a").unwrap().as_seq().unwrap().iter().map(|x| x.as_int().unwrap()).collect();
         assert_eq!(a, [1, 300, -2]);
         assert_eq!(v.get("b").unwrap(), &Value::Tuple(vec![Value::Float(1.5), Value::None, Value::Bool(true)]));
+    }
+
+    #[test]
+    fn deep_nesting_and_copy_bombs_are_refused() {
+        // 5000 nested lists (MARK … LIST): dropping them recursively would overflow the stack.
+        let mut chain = vec![0x80, 2];
+        for _ in 0..5000 {
+            chain.push(b'(');
+        }
+        for _ in 0..5000 {
+            chain.push(b'l');
+        }
+        chain.push(b'.');
+        let e = parse(&chain).unwrap_err();
+        assert!(e.reason.contains("nested"), "{e}");
+        // DUP + APPEND doubles a list each time: 2^60 elements without a budget.
+        let mut bomb = vec![0x80, 2, b']', b'K', 1, b'a'];
+        for _ in 0..60 {
+            bomb.extend([b'2', b'a']);
+        }
+        bomb.push(b'.');
+        let e = parse(&bomb).unwrap_err();
+        assert!(e.reason.contains("copied"), "{e}");
     }
 
     #[test]
