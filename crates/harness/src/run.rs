@@ -166,6 +166,7 @@ pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<
         std::fs::create_dir_all(ckpt.parent().expect("checkpoints dir"))?;
         let tmp = ckpt.with_extension("tmp.safetensors");
         method.vars().save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
         std::fs::rename(&tmp, &ckpt)?;
         let metrics = Metrics {
             name: cfg.name.clone(),
