@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use promptcl_harness::results::{self, Metrics, State};
+mod common;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use promptcl_harness::results::{self, Metrics, State};
 
 fn workdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("promptcl-crash-{}-{tag}", std::process::id()));
@@ -21,36 +19,8 @@ fn workdir(tag: &str) -> PathBuf {
 
 /// A DualPrompt run on the CIFAR fixture: 5 tasks, `epochs` epochs each.
 fn write_config(dir: &Path, epochs: usize, extra_run: &str) -> PathBuf {
-    let text = format!(
-        r#"
-name = "crash"
-seeds = [3]
-[stream]
-num_tasks = 5
-dataset = {{ kind = "cifar100", root = "{data}" }}
-transform = {{ size = 32 }}
-[model]
-preset = "custom"
-weights = "{weights}"
-vit = {{ img_size = 32, patch_size = 8, embed_dim = 64, depth = 3, num_heads = 4, num_classes = 0 }}
-[method]
-name = "dualprompt"
-params = {{ g_layers = [0], e_layers = [1, 2], e_length = 3 }}
-[optim]
-epochs = {epochs}
-batch_size = 8
-lr = 0.02
-scale_lr_by_batch = false
-[run]
-device = "cpu"
-results_dir = "{results}"
-eval_batch_size = 50
-{extra_run}
-"#,
-        data = repo().join("crates/stream/tests/fixtures").display(),
-        weights = repo().join("crates/model/tests/fixtures/vit_tiny_test.safetensors").display(),
-        results = dir.join("results").display(),
-    );
+    let params = "g_layers = [0], e_layers = [1, 2], e_length = 3";
+    let text = common::fixture_config("crash", "dualprompt", params, epochs, 8, 0.02, &dir.join("results"), extra_run);
     let path = dir.join("run.toml");
     std::fs::write(&path, text).unwrap();
     path

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use promptcl_harness::{config::RunConfig, results, run};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+
+use common::repo;
+use promptcl_harness::{config::RunConfig, results, run};
 
 fn params(method: &str) -> &'static str {
     match method {
@@ -20,42 +20,8 @@ fn params(method: &str) -> &'static str {
 }
 
 fn config(method: &str, results_dir: &Path) -> RunConfig {
-    let text = format!(
-        r#"
-name = "fixture"
-seeds = [7]
-
-[stream]
-num_tasks = 5
-order = {{ seed = 3 }}
-dataset = {{ kind = "cifar100", root = "{data}" }}
-transform = {{ size = 32 }}
-
-[model]
-preset = "custom"
-weights = "{weights}"
-vit = {{ img_size = 32, patch_size = 8, embed_dim = 64, depth = 3, num_heads = 4, num_classes = 0 }}
-
-[method]
-name = "{method}"
-params = {{ {params} }}
-
-[optim]
-epochs = 1
-batch_size = 16
-lr = 0.05
-scale_lr_by_batch = false
-
-[run]
-device = "cpu"
-results_dir = "{results}"
-eval_batch_size = 50
-"#,
-        data = repo().join("crates/stream/tests/fixtures").display(),
-        weights = repo().join("crates/model/tests/fixtures/vit_tiny_test.safetensors").display(),
-        params = params(method).replace('\n', ", "),
-        results = results_dir.display(),
-    );
+    let params = params(method).replace('\n', ", ");
+    let text = common::fixture_config("fixture", method, &params, 1, 16, 0.05, results_dir, "");
     let cfg: RunConfig = toml::from_str(&text).unwrap();
     cfg.validate().unwrap();
     cfg
