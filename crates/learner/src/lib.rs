@@ -8,6 +8,7 @@ mod error;
 mod method;
 pub mod methods;
 pub mod metrics;
+pub mod ot;
 pub mod registry;
 pub mod stats;
 
