@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod method;
 pub mod methods;
+pub mod hierc;
 pub mod metrics;
 pub mod ot;
 pub mod registry;

@@ -213,3 +213,32 @@ fn task_streams_over_cifar() {
     let e = TaskStream::new(100, &ClassOrder::Explicit(explicit.clone()), &cfg).unwrap();
     assert_eq!(e.tasks()[0].classes, (90..100).rev().collect::<Vec<_>>());
 }
+
+#[test]
+fn taxonomy_files_are_validated_and_name_the_class() {
+    let dir = std::env::temp_dir().join(format!("promptcl-tax-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let classes: Vec<String> = ["cat", "dog", "car", "bus"].iter().map(|s| s.to_string()).collect();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ok = write("ok.json", r#"{"groups": {"animals": ["cat", "dog"], "vehicles": ["car", "bus"]}}"#);
+    let t = LabelTree::from_json(&ok, &classes).unwrap();
+    assert_eq!(t.group_names, ["animals", "vehicles"]);
+    assert_eq!(t.parent, [0, 0, 1, 1]);
+    // The tree grows as tasks bring classes: first cat + car, then dog.
+    assert_eq!(t.restricted_to(&[0, 2]), vec![(0, vec![0]), (1, vec![2])]);
+    assert_eq!(t.restricted_to(&[0, 2, 1]), vec![(0, vec![0, 1]), (1, vec![2])]);
+    let missing = write("missing.json", r#"{"groups": {"animals": ["cat", "dog"], "vehicles": ["car"]}}"#);
+    let e = LabelTree::from_json(&missing, &classes).unwrap_err().to_string();
+    assert!(e.contains("`bus` is in no group") && e.contains("missing.json"), "{e}");
+    let dup = write("dup.json", r#"{"groups": {"animals": ["cat", "dog", "car"], "vehicles": ["car", "bus"]}}"#);
+    let e = LabelTree::from_json(&dup, &classes).unwrap_err().to_string();
+    assert!(e.contains("`car` appears twice"), "{e}");
+    let unknown = write("unknown.json", r#"{"groups": {"animals": ["cat", "dog", "cow"], "vehicles": ["car", "bus"]}}"#);
+    let e = LabelTree::from_json(&unknown, &classes).unwrap_err().to_string();
+    assert!(e.contains("`cow`"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}
