@@ -1,6 +1,7 @@
 //! Benchmarks, as library functions so the test suite can run them tiny on CPU.
 
 pub mod loader;
+pub mod step;
 
 /// Where a measurement ran, recorded with every result.
 #[derive(Debug, serde::Serialize)]

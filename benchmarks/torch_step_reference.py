@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""The promptcl step benchmark's PyTorch reference: the same NoRGa training and
+eval step on a ViT-B/16 (pure torch, timm's layout), in three modes:
+
+  official  fp32, explicit softmax attention everywhere (as the official code)
+  eager     bf16 autocast + F.scaled_dot_product_attention where no gate needs the logits
+  compile   eager + torch.compile
+
+Prints one JSON line per (mode, batch) with the fields step_bench prints, plus
+peak memory from torch.cuda.max_memory_allocated / _reserved.
+Usage: torch_step_reference.py [--device cuda] [--batch 64,128] [--modes official,eager,compile] [--tiny]
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x, prefix=None, gate=None, fused=False):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        scale = (C // self.heads) ** -0.5
+        if prefix is not None:
+            pk, pv = (t.expand(B, -1, -1, -1) for t in prefix)
+        if fused and gate is None:
+            if prefix is not None:
+                k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * scale
+            if prefix is not None:
+                pa = (q @ pk.transpose(-2, -1)) * scale
+                if gate is not None:  # NoRGa: s + alpha * act(tau * s)
+                    tau, alpha = gate
+                    pa = pa + torch.sigmoid(pa * tau) * alpha
+                attn = torch.cat([pa, attn], -1)
+                v = torch.cat([pv, v], 2)
+            out = attn.float().softmax(-1).to(v.dtype) @ v
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x, prefix=None, gate=None, fused=False):
+        x = x + self.attn(self.norm1(x), prefix, gate, fused)
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, img=224, patch=16, dim=768, depth=12, heads=12):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + (img // patch) ** 2, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x, prompts=None, gates=None, fused=False):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        for i, b in enumerate(self.blocks):
+            p = prompts[i] if prompts is not None and i < len(prompts) else None
+            g = gates[i] if gates is not None and p is not None else None
+            x = b(x, p, g, fused)
+        return self.norm(x)[:, 0]
+
+
+def bench(mode, batch, device, tiny, warmup, iters):
+    torch.manual_seed(0)
+    cfg = dict(img=32, patch=8, dim=64, depth=6, heads=4) if tiny else {}
+    vit = ViT(**cfg).to(device).requires_grad_(False)
+    dim, heads = vit.norm.normalized_shape[0], vit.blocks[0].attn.heads
+    hd, L = dim // heads, 5
+    prompts = [tuple(nn.Parameter(torch.empty(1, heads, L, hd, device=device).uniform_(-1, 1)) for _ in range(2)) for _ in range(5)]
+    act_scale = nn.Parameter(torch.ones(5, 2, device=device))
+    head = nn.Linear(dim, 100).to(device)
+    params = [p for pair in prompts for p in pair] + [act_scale] + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    img = cfg.get("img", 224)
+    x = torch.rand(batch, 3, img, img, device=device)
+    y = torch.randint(0, 100, (batch,), device=device)
+    fused = mode != "official"
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=fused and device.type == "cuda")
+
+    def gates():
+        return [(act_scale[i, 0], act_scale[i, 1]) for i in range(5)]
+
+    def forward(inp):
+        with amp:
+            with torch.no_grad():
+                vit(inp, fused=fused)  # the query forward
+            return head(vit(inp, prompts, gates(), fused))
+
+    fwd = torch.compile(forward) if mode == "compile" else forward
+
+    def train():
+        loss = F.cross_entropy(fwd(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def evaluate():
+        with torch.no_grad():
+            fwd(x)
+
+    def timed(fn):
+        for _ in range(warmup):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return iters * batch / (time.perf_counter() - t)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    train_ips = timed(train)
+    eval_ips = timed(evaluate)
+    out = dict(impl_name="pytorch", mode=mode, batch=batch, image_size=img, train_images_per_s=train_ips,
+               eval_images_per_s=eval_ips, device=str(device), torch=torch.__version__)
+    if device.type == "cuda":
+        out["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", default="64,128")
+    ap.add_argument("--modes", default="official,eager,compile")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--tiny", action="store_true")
+    a = ap.parse_args()
+    for mode in a.modes.split(","):
+        for b in a.batch.split(","):
+            print(json.dumps(bench(mode, int(b), torch.device(a.device), a.tiny, a.warmup, a.iters)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
