@@ -27,7 +27,10 @@ doctor: build
 test:
 	$(CARGO) test --workspace --no-fail-fast
 
-# Regenerates the committed golden fixtures (needs timm; installed on demand).
+# Regenerates the committed golden fixtures (needs timm and transformers; installed on demand).
 fixtures:
-	PROMPTCL_EXTRAS=timm scripts/bootstrap.sh >/dev/null
+	PROMPTCL_EXTRAS="timm transformers" scripts/bootstrap.sh >/dev/null
 	$(VENV)/bin/python data-scripts/gen_vit_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_bert_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_stream_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_hierc_fixtures.py

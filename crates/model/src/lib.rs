@@ -1,9 +1,10 @@
 //! Frozen transformer backbones with prompt hooks, on libtorch (`tch`).
 //!
-//! Owns: network definitions (timm ViT), weight loading, prompt injection,
+//! Owns: network definitions (timm ViT, Hugging Face BERT), weight loading, prompt injection,
 //! attention kernels. Must not know about datasets, tasks or methods.
 
 mod attention;
+mod bert;
 mod config;
 mod error;
 mod layers;
@@ -14,6 +15,7 @@ pub mod weights;
 use serde::{Deserialize, Serialize};
 
 pub use attention::AttentionImpl;
+pub use bert::{frozen_bert, mean_pool, BertConfig, BertModel, BertOutput};
 pub use config::ViTConfig;
 pub use error::{ModelError, Result};
 pub use prompt::{GateActivation, LayerPrompt, NoRGaGate, Prefix, PrefixScoreHook, Prompts};

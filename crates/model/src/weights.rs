@@ -20,6 +20,13 @@ pub type Adapt<'a> = &'a dyn Fn(&str, Tensor, &[i64]) -> Result<Tensor>;
 
 /// Reads every tensor of a safetensors file as a float tensor on the CPU.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    read_safetensors_except(path, &[])
+}
+
+/// [`read_safetensors`], skipping keys that start with any of `skip` (before
+/// their dtype is checked: checkpoints carry integer buffers such as BERT's
+/// `embeddings.position_ids`).
+pub fn read_safetensors_except(path: &Path, skip: &[&str]) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -30,6 +37,9 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     })?;
     let mut out = HashMap::new();
     for (key, view) in st.tensors() {
+        if skip.iter().any(|p| key.starts_with(p)) {
+            continue;
+        }
         let kind = match view.dtype() {
             Dtype::F32 => Kind::Float,
             Dtype::F64 => Kind::Double,
@@ -59,7 +69,17 @@ pub fn load_strict(
     ignore_prefixes: &[&str],
     adapt: Adapt<'_>,
 ) -> Result<()> {
-    let mut file = read_safetensors(path)?;
+    load_map(vs, path, read_safetensors(path)?, ignore_prefixes, adapt)
+}
+
+/// [`load_strict`] on tensors already read (and possibly renamed) from `path`.
+pub fn load_map(
+    vs: &VarStore,
+    path: &Path,
+    mut file: HashMap<String, Tensor>,
+    ignore_prefixes: &[&str],
+    adapt: Adapt<'_>,
+) -> Result<()> {
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();

@@ -1,0 +1,257 @@
+//! BERT encoder in Hugging Face layout (`transformers.BertModel`: post-norm
+//! layers, learned absolute positions, token types, additive attention mask),
+//! with the same prompt hooks as the ViT.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+
+use crate::attention::attend;
+use crate::error::{ModelError, Result};
+use crate::layers::{linear, LayerNorm};
+use crate::prompt::{Prefix, PrefixScoreHook, Prompts};
+use crate::vit::ForwardOptions;
+
+/// The subset of a Hugging Face `config.json` the encoder needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BertConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    pub max_position_embeddings: i64,
+    pub type_vocab_size: i64,
+    pub layer_norm_eps: f64,
+    pub hidden_act: String,
+}
+
+impl Default for BertConfig {
+    /// `bert-base-uncased`.
+    fn default() -> Self {
+        Self {
+            vocab_size: 30522,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_act: "gelu".into(),
+        }
+    }
+}
+
+impl BertConfig {
+    /// `sentence-transformers/all-MiniLM-L6-v2`.
+    pub fn minilm_l6() -> Self {
+        Self { hidden_size: 384, num_hidden_layers: 6, intermediate_size: 1536, ..Self::default() }
+    }
+
+    /// Reads a Hugging Face `config.json` (unknown keys are ignored: those
+    /// files carry many that do not concern the encoder).
+    pub fn from_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| ModelError::BadFile { path: path.to_path_buf(), reason: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.num_attention_heads <= 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return bad(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
+        }
+        if self.num_hidden_layers == 0 || self.vocab_size <= 0 || self.max_position_embeddings <= 0 || self.intermediate_size <= 0 {
+            return bad("num_hidden_layers, vocab_size, max_position_embeddings and intermediate_size must be positive".into());
+        }
+        if self.hidden_act != "gelu" {
+            return bad(format!("hidden_act `{}` is not supported (only the exact `gelu`)", self.hidden_act));
+        }
+        Ok(())
+    }
+}
+
+struct Layer {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    attn_out: nn::Linear,
+    attn_norm: LayerNorm,
+    intermediate: nn::Linear,
+    out: nn::Linear,
+    out_norm: LayerNorm,
+    heads: i64,
+}
+
+impl Layer {
+    fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let a = &p / "attention";
+        Self {
+            query: linear(&a / "self" / "query", d, d, true),
+            key: linear(&a / "self" / "key", d, d, true),
+            value: linear(&a / "self" / "value", d, d, true),
+            attn_out: linear(&a / "output" / "dense", d, d, true),
+            attn_norm: LayerNorm::new(&a / "output" / "LayerNorm", d, eps),
+            intermediate: linear(&p / "intermediate" / "dense", d, cfg.intermediate_size, true),
+            out: linear(&p / "output" / "dense", cfg.intermediate_size, d, true),
+            out_norm: LayerNorm::new(&p / "output" / "LayerNorm", d, eps),
+            heads: cfg.num_attention_heads,
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[B, T, D]`; `mask`: additive `[B, 1, 1, T]`
+    fn forward(&self, x: &Tensor, mask: &Tensor, prefix: Option<&Prefix>, hook: Option<&dyn PrefixScoreHook>, opts: &ForwardOptions) -> Tensor {
+        let s = x.size();
+        let (b, t, d) = (s[0], s[1], s[2]);
+        let split = |y: Tensor| y.view([b, t, self.heads, d / self.heads]).transpose(1, 2);
+        let (q, k, v) = (split(self.query.forward(x)), split(self.key.forward(x)), split(self.value.forward(x)));
+        let ctx = attend(&q, &k, &v, prefix, hook, Some(mask), opts.attention).transpose(1, 2).reshape([b, t, d]);
+        let h = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
+        let inter = self.intermediate.forward(&h).gelu("none");
+        self.out_norm.forward(&(self.out.forward(&inter) + h))
+    }
+}
+
+/// What the encoder returns (fp32).
+///
+/// # Shapes
+/// - `hidden`: `[B, T, D]` last layer (`[B, T + P, D]` with prompt tokens kept)
+/// - `prompt_tokens`: `[B, P, D]` when the call inserted prompt tokens
+#[derive(Debug)]
+pub struct BertOutput {
+    pub hidden: Tensor,
+    pub prompt_tokens: Option<Tensor>,
+}
+
+/// `transformers.BertModel` without the pooler. Parameter paths equal its
+/// state-dict keys (`embeddings.word_embeddings.weight`,
+/// `encoder.layer.3.attention.self.query.bias`, …).
+pub struct BertModel {
+    cfg: BertConfig,
+    word: nn::Embedding,
+    position: nn::Embedding,
+    token_type: nn::Embedding,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+}
+
+impl BertModel {
+    /// Builds the variables under `p`. `cfg` must have passed `validate()`.
+    pub fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+        let e = &p / "embeddings";
+        let d = cfg.hidden_size;
+        let emb = |name: &str, n: i64| nn::embedding(&e / name, n, d, Default::default());
+        Self {
+            word: emb("word_embeddings", cfg.vocab_size),
+            position: emb("position_embeddings", cfg.max_position_embeddings),
+            token_type: emb("token_type_embeddings", cfg.type_vocab_size),
+            emb_norm: LayerNorm::new(&e / "LayerNorm", d, cfg.layer_norm_eps),
+            layers: (0..cfg.num_hidden_layers).map(|i| Layer::new(&p / "encoder" / "layer" / i, cfg)).collect(),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Loads Hugging Face weights strictly (a `bert.` prefix is accepted,
+    /// the pooler ignored) and freezes them.
+    pub fn from_safetensors(vs: &mut nn::VarStore, cfg: &BertConfig, path: &Path) -> Result<Self> {
+        cfg.validate()?;
+        let model = Self::new(vs.root(), cfg);
+        const SKIP: [&str; 6] = ["pooler.", "cls.", "embeddings.position_ids", "embeddings.token_type_ids", "bert.pooler.", "bert.embeddings.position_ids"];
+        let mut file = crate::weights::read_safetensors_except(path, &SKIP)?;
+        if file.keys().any(|k| k.starts_with("bert.")) {
+            file = file.into_iter().map(|(k, v)| (k.strip_prefix("bert.").map(String::from).unwrap_or(k), v)).collect();
+        }
+        crate::weights::load_map(vs, path, file, &SKIP, &|_, t, _| Ok(t))?;
+        vs.freeze();
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> Device {
+        self.word.ws.device()
+    }
+
+    /// # Shapes
+    /// - `input_ids`: `[B, T]` int64; `attention_mask`: `[B, T]` (1 = token, 0 = padding)
+    /// - see [`BertOutput`]
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, prompts: &Prompts, opts: &ForwardOptions) -> Result<BertOutput> {
+        let s = input_ids.size();
+        if s.len() != 2 || input_ids.kind() != Kind::Int64 {
+            return Err(ModelError::Input(format!("input_ids must be int64 [batch, tokens], got {:?} {s:?}", input_ids.kind())));
+        }
+        let (b, t) = (s[0], s[1]);
+        if t == 0 || b == 0 || t > self.cfg.max_position_embeddings {
+            return Err(ModelError::Input(format!("{t} tokens: need 1..={} (max_position_embeddings)", self.cfg.max_position_embeddings)));
+        }
+        let (min, max) = (input_ids.min().int64_value(&[]), input_ids.max().int64_value(&[]));
+        if min < 0 || max >= self.cfg.vocab_size {
+            return Err(ModelError::Input(format!("token ids span {min}..={max}, vocabulary is 0..{}", self.cfg.vocab_size)));
+        }
+        prompts.validate(self.cfg.num_hidden_layers, b, self.cfg.hidden_size, self.cfg.num_attention_heads)?;
+        let device = self.device();
+        let mask = match attention_mask {
+            Some(m) if m.size() != [b, t] => return Err(ModelError::Input(format!("attention_mask is {:?}, input_ids {:?}", m.size(), s))),
+            Some(m) => m.to_kind(Kind::Float),
+            None => Tensor::ones([b, t], (Kind::Float, device)),
+        };
+        let positions = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
+        let types = Tensor::zeros([b, t], (Kind::Int64, device));
+        let mut x = self.emb_norm.forward(&(self.word.forward(input_ids) + self.position.forward(&positions) + self.token_type.forward(&types)));
+        let mut mask = mask;
+        let mut n_prompt = 0;
+        let d = self.cfg.hidden_size;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let lp = prompts.layer(i);
+            if let Some(tokens) = lp.and_then(|lp| lp.tokens.as_ref()) {
+                // After [CLS], as for the ViT; later layers' tokens replace earlier ones.
+                let p = tokens.size()[1];
+                let rest = x.size()[1] - 1 - n_prompt;
+                x = Tensor::cat(&[x.narrow(1, 0, 1), tokens.to_kind(x.kind()).expand([b, p, d], false), x.narrow(1, 1 + n_prompt, rest)], 1);
+                let ones = Tensor::ones([b, p], (Kind::Float, device));
+                mask = Tensor::cat(&[mask.narrow(1, 0, 1), ones, mask.narrow(1, 1 + n_prompt, rest)], 1);
+                n_prompt = p;
+            }
+            // transformers' extended mask: (1 − m) · finfo(float32).min.
+            let additive = ((mask.ones_like() - &mask) * f64::from(f32::MIN)).view([b, 1, 1, -1]);
+            x = layer.forward(&x, &additive, lp.and_then(|lp| lp.prefix.as_ref()), lp.and_then(|lp| lp.score_hook), opts);
+        }
+        let x = x.to_kind(Kind::Float);
+        let n = x.size()[1];
+        let prompt_tokens = (n_prompt > 0).then(|| x.narrow(1, 1, n_prompt));
+        let hidden = if n_prompt == 0 || opts.keep_prompt_tokens {
+            x
+        } else {
+            Tensor::cat(&[x.narrow(1, 0, 1), x.narrow(1, 1 + n_prompt, n - 1 - n_prompt)], 1)
+        };
+        Ok(BertOutput { hidden, prompt_tokens })
+    }
+}
+
+/// sentence-transformers' mean pooling over real tokens.
+///
+/// # Shapes
+/// - `hidden`: `[B, T, D]`, `mask`: `[B, T]` → `[B, D]`
+pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Tensor {
+    let m = mask.to_kind(Kind::Float).unsqueeze(-1);
+    (hidden * &m).sum_dim_intlist(1, false, Kind::Float) / m.sum_dim_intlist(1, false, Kind::Float).clamp_min(1e-9)
+}
+
+/// Builds a frozen BERT in its own `VarStore` from Hugging Face weights.
+pub fn frozen_bert(cfg: &BertConfig, path: &Path, device: Device) -> Result<(nn::VarStore, BertModel)> {
+    let mut vs = nn::VarStore::new(device);
+    let model = BertModel::from_safetensors(&mut vs, cfg, path)?;
+    Ok((vs, model))
+}

@@ -1,0 +1,104 @@
+//! The Rust BERT against transformers' BertModel (fixtures from
+//! data-scripts/gen_bert_fixtures.py): outputs and prompt gradients within 1e-5.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use promptcl_model::{frozen_bert, mean_pool, AttentionImpl, BertConfig, ForwardOptions, GateActivation, ModelError, NoRGaGate, Prompts};
+use tch::{Device, Kind, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn golden() -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixture("bert_golden.safetensors")).unwrap().into_iter().collect()
+}
+
+fn cfg() -> BertConfig {
+    BertConfig { vocab_size: 100, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_position_embeddings: 40, ..BertConfig::default() }
+}
+
+fn close(a: &Tensor, b: &Tensor, what: &str) {
+    let err = (a - b).abs().max().double_value(&[]);
+    eprintln!("{what}: max abs error {err:.2e}");
+    assert!(err <= 1e-5, "{what}: {err:e}");
+}
+
+fn leaf(g: &HashMap<String, Tensor>, k: &str) -> Tensor {
+    g[k].copy().set_requires_grad(true)
+}
+
+#[test]
+fn plain_forward_matches_transformers_with_padding() {
+    let (vs, bert) = frozen_bert(&cfg(), &fixture("bert_tiny_test.safetensors"), Device::Cpu).unwrap();
+    assert!(vs.trainable_variables().iter().all(|t| !t.requires_grad()), "frozen");
+    let g = golden();
+    let mask = &g["attention_mask"];
+    for attention in [AttentionImpl::Explicit, AttentionImpl::Fused] {
+        let out = bert.forward(&g["input_ids"], Some(mask), &Prompts::none(), &ForwardOptions { attention, ..Default::default() }).unwrap();
+        close(&out.hidden, &g["plain.hidden"], &format!("last_hidden_state ({attention:?})"));
+    }
+    let pooled = mean_pool(&g["plain.hidden"], mask);
+    assert_eq!(pooled.size(), [2, 32]);
+}
+
+#[test]
+fn prefixes_with_norga_gate_match_reference_with_gradients() {
+    let (_vs, bert) = frozen_bert(&cfg(), &fixture("bert_tiny_test.safetensors"), Device::Cpu).unwrap();
+    let g = golden();
+    let [k0, v0, k1, v1] = ["k0", "v0", "k1", "v1"].map(|n| leaf(&g, &format!("prefix.{n}")));
+    let gate = NoRGaGate { alpha: leaf(&g, "gate.alpha"), tau: leaf(&g, "gate.tau"), activation: GateActivation::Tanh };
+    let prompts = Prompts::none().with_prefix(0, &k0, &v0).with_prefix(1, &k1, &v1).with_score_hook(0, &gate).with_score_hook(1, &gate);
+    let out = bert.forward(&g["input_ids"], Some(&g["attention_mask"]), &prompts, &ForwardOptions::default()).unwrap();
+    close(&out.hidden, &g["prefix.out"], "prefixed output");
+    (out.hidden.select(1, 0) * &g["w"]).sum(Kind::Float).backward();
+    for (t, n) in [(&k0, "k0"), (&v0, "v0"), (&k1, "k1"), (&v1, "v1")] {
+        close(&t.grad(), &g[&format!("prefix.grad_{n}")], n);
+    }
+    close(&gate.alpha.grad(), &g["gate.grad_alpha"], "grad alpha");
+    close(&gate.tau.grad(), &g["gate.grad_tau"], "grad tau");
+}
+
+#[test]
+fn prompt_tokens_match_reference_with_gradients() {
+    let (_vs, bert) = frozen_bert(&cfg(), &fixture("bert_tiny_test.safetensors"), Device::Cpu).unwrap();
+    let g = golden();
+    let t1 = leaf(&g, "tokens.t1");
+    let opts = ForwardOptions { keep_prompt_tokens: true, ..Default::default() };
+    let out = bert.forward(&g["input_ids"], Some(&g["attention_mask"]), &Prompts::none().with_tokens(1, &t1), &opts).unwrap();
+    close(&out.hidden, &g["tokens.out"], "prompt tokens kept");
+    (out.hidden.select(1, 0) * &g["w"]).sum(Kind::Float).backward();
+    close(&t1.grad(), &g["tokens.grad_t1"], "grad tokens");
+}
+
+#[test]
+fn integer_buffers_and_a_bert_prefix_are_accepted() {
+    let mut tensors: Vec<(String, Tensor)> =
+        Tensor::read_safetensors(fixture("bert_tiny_test.safetensors")).unwrap().into_iter().map(|(k, v)| (format!("bert.{k}"), v)).collect();
+    tensors.push(("bert.embeddings.position_ids".into(), Tensor::arange(40, (Kind::Int64, Device::Cpu)).unsqueeze(0)));
+    let path = std::env::temp_dir().join(format!("promptcl-bert-{}.safetensors", std::process::id()));
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+    let (_vs, bert) = frozen_bert(&cfg(), &path, Device::Cpu).unwrap();
+    let g = golden();
+    let out = bert.forward(&g["input_ids"], Some(&g["attention_mask"]), &Prompts::none(), &ForwardOptions::default()).unwrap();
+    close(&out.hidden, &g["plain.hidden"], "prefixed checkpoint");
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
+fn bad_bert_inputs_are_errors() {
+    let (_vs, bert) = frozen_bert(&cfg(), &fixture("bert_tiny_test.safetensors"), Device::Cpu).unwrap();
+    let opts = ForwardOptions::default();
+    let ids = Tensor::from_slice(&[1i64, 2, 300]).view([1, 3]);
+    let e = bert.forward(&ids, None, &Prompts::none(), &opts).unwrap_err().to_string();
+    assert!(e.contains("vocabulary"), "{e}");
+    let long = Tensor::ones([1, 41], (Kind::Int64, Device::Cpu));
+    assert!(bert.forward(&long, None, &Prompts::none(), &opts).unwrap_err().to_string().contains("max_position_embeddings"));
+    let ids = Tensor::ones([2, 4], (Kind::Int64, Device::Cpu));
+    let bad_mask = Tensor::ones([2, 5], (Kind::Int64, Device::Cpu));
+    assert!(bert.forward(&ids, Some(&bad_mask), &Prompts::none(), &opts).is_err());
+    let wrong = BertConfig { hidden_size: 48, ..cfg() };
+    let e = frozen_bert(&wrong, &fixture("bert_tiny_test.safetensors"), Device::Cpu).err().unwrap();
+    assert!(matches!(e, ModelError::ShapeMismatch { .. }), "{e}");
+}
