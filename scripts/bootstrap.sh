@@ -37,10 +37,12 @@ for extra in ${PROMPTCL_EXTRAS:-}; do
     if ! "$VENV/bin/python" -c "import $extra" 2>/dev/null; then
         log "installing $extra into $VENV"
         # timm needs torchvision; pin the one built for this torch so pip never swaps torch.
+        # Extras serve optional tests and fixture regeneration: a failed
+        # install (offline machine) is a warning, and those tests say they skip.
         case "$extra" in
             timm) "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" "torchvision==0.26.*" timm >&2 ;;
             *) "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" "$extra" >&2 ;;
-        esac
+        esac || log "could not install $extra; tests that need it will be skipped"
     fi
 done
 
