@@ -3,6 +3,15 @@
 pub mod loader;
 pub mod step;
 
+/// `--device` of the benchmark binaries: `cpu`, `cuda`, or anything else for CUDA when available.
+pub fn device(name: &str) -> tch::Device {
+    match name {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => tch::Device::Cuda(0),
+        _ => tch::Device::cuda_if_available(),
+    }
+}
+
 /// Where a measurement ran, recorded with every result.
 #[derive(Debug, serde::Serialize)]
 pub struct Env {

@@ -43,6 +43,20 @@ fn sync(device: Device) {
     }
 }
 
+/// Images per second of `step` after `cfg.warmup` untimed calls, synchronising the GPU around the timed ones.
+fn timed(cfg: &StepConfig, step: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..cfg.warmup {
+        step()?;
+    }
+    sync(cfg.device);
+    let t = Instant::now();
+    for _ in 0..cfg.iters {
+        step()?;
+    }
+    sync(cfg.device);
+    Ok((cfg.iters as i64 * cfg.batch) as f64 / t.elapsed().as_secs_f64())
+}
+
 pub fn run(cfg: &StepConfig) -> Result<StepResult> {
     tch::manual_seed(0);
     let (_backbone, vit) = frozen_vit(&cfg.vit, None, cfg.device, cfg.precision)?;
@@ -83,34 +97,16 @@ pub fn run(cfg: &StepConfig) -> Result<StepResult> {
         opt.backward_step(&loss);
         Ok(())
     };
-    for _ in 0..cfg.warmup {
-        train()?;
-    }
-    sync(cfg.device);
-    let t = Instant::now();
-    for _ in 0..cfg.iters {
-        train()?;
-    }
-    sync(cfg.device);
-    let train_ips = (cfg.iters as i64 * cfg.batch) as f64 / t.elapsed().as_secs_f64();
+    let train_ips = timed(cfg, &mut train)?;
 
-    let eval = || -> Result<()> {
+    let mut eval = || -> Result<()> {
         tch::no_grad(|| -> Result<()> {
             let _query = vit.query(&images)?;
             let _ = prompted(&images)?;
             Ok(())
         })
     };
-    for _ in 0..cfg.warmup {
-        eval()?;
-    }
-    sync(cfg.device);
-    let t = Instant::now();
-    for _ in 0..cfg.iters {
-        eval()?;
-    }
-    sync(cfg.device);
-    let eval_ips = (cfg.iters as i64 * cfg.batch) as f64 / t.elapsed().as_secs_f64();
+    let eval_ips = timed(cfg, &mut eval)?;
     Ok(StepResult {
         impl_name: "promptcl",
         mode: format!("{:?}", cfg.precision).to_lowercase(),

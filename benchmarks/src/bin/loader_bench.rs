@@ -4,7 +4,6 @@
 use anyhow::Result;
 use clap::Parser;
 use promptcl_benchmarks::{loader, Env};
-use tch::Device;
 
 #[derive(Parser)]
 struct Args {
@@ -25,11 +24,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let device = match a.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => Device::cuda_if_available(),
-    };
+    let device = promptcl_benchmarks::device(&a.device);
     let env = Env::capture(device);
     let r = loader::cifar_like(a.cifar_images, a.batch_size, a.epochs, device)?;
     println!("{}", serde_json::json!({ "bench": "loader", "env": env, "result": r }));

@@ -5,7 +5,6 @@ use anyhow::Result;
 use clap::Parser;
 use promptcl_benchmarks::step::{run, StepConfig};
 use promptcl_model::{Precision, ViTConfig};
-use tch::Device;
 
 #[derive(Parser)]
 struct Args {
@@ -26,11 +25,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let device = match a.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => Device::cuda_if_available(),
-    };
+    let device = promptcl_benchmarks::device(&a.device);
     let vit = if a.tiny {
         ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 6, num_heads: 4, ..ViTConfig::vit_tiny_patch16_224() }
     } else {
