@@ -22,12 +22,7 @@ pub struct Env {
 
 impl Env {
     pub fn capture(device: tch::Device) -> Self {
-        let git_commit = std::process::Command::new("git")
-            .args(["rev-parse", "--short", "HEAD"])
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
+        let git_commit = promptcl_harness::env::git_commit();
         Self { device: format!("{device:?}"), cpu_threads: tch::get_num_threads(), git_commit }
     }
 }

@@ -82,11 +82,7 @@ pub fn write_imagenet_r_like(dir: &Path, n: usize, classes: usize) -> Result<()>
         let short = 300 + rng.below(201) as usize;
         let aspect = rng.uniform(0.75, 1.6);
         let (h, w) = if aspect >= 1.0 { (short, (short as f64 * aspect) as usize) } else { ((short as f64 / aspect) as usize, short) };
-        let img = synthetic(h, w, &mut rng);
-        let plane = h * w;
-        let hwc: Vec<u8> = (0..plane).flat_map(|p| [img.data[p], img.data[plane + p], img.data[2 * plane + p]]).collect();
-        let buf = image::RgbImage::from_raw(w as u32, h as u32, hwc).expect("sized");
-        buf.save(class_dir.join(format!("{i:06}.jpg")))?;
+        synthetic(h, w, &mut rng).save(&class_dir.join(format!("{i:06}.jpg")))?;
     }
     Ok(())
 }

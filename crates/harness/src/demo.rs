@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use promptcl_model::{Prompts, VisionTransformer, ViTConfig};
 use promptcl_stream::{Image, SplitMix64};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
@@ -171,63 +171,11 @@ fn write_folder(root: &Path) -> Result<()> {
         let dir = root.join(format!("class{c:02}"));
         std::fs::create_dir_all(&dir)?;
         for i in 0..CL_PER_CLASS {
-            let img = procedural(c, &mut rng);
-            let plane = SIZE * SIZE;
-            let hwc: Vec<u8> = (0..plane).flat_map(|p| [img.data[p], img.data[plane + p], img.data[2 * plane + p]]).collect();
-            image_png(&dir.join(format!("{i:03}.png")), &hwc)?;
+            procedural(c, &mut rng).save(&dir.join(format!("{i:03}.png")))?;
         }
     }
     std::fs::write(done, b"")?;
     Ok(())
-}
-
-fn image_png(path: &Path, hwc: &[u8]) -> Result<()> {
-    // Minimal PNG writer (stored zlib blocks) so the demo needs no image encoder.
-    fn crc(data: &[u8]) -> u32 {
-        let mut c = 0xFFFF_FFFFu32;
-        for &b in data {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
-        }
-        !c
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let mut body = kind.to_vec();
-        body.extend_from_slice(data);
-        out.extend_from_slice(&body);
-        out.extend(crc(&body).to_be_bytes());
-    }
-    let mut raw = Vec::new();
-    for row in hwc.chunks(SIZE * 3) {
-        raw.push(0);
-        raw.extend_from_slice(row);
-    }
-    let mut z = vec![0x78, 0x01];
-    for (i, block) in raw.chunks(65_535).enumerate() {
-        let last = (i + 1) * 65_535 >= raw.len();
-        z.push(u8::from(last));
-        z.extend((block.len() as u16).to_le_bytes());
-        z.extend((!(block.len() as u16)).to_le_bytes());
-        z.extend_from_slice(block);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &x in &raw {
-        a = (a + x as u32) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    z.extend(((b << 16) | a).to_be_bytes());
-    let mut png = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-    let mut ihdr = Vec::new();
-    ihdr.extend((SIZE as u32).to_be_bytes());
-    ihdr.extend((SIZE as u32).to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    chunk(&mut png, b"IHDR", &ihdr);
-    chunk(&mut png, b"IDAT", &z);
-    chunk(&mut png, b"IEND", &[]);
-    std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The demo's run config for one method.
@@ -352,17 +300,5 @@ mod tests {
         let c = procedural(11, &mut SplitMix64::new(1));
         assert_ne!(a.data, c.data);
         assert_eq!((0..CLASSES).filter(|&c| is_base(c)).count(), 20);
-    }
-
-    #[test]
-    fn the_png_writer_produces_files_the_decoder_reads() {
-        let img = procedural(5, &mut SplitMix64::new(2));
-        let plane = SIZE * SIZE;
-        let hwc: Vec<u8> = (0..plane).flat_map(|p| [img.data[p], img.data[plane + p], img.data[2 * plane + p]]).collect();
-        let path = std::env::temp_dir().join(format!("promptcl-demo-{}.png", std::process::id()));
-        image_png(&path, &hwc).unwrap();
-        let back = promptcl_stream::decode_image(&path, None).unwrap();
-        assert_eq!(back.data, img.data);
-        std::fs::remove_file(path).ok();
     }
 }

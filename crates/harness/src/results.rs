@@ -59,6 +59,24 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     promptcl_stream::atomic_write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes a file through `write(tmp)` so readers see the old or the new file,
+/// never a torn one: temp file beside it, fsync, rename, fsync the directory
+/// (as `atomic_write`, for writers that need a path, like libtorch's).
+pub fn atomic_save(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // The extension stays last so writers that choose a format by it still do.
+    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
 }

@@ -162,12 +162,7 @@ pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<
 
         // Checkpoint first, then the state that points at it: a crash between
         // the two leaves the previous, consistent state.
-        let ckpt = dir.checkpoint(t);
-        std::fs::create_dir_all(ckpt.parent().expect("checkpoints dir"))?;
-        let tmp = ckpt.with_extension("tmp.safetensors");
-        method.vars().save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &ckpt)?;
+        results::atomic_save(&dir.checkpoint(t), |tmp| Ok(method.vars().save(tmp)?))?;
         let metrics = Metrics {
             name: cfg.name.clone(),
             method: cfg.method.name.clone(),
@@ -368,14 +363,9 @@ impl TrainJob<'_> {
 
     /// Method variables and optimizer state, then the state file that points at them.
     fn checkpoint_epoch(&mut self, method: &dyn ContinualMethod, opt: &Optimizer, task: usize, epochs_done: usize) -> Result<()> {
-        let path = self.dir.file(results::EPOCH_CHECKPOINT);
-        std::fs::create_dir_all(path.parent().expect("checkpoints dir"))?;
         let mut tensors: Vec<(String, Tensor)> = method.vars().variables().into_iter().map(|(k, v)| (format!("method.{k}"), v)).collect();
         tensors.extend(opt.state());
-        let tmp = path.with_extension("tmp.safetensors");
-        Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
-        std::fs::rename(&tmp, &path)?;
+        results::atomic_save(&self.dir.file(results::EPOCH_CHECKPOINT), |tmp| Ok(Tensor::write_safetensors(&tensors, tmp)?))?;
         self.state.epoch_checkpoint = Some(EpochMark { task, epochs_done });
         results::write_json(&self.dir.file(results::STATE), &*self.state)
     }

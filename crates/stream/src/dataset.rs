@@ -31,6 +31,18 @@ impl Image {
         }
         Self { height, width, data }
     }
+
+    /// Interleaved RGB (what image encoders take): the inverse of [`Image::from_hwc`].
+    pub fn to_hwc(&self) -> Vec<u8> {
+        let plane = self.height * self.width;
+        (0..plane).flat_map(|p| [self.data[p], self.data[plane + p], self.data[2 * plane + p]]).collect()
+    }
+
+    /// Encodes to a file, the format chosen by the extension (`.png`, `.jpg`).
+    pub fn save(&self, path: &std::path::Path) -> crate::Result<()> {
+        let buf = image::RgbImage::from_raw(self.width as u32, self.height as u32, self.to_hwc()).expect("3·h·w bytes");
+        buf.save(path).map_err(|e| crate::StreamError::Image { path: path.to_path_buf(), reason: e.to_string() })
+    }
 }
 
 /// The samples of one side of a dataset (train or test).
@@ -66,5 +78,23 @@ pub struct Dataset {
 impl Dataset {
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trips_through_save_and_decode() {
+        let mut rng = crate::SplitMix64::new(2);
+        let data: Vec<u8> = (0..3 * 12 * 7).map(|_| rng.below(256) as u8).collect();
+        let img = Image::from_chw(12, 7, data);
+        assert_eq!(Image::from_hwc(12, 7, &img.to_hwc()).data, img.data);
+        let path = std::env::temp_dir().join(format!("promptcl-image-{}.png", std::process::id()));
+        img.save(&path).unwrap();
+        let back = crate::decode_image(&path, None).unwrap();
+        assert_eq!((back.height, back.width, &back.data), (12, 7, &img.data));
+        std::fs::remove_file(path).ok();
     }
 }

@@ -28,7 +28,7 @@ pub use folder::{
     FolderOptions, FolderSplit, OnCorrupt, SplitFile,
 };
 pub use hierarchy::{LabelTree, CIFAR100_SUPERCLASS, CIFAR100_SUPERCLASS_NAMES};
-pub use loader::{labels_tensor, Batch, Loader, LoaderOptions};
+pub use loader::{Batch, Loader, LoaderOptions};
 pub use order::ClassOrder;
 pub use rng::SplitMix64;
 pub use tasks::{Remainder, SplitConfig, Task, TaskStream};
@@ -73,6 +73,10 @@ fn default_cache_side() -> Option<usize> {
     Some(256)
 }
 
+fn folder_options(split: &FolderSplit, cache_short_side: Option<usize>, on_corrupt: OnCorrupt) -> FolderOptions {
+    FolderOptions { split: split.clone(), cache_short_side, on_corrupt }
+}
+
 impl DatasetConfig {
     pub fn root(&self) -> &Path {
         match self {
@@ -105,17 +109,15 @@ impl DatasetConfig {
         match self {
             Self::Cifar100 { root } => cifar::load(root),
             Self::ImagenetR { root, split, cache_short_side, on_corrupt } => {
-                let opts = FolderOptions { split: split.clone(), cache_short_side: *cache_short_side, on_corrupt: *on_corrupt };
-                let ds = folder::load(root, "imagenet-r", &opts)?;
+                let ds = folder::load(root, "imagenet-r", &folder_options(split, *cache_short_side, *on_corrupt))?;
                 if ds.num_classes() != 200 {
                     tracing::warn!("{}: {} class folders, ImageNet-R has 200", root.display(), ds.num_classes());
                 }
                 Ok(ds)
             }
             Self::ImageFolder { root, split, cache_short_side, on_corrupt, hierarchy } => {
-                let opts = FolderOptions { split: split.clone(), cache_short_side: *cache_short_side, on_corrupt: *on_corrupt };
                 let name = root.file_name().map_or_else(|| "image-folder".into(), |n| n.to_string_lossy().into_owned());
-                let mut ds = folder::load(root, &name, &opts)?;
+                let mut ds = folder::load(root, &name, &folder_options(split, *cache_short_side, *on_corrupt))?;
                 if let Some(path) = hierarchy {
                     ds.hierarchy = Some(LabelTree::from_json(path, &ds.class_names)?);
                 }

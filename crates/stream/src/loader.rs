@@ -93,9 +93,3 @@ impl Iterator for Loader<'_> {
         Some(render(&images, &boxes, self.transform, interpolation, self.device).map(|images| Batch { images, labels, indices }))
     }
 }
-
-/// Labels as an `i64` tensor, for losses.
-pub fn labels_tensor(labels: &[usize], device: Device) -> Tensor {
-    let v: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
-    Tensor::from_slice(&v).to_device(device)
-}
