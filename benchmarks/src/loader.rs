@@ -51,7 +51,7 @@ fn time_batches(split: &Split, batch_size: usize, epochs: u64, device: Device) -
             let b = b?;
             n += b.labels.len();
             // Force completion, as a training step consuming the batch would.
-            let _ = b.images.sum(tch::Kind::Float).double_value(&[]);
+            let _ = b.inputs.sum(tch::Kind::Float).double_value(&[]);
         }
     }
     Ok(n as f64 / t.elapsed().as_secs_f64())
@@ -62,7 +62,7 @@ pub fn cifar_like(n: usize, batch_size: usize, epochs: u64, device: Device) -> R
     let split = Split {
         images: (0..n).map(|_| synthetic(32, 32, &mut rng)).collect(),
         labels: (0..n).map(|i| i % 100).collect(),
-        paths: Vec::new(),
+        ..Split::default()
     };
     Ok(LoaderResult {
         dataset: "cifar-like 32x32 (in memory)".into(),

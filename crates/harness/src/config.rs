@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use promptcl_learner::OptimConfig;
-use promptcl_model::{Precision, ViTConfig};
+use promptcl_model::{BertConfig, Precision, ViTConfig};
 use promptcl_stream::{ClassOrder, DatasetConfig, Remainder, SplitConfig, TransformConfig};
 use serde::{Deserialize, Serialize};
 
@@ -60,28 +60,77 @@ impl StreamSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
-    /// A timm preset name, or `custom` with `vit` given.
+    /// A timm preset name, `bert-base-uncased` or `all-minilm-l6-v2`; or `custom` with `vit` / `bert` / `config` given.
     pub preset: String,
     pub vit: Option<ViTConfig>,
-    /// timm-named safetensors (data-scripts/export_vit_weights.py); none = random init (for tests and benchmarks only).
+    pub bert: Option<BertConfig>,
+    /// A Hugging Face `config.json` for a BERT encoder.
+    pub config: Option<PathBuf>,
+    /// timm- or Hugging Face-named safetensors (data-scripts/export_vit_weights.py); none = random init (for tests and benchmarks only).
     pub weights: Option<PathBuf>,
     pub precision: Precision,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { preset: "vit_base_patch16_224".into(), vit: None, weights: None, precision: Precision::F32 }
+        Self { preset: "vit_base_patch16_224".into(), vit: None, bert: None, config: None, weights: None, precision: Precision::F32 }
+    }
+}
+
+/// The encoder a run uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EncoderConfig {
+    Vit(ViTConfig),
+    Bert(BertConfig),
+}
+
+impl EncoderConfig {
+    pub fn depth(&self) -> usize {
+        match self {
+            Self::Vit(c) => c.depth,
+            Self::Bert(c) => c.num_hidden_layers,
+        }
     }
 }
 
 impl ModelSection {
-    pub fn vit_config(&self) -> Result<ViTConfig> {
-        let cfg = match (&self.vit, self.preset.as_str()) {
-            (Some(v), _) => v.clone(),
-            (None, name) => ViTConfig::by_name(name)?,
+    /// The encoder, checked against the kind of data (`text`: relation extraction).
+    pub fn encoder(&self, text: bool) -> Result<EncoderConfig> {
+        let bert_preset = match self.preset.to_ascii_lowercase().as_str() {
+            "bert-base-uncased" | "bert_base_uncased" => Some(BertConfig::default()),
+            "all-minilm-l6-v2" | "all_minilm_l6_v2" => Some(BertConfig::minilm_l6()),
+            _ => None,
         };
-        cfg.validate()?;
-        Ok(cfg)
+        let bert = match (&self.bert, &self.config) {
+            (Some(b), _) => Some(b.clone()),
+            (None, Some(path)) => Some(BertConfig::from_json(path)?),
+            (None, None) => bert_preset,
+        };
+        match (text, bert) {
+            (true, Some(b)) => {
+                b.validate()?;
+                Ok(EncoderConfig::Bert(b))
+            }
+            (true, None) => bail!(
+                "a relation-extraction dataset needs a BERT encoder: set model.preset = \"all-minilm-l6-v2\" or \"bert-base-uncased\", or model.config = <config.json>"
+            ),
+            (false, Some(_)) => bail!("model: a BERT encoder reads text, but stream.dataset is an image dataset"),
+            (false, None) => {
+                let cfg = match (&self.vit, self.preset.as_str()) {
+                    (Some(v), _) => v.clone(),
+                    (None, name) => ViTConfig::by_name(name)?,
+                };
+                cfg.validate()?;
+                Ok(EncoderConfig::Vit(cfg))
+            }
+        }
+    }
+
+    pub fn vit_config(&self) -> Result<ViTConfig> {
+        match self.encoder(false)? {
+            EncoderConfig::Vit(c) => Ok(c),
+            EncoderConfig::Bert(_) => unreachable!("encoder(false) gives a ViT"),
+        }
     }
 }
 
@@ -148,15 +197,23 @@ impl RunConfig {
         Ok(cfg)
     }
 
-    /// Relative data and weight paths are relative to the config file.
+    /// Relative data and weight paths are relative to the config file; a
+    /// leading `~/` is the home directory.
     fn resolve_paths(mut self, base: &Path) -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
         let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
+            if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), &home) {
+                *p = home.join(rest);
+            } else if p.is_relative() {
                 *p = base.join(&*p);
             }
         };
         match &mut self.stream.dataset {
             DatasetConfig::Cifar100 { root } | DatasetConfig::ImagenetR { root, .. } => fix(root),
+            DatasetConfig::CfrlFewShot { root, tokenizer, .. } | DatasetConfig::RelationJson { root, tokenizer, .. } => {
+                fix(root);
+                fix(tokenizer);
+            }
             DatasetConfig::ImageFolder { root, hierarchy, .. } => {
                 fix(root);
                 if let Some(h) = hierarchy {
@@ -166,6 +223,9 @@ impl RunConfig {
         }
         if let Some(w) = &mut self.model.weights {
             fix(w);
+        }
+        if let Some(c) = &mut self.model.config {
+            fix(c);
         }
         self
     }
@@ -187,25 +247,34 @@ impl RunConfig {
                 self.stream.order.resolve(n).context("stream.order")?;
             }
         }
-        let vit = self.model.vit_config().context("model")?;
+        let text = self.stream.dataset.tokenizer().is_some();
+        let encoder = self.model.encoder(text).context("model")?;
         if let Some(w) = &self.model.weights {
             if !w.is_file() {
                 bail!("model.weights: {} does not exist (data-scripts/export_vit_weights.py makes it)", w.display());
             }
         }
-        if vit.img_size as usize != self.stream.transform.size {
-            tracing::warn!(
-                "model img_size {} differs from stream.transform.size {}: position embeddings will be resampled",
-                vit.img_size,
-                self.stream.transform.size
-            );
+        if let Some((tok, _)) = self.stream.dataset.tokenizer() {
+            if !tok.exists() {
+                bail!("stream.dataset.tokenizer: {} does not exist (the encoder's tokenizer.json)", tok.display());
+            }
+        }
+        let depth = encoder.depth();
+        if let EncoderConfig::Vit(vit) = &encoder {
+            if vit.img_size as usize != self.stream.transform.size {
+                tracing::warn!(
+                    "model img_size {} differs from stream.transform.size {}: position embeddings will be resampled",
+                    vit.img_size,
+                    self.stream.transform.size
+                );
+            }
         }
         promptcl_learner::registry::check(&self.method.name, &self.method.params).context("method")?;
         // Any `*layers` list of a method indexes backbone blocks.
         for (key, value) in &self.method.params {
             if let (true, Some(list)) = (key.ends_with("layers"), value.as_array()) {
-                if let Some(bad) = list.iter().filter_map(|v| v.as_integer()).find(|&l| l < 0 || l as usize >= vit.depth) {
-                    bail!("method.params.{key}: layer {bad} does not exist, the backbone has {} blocks (0..{})", vit.depth, vit.depth);
+                if let Some(bad) = list.iter().filter_map(|v| v.as_integer()).find(|&l| l < 0 || l as usize >= depth) {
+                    bail!("method.params.{key}: layer {bad} does not exist, the backbone has {depth} blocks (0..{depth})");
                 }
             }
         }

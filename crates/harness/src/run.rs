@@ -9,12 +9,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use promptcl_learner::metrics::AccuracyMatrix;
-use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, TaskInfo};
-use promptcl_model::frozen_vit;
+use promptcl_learner::{registry, Backbone, BatchSource, Encoder, ContinualMethod, DataScope, MethodContext, TaskInfo};
+use promptcl_model::{frozen_bert, frozen_vit};
 use promptcl_stream::{ClassOrder, Dataset, Loader, LoaderOptions, Split, TaskStream, TransformConfig};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::config::{NonFinite, RunConfig};
+use crate::config::{EncoderConfig, NonFinite, RunConfig};
 use crate::optim::{clip_grad_norm, Optimizer};
 use crate::results::{self, EpochMark, Metrics, RunDir, State};
 
@@ -44,20 +44,49 @@ pub struct Prepared {
 
 pub fn prepare(cfg: &RunConfig, seed: u64) -> Result<Prepared> {
     let device = device_for(&cfg.run.device)?;
-    let dataset = cfg.stream.dataset.load().context("loading the dataset")?;
-    // A `{ seed = .. }` order without its own seed follows the run's seed.
-    let order = match &cfg.stream.order {
-        ClassOrder::Seeded { seed: 0 } => ClassOrder::Seeded { seed },
-        o => o.clone(),
+    let dataset = cfg.stream.dataset.load_for_seed(seed).context("loading the dataset")?;
+    let stream = match &dataset.plan {
+        // The protocol fixes the tasks (relation extraction); the seed picks their order.
+        Some(plan) => {
+            if cfg.stream.order != ClassOrder::Natural {
+                tracing::warn!("stream.order is ignored: {} fixes its task order per seed", dataset.name);
+            }
+            let tasks = plan.tasks(dataset.num_classes(), cfg.stream.num_tasks, seed).context("stream")?;
+            TaskStream::from_tasks(dataset.num_classes(), tasks).context("stream")?
+        }
+        None => {
+            // A `{ seed = .. }` order without its own seed follows the run's seed.
+            let order = match &cfg.stream.order {
+                ClassOrder::Seeded { seed: 0 } => ClassOrder::Seeded { seed },
+                o => o.clone(),
+            };
+            TaskStream::new(dataset.num_classes(), &order, &cfg.stream.split()).context("stream")?
+        }
     };
-    let stream = TaskStream::new(dataset.num_classes(), &order, &cfg.stream.split()).context("stream")?;
-    let vit_cfg = cfg.model.vit_config()?;
     if cfg.model.weights.is_none() {
         tracing::warn!("model.weights not set: the backbone is randomly initialised (accuracy is meaningless)");
     }
     tch::manual_seed(seed as i64);
-    let (vars, vit) = frozen_vit(&vit_cfg, cfg.model.weights.as_deref(), device, cfg.model.precision)?;
-    Ok(Prepared { dataset, stream, backbone: Rc::new(Backbone { vit, vars, cfg: vit_cfg }), device })
+    let weights = cfg.model.weights.as_deref();
+    let backbone = match cfg.model.encoder(dataset.is_text())? {
+        EncoderConfig::Vit(vit_cfg) => {
+            let (vars, vit) = frozen_vit(&vit_cfg, weights, device, cfg.model.precision)?;
+            Backbone::new(Encoder::Vit(vit), vars)
+        }
+        EncoderConfig::Bert(mut bert_cfg) => {
+            if let Some((path, max_length)) = cfg.stream.dataset.tokenizer() {
+                // Room for the entity markers the tokenizer added.
+                let tok = promptcl_stream::RelationTokenizer::from_file(path, max_length)?;
+                bert_cfg.vocab_size = bert_cfg.vocab_size.max(tok.vocab_size() as i64);
+            }
+            if cfg.model.precision != promptcl_model::Precision::F32 {
+                tracing::warn!("model.precision: the BERT encoder runs in fp32");
+            }
+            let (vars, bert) = frozen_bert(&bert_cfg, weights, device)?;
+            Backbone::new(Encoder::Bert(bert), vars)
+        }
+    };
+    Ok(Prepared { dataset, stream, backbone: Rc::new(backbone), device })
 }
 
 /// Runs (or resumes) one seed. Returns the run folder.
@@ -299,7 +328,7 @@ impl TrainJob<'_> {
                     if fault.as_ref().is_some_and(|(k, s)| k == "oom" && *s == global) {
                         panic!("CUDA out of memory. Tried to allocate 2.00 GiB (injected by PROMPTCL_FAULT)");
                     }
-                    let out = method.train_step(&batch.images, &labels, info)?;
+                    let out = method.train_step(&batch.inputs, &labels, info)?;
                     let mut value = out.loss.double_value(&[]);
                     if fault.as_ref().is_some_and(|(k, s)| k == "nan" && *s == global) {
                         value = f64::NAN;
@@ -395,7 +424,7 @@ pub fn evaluate(
         for batch in Loader::new(test, stream.indices(test, j), opts, 0, tf, device) {
             let batch = batch?;
             let labels = incremental(stream, &batch.labels, device);
-            let pred = tch::no_grad(|| method.predict(&batch.images, seen))?;
+            let pred = tch::no_grad(|| method.predict(&batch.inputs, seen))?;
             correct += pred.logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
             if let Some(ids) = &pred.task_ids {
                 routes = true;
@@ -430,7 +459,7 @@ impl BatchSource for Batches<'_> {
         let opts = LoaderOptions { batch_size: self.batch_size, shuffle: false, augment: false, drop_last: false, seed: 0 };
         for batch in Loader::new(self.split, self.indices.clone(), opts, 0, self.transform, self.device) {
             let batch = batch.map_err(|e| promptcl_learner::LearnerError::Invalid(e.to_string()))?;
-            f(&batch.images, &incremental(self.stream, &batch.labels, self.device))?;
+            f(&batch.inputs, &incremental(self.stream, &batch.labels, self.device))?;
         }
         Ok(())
     }

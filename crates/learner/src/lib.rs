@@ -3,6 +3,7 @@
 //! Owns: `ContinualMethod`, the method table, the methods, the metrics.
 //! Must not import: the harness (epochs, evaluation, checkpoints, files).
 
+mod backbone;
 mod config;
 mod error;
 mod method;
@@ -13,6 +14,7 @@ pub mod ot;
 pub mod registry;
 pub mod stats;
 
+pub use backbone::{Encoder, Features};
 pub use config::{did_you_mean, parse_params, OptimConfig, OptimizerKind, Schedule};
 pub use error::{LearnerError, Result};
 pub use method::{tasks_seen, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, Prediction, Step, TaskInfo};

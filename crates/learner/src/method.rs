@@ -3,19 +3,11 @@
 use std::ops::Range;
 use std::rc::Rc;
 
-use promptcl_model::{VisionTransformer, ViTConfig};
 use tch::{nn, Device, Tensor};
 
+pub use crate::backbone::Backbone;
 use crate::config::OptimConfig;
 use crate::error::Result;
-
-/// The frozen pretrained backbone every method shares.
-pub struct Backbone {
-    pub vit: VisionTransformer,
-    /// Its (frozen) variables; methods that fine-tune copy them into their own store.
-    pub vars: nn::VarStore,
-    pub cfg: ViTConfig,
-}
 
 /// What a method is built with.
 #[derive(Clone)]
@@ -31,8 +23,14 @@ pub struct MethodContext {
 }
 
 impl MethodContext {
-    pub fn embed_dim(&self) -> i64 {
-        self.backbone.cfg.embed_dim
+    /// Width of the encoder's feature and query (heads, keys, statistics).
+    pub fn feature_dim(&self) -> i64 {
+        self.backbone.feature_dim()
+    }
+
+    /// Width of the encoder's tokens (prompt tokens, prefixes).
+    pub fn token_dim(&self) -> i64 {
+        self.backbone.token_dim()
     }
 }
 
@@ -82,7 +80,7 @@ pub enum DataScope {
 /// Test-transformed batches of the current task's training data, for
 /// consolidation at the end of a task (prototypes, statistics).
 pub trait BatchSource {
-    /// Calls `f(images, incremental_labels)` for every batch.
+    /// Calls `f(inputs, incremental_labels)` for every batch.
     fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>) -> Result<()>;
 }
 
@@ -103,7 +101,8 @@ pub trait ContinualMethod {
 
     /// The loss of one batch (the harness does backward and the step).
     /// # Shapes
-    /// - `images`: `[B, 3, H, W]`; `labels`: `[B]` int64 incremental labels
+    /// - `inputs`: images `[B, 3, H, W]`, or packed text `[B, 3 + T]` int64
+    ///   (whatever the backbone reads); `labels`: `[B]` int64 incremental labels
     fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step>;
 
     fn end_task(&mut self, _task: &TaskInfo, _data: &mut dyn BatchSource) -> Result<()> {
@@ -138,4 +137,16 @@ pub fn tasks_seen(task_sizes: &[usize], seen: usize) -> usize {
         }
     }
     task_sizes.len()
+}
+
+/// The task that owns incremental label `class`.
+pub fn task_of(task_sizes: &[usize], class: usize) -> usize {
+    let mut end = 0;
+    for (t, s) in task_sizes.iter().enumerate() {
+        end += s;
+        if class < end {
+            return t;
+        }
+    }
+    task_sizes.len().saturating_sub(1)
 }

@@ -3,7 +3,7 @@
 
 use crate::config::parse_params;
 use crate::method::{ContinualMethod, DataScope, MethodContext};
-use crate::methods::{coda_prompt, dualprompt, finetune, hide_prompt, joint, l2p, norga, prototype};
+use crate::methods::{coda_prompt, dualprompt, epi, finetune, hide_prompt, joint, l2p, norga, prototype, wave_cre};
 use crate::{LearnerError, Result};
 
 pub type Constructor = fn(&MethodContext, &toml::Table) -> Result<Box<dyn ContinualMethod>>;
@@ -31,6 +31,12 @@ pub const METHODS: &[(&str, &str, Constructor)] = &[
         Ok(Box::new(hide_prompt::HidePrompt::new(c, parse_params("hide-prompt", p)?, "hide-prompt")?))
     }),
     ("norga", "HiDe-Prompt with NoRGa's non-linear residual gate (Le et al. 2024)", |c, p| Ok(Box::new(norga::new(c, p)?))),
+    ("wave-cre", "per-task prompt pools + Gaussian replay of relations, rehearsal-free CRE (Le et al. 2025)", |c, p| {
+        Ok(Box::new(wave_cre::new(c, p)?))
+    }),
+    ("epi", "per-task prefix prompt chosen by Mahalanobis task identification (EPI, Wang et al. 2023)", |c, p| {
+        Ok(Box::new(epi::Epi::new(c, parse_params("epi", p)?)?))
+    }),
 ];
 
 pub fn names() -> Vec<&'static str> {
@@ -55,6 +61,8 @@ pub fn check(name: &str, params: &toml::Table) -> Result<()> {
         "dualprompt" => parse_params::<dualprompt::Params>(name, params).map(drop),
         "coda-prompt" => parse_params::<coda_prompt::Params>(name, params).map(drop),
         "hide-prompt" | "norga" => parse_params::<hide_prompt::Params>(name, params).map(drop),
+        "wave-cre" => wave_cre::params(params).map(drop),
+        "epi" => parse_params::<epi::Params>(name, params).map(drop),
         _ => Err(LearnerError::UnknownMethod { name: name.into(), valid: names().join(", ") }),
     };
     parsed

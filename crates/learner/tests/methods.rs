@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, MethodContext, OptimConfig, TaskInfo};
+use promptcl_learner::{registry, Backbone, BatchSource, Encoder, ContinualMethod, MethodContext, OptimConfig, TaskInfo};
 use promptcl_model::{frozen_vit, Precision, ViTConfig};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -15,7 +15,7 @@ fn ctx() -> MethodContext {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vit_tiny_test.safetensors");
     let (vars, vit) = frozen_vit(&cfg, Some(&path), Device::Cpu, Precision::F32).unwrap();
     MethodContext {
-        backbone: Rc::new(Backbone { vit, vars, cfg }),
+        backbone: Rc::new(Backbone::new(Encoder::Vit(vit), vars)),
         num_classes: TASKS * PER_TASK,
         num_tasks: TASKS,
         task_sizes: vec![PER_TASK; TASKS],
@@ -97,7 +97,7 @@ fn dualprompt_trains_only_the_current_e_prompt_and_keeps_old_ones() {
 fn dualprompt_key_matching_routes_to_the_matching_task() {
     let m = build("dualprompt", "g_layers = [0]\ne_layers = [1, 2]");
     let x = images(3);
-    let q = ctx().backbone.vit.query(&x).unwrap();
+    let q = ctx().backbone.query(&x).unwrap();
     // Give task 2's key the query of sample 0, task 4's that of sample 1.
     tch::no_grad(|| {
         var(&*m, "e_key.2").copy_(&q.get(0));
@@ -116,7 +116,7 @@ fn dualprompt_key_matching_routes_to_the_matching_task() {
 fn l2p_selects_the_nearest_keys_batchwise() {
     use promptcl_learner::methods::l2p::{Params, L2P};
     let l2p = L2P::new(&ctx(), Params { pool_size: 6, top_k: 2, length: 3, ..Default::default() }).unwrap();
-    let q = ctx().backbone.vit.query(&images(4)).unwrap();
+    let q = ctx().backbone.query(&images(4)).unwrap();
     let mean_q = q.mean_dim(0, false, Kind::Float);
     tch::no_grad(|| {
         let mut keys = var(&l2p, "prompt_key");
@@ -171,6 +171,8 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0]"),
         ("hide-prompt", HIDE),
         ("norga", HIDE),
+        ("wave-cre", "layers = [0, 1]\npool_size = 3\ntop_k = 2"),
+        ("epi", "layers = [0, 1, 2]\nlength = 2"),
     ];
     assert_eq!(params.len(), registry::METHODS.len(), "a new method needs a line here");
     for (name, p) in params {
@@ -225,7 +227,7 @@ fn prototypes_are_class_means_of_frozen_features() {
     let y1 = Tensor::from_slice(&[0i64, 1, 0, 1]);
     let y2 = Tensor::from_slice(&[1i64, 1, 0, 0]);
     m.end_task(&task(0), &mut Fixed(vec![(x1.shallow_clone(), y1.shallow_clone()), (x2.shallow_clone(), y2.shallow_clone())])).unwrap();
-    let f = Tensor::cat(&[c.backbone.vit.query(&x1).unwrap(), c.backbone.vit.query(&x2).unwrap()], 0);
+    let f = Tensor::cat(&[c.backbone.query(&x1).unwrap(), c.backbone.query(&x2).unwrap()], 0);
     let y = Tensor::cat(&[y1, y2], 0);
     let sums = var(&*m, "proto_sums");
     for class in 0..2i64 {

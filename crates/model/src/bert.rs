@@ -162,7 +162,12 @@ impl BertModel {
     }
 
     /// Loads Hugging Face weights strictly (a `bert.` prefix is accepted,
-    /// the pooler ignored) and freezes them.
+    /// the pooler ignored) and freezes them. A `cfg.vocab_size` larger than
+    /// the file's (tokens added to the tokenizer, such as entity markers)
+    /// gets new embedding rows drawn from a Gaussian with the per-dimension
+    /// mean and spread of the trained rows, as `transformers`'
+    /// `resize_token_embeddings(mean_resizing=True)` does (with a diagonal
+    /// covariance); they depend on the torch seed.
     pub fn from_safetensors(vs: &mut nn::VarStore, cfg: &BertConfig, path: &Path) -> Result<Self> {
         cfg.validate()?;
         let model = Self::new(vs.root(), cfg);
@@ -171,7 +176,17 @@ impl BertModel {
         if file.keys().any(|k| k.starts_with("bert.")) {
             file = file.into_iter().map(|(k, v)| (k.strip_prefix("bert.").map(String::from).unwrap_or(k), v)).collect();
         }
-        crate::weights::load_map(vs, path, file, &SKIP, &|_, t, _| Ok(t))?;
+        let grow = |name: &str, t: Tensor, expected: &[i64]| {
+            let n = t.size()[0];
+            if name != "embeddings.word_embeddings.weight" || t.dim() != 2 || n >= expected[0] || t.size()[1] != expected[1] {
+                return Ok(t);
+            }
+            let t = t.to_kind(Kind::Float);
+            let (mean, std) = (t.mean_dim(0, true, Kind::Float), t.std_dim(0, true, true));
+            let extra = Tensor::randn([expected[0] - n, expected[1]], (Kind::Float, t.device())) * std + mean;
+            Ok(Tensor::cat(&[t, extra], 0))
+        };
+        crate::weights::load_map(vs, path, file, &SKIP, &grow)?;
         vs.freeze();
         Ok(model)
     }
@@ -249,9 +264,18 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Tensor {
     (hidden * &m).sum_dim_intlist(1, false, Kind::Float) / m.sum_dim_intlist(1, false, Kind::Float).clamp_min(1e-9)
 }
 
-/// Builds a frozen BERT in its own `VarStore` from Hugging Face weights.
-pub fn frozen_bert(cfg: &BertConfig, path: &Path, device: Device) -> Result<(nn::VarStore, BertModel)> {
+/// Builds a frozen BERT in its own `VarStore` from Hugging Face weights, or
+/// (with `path = None`) from a seeded random init.
+pub fn frozen_bert(cfg: &BertConfig, path: Option<&Path>, device: Device) -> Result<(nn::VarStore, BertModel)> {
+    cfg.validate()?;
     let mut vs = nn::VarStore::new(device);
-    let model = BertModel::from_safetensors(&mut vs, cfg, path)?;
+    let model = match path {
+        Some(path) => BertModel::from_safetensors(&mut vs, cfg, path)?,
+        None => {
+            let m = BertModel::new(vs.root(), cfg);
+            vs.freeze();
+            m
+        }
+    };
     Ok((vs, model))
 }

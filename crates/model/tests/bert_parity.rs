@@ -31,7 +31,7 @@ fn leaf(g: &HashMap<String, Tensor>, k: &str) -> Tensor {
 
 #[test]
 fn plain_forward_matches_transformers_with_padding() {
-    let (vs, bert) = frozen_bert(&cfg(), &fixture("bert_tiny_test.safetensors"), Device::Cpu).unwrap();
+    let (vs, bert) = frozen_bert(&cfg(), Some(&fixture("bert_tiny_test.safetensors")), Device::Cpu).unwrap();
     assert!(vs.trainable_variables().iter().all(|t| !t.requires_grad()), "frozen");
     let g = golden();
     let mask = &g["attention_mask"];
@@ -45,7 +45,7 @@ fn plain_forward_matches_transformers_with_padding() {
 
 #[test]
 fn prefixes_with_norga_gate_match_reference_with_gradients() {
-    let (_vs, bert) = frozen_bert(&cfg(), &fixture("bert_tiny_test.safetensors"), Device::Cpu).unwrap();
+    let (_vs, bert) = frozen_bert(&cfg(), Some(&fixture("bert_tiny_test.safetensors")), Device::Cpu).unwrap();
     let g = golden();
     let [k0, v0, k1, v1] = ["k0", "v0", "k1", "v1"].map(|n| leaf(&g, &format!("prefix.{n}")));
     let gate = NoRGaGate { alpha: leaf(&g, "gate.alpha"), tau: leaf(&g, "gate.tau"), activation: GateActivation::Tanh };
@@ -62,7 +62,7 @@ fn prefixes_with_norga_gate_match_reference_with_gradients() {
 
 #[test]
 fn prompt_tokens_match_reference_with_gradients() {
-    let (_vs, bert) = frozen_bert(&cfg(), &fixture("bert_tiny_test.safetensors"), Device::Cpu).unwrap();
+    let (_vs, bert) = frozen_bert(&cfg(), Some(&fixture("bert_tiny_test.safetensors")), Device::Cpu).unwrap();
     let g = golden();
     let t1 = leaf(&g, "tokens.t1");
     let opts = ForwardOptions { keep_prompt_tokens: true, ..Default::default() };
@@ -79,7 +79,7 @@ fn integer_buffers_and_a_bert_prefix_are_accepted() {
     tensors.push(("bert.embeddings.position_ids".into(), Tensor::arange(40, (Kind::Int64, Device::Cpu)).unsqueeze(0)));
     let path = std::env::temp_dir().join(format!("promptcl-bert-{}.safetensors", std::process::id()));
     Tensor::write_safetensors(&tensors, &path).unwrap();
-    let (_vs, bert) = frozen_bert(&cfg(), &path, Device::Cpu).unwrap();
+    let (_vs, bert) = frozen_bert(&cfg(), Some(&path), Device::Cpu).unwrap();
     let g = golden();
     let out = bert.forward(&g["input_ids"], Some(&g["attention_mask"]), &Prompts::none(), &ForwardOptions::default()).unwrap();
     close(&out.hidden, &g["plain.hidden"], "prefixed checkpoint");
@@ -88,7 +88,7 @@ fn integer_buffers_and_a_bert_prefix_are_accepted() {
 
 #[test]
 fn bad_bert_inputs_are_errors() {
-    let (_vs, bert) = frozen_bert(&cfg(), &fixture("bert_tiny_test.safetensors"), Device::Cpu).unwrap();
+    let (_vs, bert) = frozen_bert(&cfg(), Some(&fixture("bert_tiny_test.safetensors")), Device::Cpu).unwrap();
     let opts = ForwardOptions::default();
     let ids = Tensor::from_slice(&[1i64, 2, 300]).view([1, 3]);
     let e = bert.forward(&ids, None, &Prompts::none(), &opts).unwrap_err().to_string();
@@ -99,6 +99,26 @@ fn bad_bert_inputs_are_errors() {
     let bad_mask = Tensor::ones([2, 5], (Kind::Int64, Device::Cpu));
     assert!(bert.forward(&ids, Some(&bad_mask), &Prompts::none(), &opts).is_err());
     let wrong = BertConfig { hidden_size: 48, ..cfg() };
-    let e = frozen_bert(&wrong, &fixture("bert_tiny_test.safetensors"), Device::Cpu).err().unwrap();
+    let e = frozen_bert(&wrong, Some(&fixture("bert_tiny_test.safetensors")), Device::Cpu).err().unwrap();
     assert!(matches!(e, ModelError::ShapeMismatch { .. }), "{e}");
 }
+
+/// Entity markers grow the vocabulary: the trained rows stay, the new rows
+/// follow the trained rows' per-dimension mean and spread.
+#[test]
+fn added_tokens_grow_the_embedding() {
+    let grown = BertConfig { vocab_size: cfg().vocab_size + 4, ..cfg() };
+    tch::manual_seed(3);
+    let (vs, _bert) = frozen_bert(&grown, Some(&fixture("bert_tiny_test.safetensors")), Device::Cpu).unwrap();
+    let w = vs.variables()["embeddings.word_embeddings.weight"].shallow_clone();
+    let n = cfg().vocab_size;
+    let file = promptcl_model::weights::read_safetensors(&fixture("bert_tiny_test.safetensors")).unwrap();
+    let trained = &file["embeddings.word_embeddings.weight"];
+    assert!(w.narrow(0, 0, n).equal(trained), "trained rows unchanged");
+    let new = w.narrow(0, n, 4);
+    assert!(new.isfinite().all().int64_value(&[]) == 1);
+    let spread = trained.std_dim(0, true, false).max().double_value(&[]);
+    let dist = (new - trained.mean_dim(0, true, Kind::Float)).abs().max().double_value(&[]);
+    assert!(dist < 6.0 * spread, "new rows lie within the trained rows' spread ({dist} vs {spread})");
+}
+

@@ -30,7 +30,7 @@ fn minilm_matches_sentence_transformers_embeddings() {
     let dir = PathBuf::from(info["model_dir"].as_str().unwrap());
     let cfg = BertConfig::from_json(&dir.join("config.json")).unwrap();
     assert_eq!(cfg, BertConfig::minilm_l6(), "the packaged config is MiniLM-L6");
-    let (_vs, bert) = frozen_bert(&cfg, &dir.join("model.safetensors"), Device::Cpu).unwrap();
+    let (_vs, bert) = frozen_bert(&cfg, Some(&dir.join("model.safetensors")), Device::Cpu).unwrap();
     let g: HashMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
     let hidden = bert.forward(&g["input_ids"], Some(&g["attention_mask"]), &Prompts::none(), &ForwardOptions::default()).unwrap().hidden;
     let mask = g["attention_mask"].unsqueeze(-1).to_kind(tch::Kind::Float);

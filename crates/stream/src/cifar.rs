@@ -81,6 +81,7 @@ fn finish(fine_names: Vec<String>, coarse_names: Vec<String>, train: Part, test:
         train: train.split,
         test: test.split,
         hierarchy: Some(hierarchy),
+        plan: None,
     })
 }
 
@@ -135,7 +136,7 @@ fn python_part(path: &Path) -> Result<Part> {
     let fine = labels(&d, "fine_labels", n, NUM_CLASSES, path)?;
     let coarse = labels(&d, "coarse_labels", n, NUM_SUPERCLASSES, path)?;
     let images = data.chunks_exact(PIXELS).map(|c| Image::from_chw(32, 32, c.to_vec())).collect();
-    Ok(Part { split: Split { images, labels: fine, paths: Vec::new() }, coarse })
+    Ok(Part { split: Split { images, texts: Vec::new(), labels: fine, paths: Vec::new() }, coarse })
 }
 
 fn binary_part(path: &Path) -> Result<Part> {
@@ -157,7 +158,7 @@ fn binary_part(path: &Path) -> Result<Part> {
         fine.push(f);
         images.push(Image::from_chw(32, 32, rec[2..].to_vec()));
     }
-    Ok(Part { split: Split { images, labels: fine, paths: Vec::new() }, coarse })
+    Ok(Part { split: Split { images, texts: Vec::new(), labels: fine, paths: Vec::new() }, coarse })
 }
 
 fn text_names(path: &Path, n: usize) -> Result<Vec<String>> {

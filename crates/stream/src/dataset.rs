@@ -45,10 +45,12 @@ impl Image {
     }
 }
 
-/// The samples of one side of a dataset (train or test).
+/// The samples of one side of a dataset (train or test): images, or
+/// tokenized relation examples for text datasets.
 #[derive(Debug, Clone, Default)]
 pub struct Split {
     pub images: Vec<Image>,
+    pub texts: Vec<crate::text::EncodedText>,
     /// Dataset class ids (`0..num_classes`), as the dataset defines them.
     pub labels: Vec<usize>,
     /// Where each image came from, for folder datasets (error messages, split files).
@@ -73,11 +75,17 @@ pub struct Dataset {
     pub test: Split,
     /// Label hierarchy when the dataset ships one (CIFAR-100's superclasses).
     pub hierarchy: Option<LabelTree>,
+    /// Task composition when the protocol fixes it (continual relation extraction).
+    pub plan: Option<crate::cre::TaskPlan>,
 }
 
 impl Dataset {
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
+    }
+
+    pub fn is_text(&self) -> bool {
+        !self.train.texts.is_empty()
     }
 }
 

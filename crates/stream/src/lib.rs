@@ -5,6 +5,7 @@
 //! the edge where a batch becomes a `tch::Tensor`.
 
 mod cifar;
+pub mod cre;
 mod dataset;
 mod error;
 mod folder;
@@ -12,14 +13,18 @@ mod hierarchy;
 mod loader;
 mod order;
 pub mod pickle;
+pub mod pyrandom;
 mod rng;
 mod tasks;
+pub mod text;
 mod transform;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cre::{FullDataProtocol, TaskPlan};
+pub use text::{EncodedText, RelationExample, RelationTokenizer};
 pub use cifar::{load as load_cifar100, load_binary as load_cifar100_binary, load_python as load_cifar100_python};
 pub use dataset::{Dataset, Image, Split};
 pub use error::{Result, StreamError};
@@ -63,6 +68,33 @@ pub enum DatasetConfig {
         #[serde(default)]
         hierarchy: Option<PathBuf>,
     },
+    /// Continual few-shot relation extraction (CFRL text format):
+    /// `root/{relation_name.txt, rel_index.npy, CFRLdata_10_100_10_<shots>/}`.
+    CfrlFewShot {
+        root: PathBuf,
+        shots: usize,
+        /// The encoder's `tokenizer.json` (or its folder).
+        tokenizer: PathBuf,
+        #[serde(default = "default_max_length")]
+        max_length: usize,
+        /// Keep only the first N test examples of each relation (file order):
+        /// a smaller evaluation for CPU budgets. Unset = the protocol's 100.
+        #[serde(default)]
+        test_per_relation: Option<usize>,
+    },
+    /// Full-data continual relation extraction from a FewRel-style JSON file.
+    RelationJson {
+        root: PathBuf,
+        protocol: FullDataProtocol,
+        tokenizer: PathBuf,
+        #[serde(default = "default_max_length")]
+        max_length: usize,
+    },
+}
+
+/// The CRE samplers' `max_length`.
+fn default_max_length() -> usize {
+    256
 }
 
 fn default_folder_split() -> FolderSplit {
@@ -80,7 +112,11 @@ fn folder_options(split: &FolderSplit, cache_short_side: Option<usize>, on_corru
 impl DatasetConfig {
     pub fn root(&self) -> &Path {
         match self {
-            Self::Cifar100 { root } | Self::ImagenetR { root, .. } | Self::ImageFolder { root, .. } => root,
+            Self::Cifar100 { root }
+            | Self::ImagenetR { root, .. }
+            | Self::ImageFolder { root, .. }
+            | Self::CfrlFewShot { root, .. }
+            | Self::RelationJson { root, .. } => root,
         }
     }
 
@@ -89,7 +125,7 @@ impl DatasetConfig {
         match self {
             Self::Cifar100 { .. } => Some(100),
             Self::ImagenetR { .. } => Some(200),
-            Self::ImageFolder { .. } => None,
+            Self::ImageFolder { .. } | Self::CfrlFewShot { .. } | Self::RelationJson { .. } => None,
         }
     }
 
@@ -105,8 +141,33 @@ impl DatasetConfig {
         Ok(())
     }
 
+    /// The tokenizer of a text dataset.
+    pub fn tokenizer(&self) -> Option<(&Path, usize)> {
+        match self {
+            Self::CfrlFewShot { tokenizer, max_length, .. } | Self::RelationJson { tokenizer, max_length, .. } => {
+                Some((tokenizer, *max_length))
+            }
+            _ => None,
+        }
+    }
+
+    /// Loads the data. `seed` matters only where the protocol splits per seed
+    /// (full-data relation extraction).
+    pub fn load_for_seed(&self, seed: u64) -> Result<Dataset> {
+        match self {
+            Self::CfrlFewShot { root, shots, tokenizer, max_length, test_per_relation } => {
+                cre::load_cfrl(root, *shots, *test_per_relation, &RelationTokenizer::from_file(tokenizer, *max_length)?)
+            }
+            Self::RelationJson { root, protocol, tokenizer, max_length } => {
+                cre::load_full(root, *protocol, seed, &RelationTokenizer::from_file(tokenizer, *max_length)?)
+            }
+            _ => self.load(),
+        }
+    }
+
     pub fn load(&self) -> Result<Dataset> {
         match self {
+            Self::CfrlFewShot { .. } | Self::RelationJson { .. } => self.load_for_seed(0),
             Self::Cifar100 { root } => cifar::load(root),
             Self::ImagenetR { root, split, cache_short_side, on_corrupt } => {
                 let ds = folder::load(root, "imagenet-r", &folder_options(split, *cache_short_side, *on_corrupt))?;

@@ -21,11 +21,12 @@ pub struct LoaderOptions {
 /// One ready batch.
 ///
 /// # Shapes
-/// - `images`: `[B, 3, size, size]` float32 on the loader's device
+/// - `inputs`: images `[B, 3, size, size]` float32 on the loader's device, or
+///   for text datasets the packed tokens `[B, 3 + T]` int64 (see [`crate::text::pack`])
 /// - `labels`, `indices`: `B` dataset labels and sample indices
 #[derive(Debug)]
 pub struct Batch {
-    pub images: Tensor,
+    pub inputs: Tensor,
     pub labels: Vec<usize>,
     pub indices: Vec<usize>,
 }
@@ -74,6 +75,11 @@ impl Iterator for Loader<'_> {
         let take = remaining.min(b);
         let indices = self.order[self.pos..self.pos + take].to_vec();
         self.pos += take;
+        let labels = indices.iter().map(|&i| self.split.labels[i]).collect();
+        if !self.split.texts.is_empty() {
+            let texts: Vec<_> = indices.iter().map(|&i| &self.split.texts[i]).collect();
+            return Some(Ok(Batch { inputs: crate::text::pack(&texts, self.device), labels, indices }));
+        }
         let images: Vec<_> = indices.iter().map(|&i| &self.split.images[i]).collect();
         let boxes: Vec<_> = indices
             .iter()
@@ -89,7 +95,6 @@ impl Iterator for Loader<'_> {
             })
             .collect();
         let interpolation = if self.opts.augment { self.transform.train_interpolation } else { Interpolation::Bicubic };
-        let labels = indices.iter().map(|&i| self.split.labels[i]).collect();
-        Some(render(&images, &boxes, self.transform, interpolation, self.device).map(|images| Batch { images, labels, indices }))
+        Some(render(&images, &boxes, self.transform, interpolation, self.device).map(|inputs| Batch { inputs, labels, indices }))
     }
 }

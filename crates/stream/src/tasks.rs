@@ -70,6 +70,26 @@ impl TaskStream {
         Ok(Self { order, tasks, task_of, position })
     }
 
+    /// A stream whose tasks are given (a protocol's fixed task composition).
+    pub fn from_tasks(num_classes: usize, tasks: Vec<Vec<usize>>) -> Result<Self> {
+        let order: Vec<usize> = tasks.concat();
+        ClassOrder::Explicit(order.clone()).resolve(num_classes)?;
+        let (mut task_of, mut position) = (vec![0; num_classes], vec![0; num_classes]);
+        for (id, classes) in tasks.iter().enumerate() {
+            if classes.is_empty() {
+                return Err(StreamError::Config(format!("task {id} has no classes")));
+            }
+            for &c in classes {
+                task_of[c] = id;
+            }
+        }
+        for (pos, &c) in order.iter().enumerate() {
+            position[c] = pos;
+        }
+        let tasks = tasks.into_iter().enumerate().map(|(id, classes)| Task { id, classes }).collect();
+        Ok(Self { order, tasks, task_of, position })
+    }
+
     pub fn tasks(&self) -> &[Task] {
         &self.tasks
     }

@@ -24,10 +24,10 @@ fn same_seed_same_batches_and_epochs_differ() {
     assert_eq!(a.len(), 3, "20 samples in batches of 8");
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.indices, y.indices);
-        assert!(x.images.equal(&y.images), "bit-identical batches");
+        assert!(x.inputs.equal(&y.inputs), "bit-identical batches");
     }
     assert_ne!(a[0].indices, c[0].indices, "epochs reshuffle");
-    let img = &a[0].images;
+    let img = &a[0].inputs;
     assert_eq!(img.size(), [8, 3, 48, 48]);
     assert_eq!(img.kind(), Kind::Float);
     let (lo, hi) = (img.min().double_value(&[]), img.max().double_value(&[]));
@@ -41,7 +41,7 @@ fn same_seed_same_batches_and_epochs_differ() {
         .collect::<Vec<_>>();
     let first = &one_by_one[0];
     let pos = a[0].indices.iter().position(|&i| i == first.indices[0]).unwrap();
-    let diff = (a[0].images.get(pos as i64) - first.images.get(0)).abs().max().double_value(&[]);
+    let diff = (a[0].inputs.get(pos as i64) - first.inputs.get(0)).abs().max().double_value(&[]);
     assert!(diff < 1e-6, "{diff}");
 
     let test = Loader::new(&ds.test, stream.indices(&ds.test, 0), LoaderOptions { shuffle: false, ..opts(false) }, 0, &tf, Device::Cpu);

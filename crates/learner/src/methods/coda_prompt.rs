@@ -64,13 +64,13 @@ impl CodaPrompt {
         if params.length < 2 || params.length % 2 != 0 {
             return bad(format!("length {} must be even (split into key and value halves)", params.length));
         }
-        if let Some(l) = params.layers.iter().find(|&&l| l >= ctx.backbone.cfg.depth) {
-            return bad(format!("layer {l} beyond the backbone's depth {}", ctx.backbone.cfg.depth));
+        if let Some(l) = params.layers.iter().find(|&&l| l >= ctx.backbone.depth()) {
+            return bad(format!("layer {l} beyond the backbone's depth {}", ctx.backbone.depth()));
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let pt = (params.pool_size / ctx.num_tasks) as i64;
-        let d = ctx.embed_dim();
+        let (d, f) = (ctx.token_dim(), ctx.feature_dim());
         let mut layers = Vec::new();
         for &l in &params.layers {
             let lp = &root / "e" / l;
@@ -78,12 +78,12 @@ impl CodaPrompt {
             for t in 0..ctx.num_tasks {
                 let s = |which: u64, dims: &[i64]| seeded_uniform(ctx.seed, &[20, l as u64, t as u64, which], dims, 0.0, 1.0);
                 layer.p.push(var_from(&(&lp / "p"), &t.to_string(), s(0, &[pt, params.length, d])));
-                layer.k.push(var_from(&(&lp / "k"), &t.to_string(), s(1, &[pt, d])));
-                layer.a.push(var_from(&(&lp / "a"), &t.to_string(), s(2, &[pt, d])));
+                layer.k.push(var_from(&(&lp / "k"), &t.to_string(), s(1, &[pt, f])));
+                layer.a.push(var_from(&(&lp / "a"), &t.to_string(), s(2, &[pt, f])));
             }
             layers.push((l, layer));
         }
-        let head = head(&root, d, ctx.num_classes, ctx.seed);
+        let head = head(&root, f, ctx.num_classes, ctx.seed);
         Ok(Self { vs, layers, head, backbone: ctx.backbone.clone(), task_sizes: ctx.task_sizes.clone(), params, seed: ctx.seed })
     }
 
@@ -91,7 +91,7 @@ impl CodaPrompt {
     fn prompts(&self, query: &Tensor, n_tasks: usize, train: bool) -> (Prompts<'static>, Tensor) {
         let mut prompts = Prompts::none();
         let mut loss = Tensor::zeros([], (Kind::Float, query.device()));
-        let cfg = &self.backbone.cfg;
+        let bb = &self.backbone;
         let b = query.size()[0];
         let half = self.params.length / 2;
         for (l, layer) in &self.layers {
@@ -101,8 +101,8 @@ impl CodaPrompt {
             let m = k.size()[0];
             let aq = l2_normalize(&(query.unsqueeze(1) * a.unsqueeze(0)), 2);
             let weights = (aq * l2_normalize(&k, 1).unsqueeze(0)).sum_dim_intlist(2, false, Kind::Float);
-            let mixed = weights.matmul(&p.view([m, -1])).view([b, self.params.length, cfg.embed_dim]);
-            let to_heads = |x: Tensor| x.view([b, half, cfg.num_heads, cfg.head_dim()]).permute([0, 2, 1, 3]);
+            let mixed = weights.matmul(&p.view([m, -1])).view([b, self.params.length, bb.token_dim()]);
+            let to_heads = |x: Tensor| x.view([b, half, bb.num_heads(), bb.head_dim()]).permute([0, 2, 1, 3]);
             let ek = to_heads(mixed.narrow(1, 0, half));
             let ev = to_heads(mixed.narrow(1, half, half));
             prompts = prompts.with_prefix(*l, &ek, &ev);
@@ -197,20 +197,20 @@ impl ContinualMethod for CodaPrompt {
     }
 
     fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let query = self.backbone.vit.query(images)?;
+        let query = self.backbone.query(images)?;
         let (prompts, ortho) = self.prompts(&query, task.task + 1, true);
-        let out = self.backbone.vit.forward(images, &prompts)?;
-        let logits = self.head.forward(&out.cls);
+        let out = self.backbone.forward(images, &prompts)?;
+        let logits = self.head.forward(&out.feature);
         let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask));
         step.loss = step.loss + ortho;
         Ok(step)
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let query = self.backbone.vit.query(images)?;
+        let query = self.backbone.query(images)?;
         let (prompts, _) = self.prompts(&query, tasks_seen(&self.task_sizes, seen), false);
-        let out = self.backbone.vit.forward(images, &prompts)?;
-        Ok(Prediction { logits: self.head.forward(&out.cls).narrow(1, 0, seen as i64), task_ids: None })
+        let out = self.backbone.forward(images, &prompts)?;
+        Ok(Prediction { logits: self.head.forward(&out.feature).narrow(1, 0, seen as i64), task_ids: None })
     }
 }
 

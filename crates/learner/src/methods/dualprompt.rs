@@ -50,13 +50,13 @@ pub struct DualPrompt {
 
 impl DualPrompt {
     pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
-        let depth = ctx.backbone.cfg.depth;
+        let depth = ctx.backbone.depth();
         if let Some(l) = params.g_layers.iter().chain(&params.e_layers).find(|&&l| l >= depth) {
             return Err(LearnerError::Params { method: "dualprompt".into(), reason: format!("prompt layer {l} beyond the backbone's depth {depth}") });
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let (h, hd, d) = (ctx.backbone.cfg.num_heads, ctx.backbone.cfg.head_dim(), ctx.embed_dim());
+        let (h, hd, d) = (ctx.backbone.num_heads(), ctx.backbone.head_dim(), ctx.feature_dim());
         let g_prompt = (!params.g_layers.is_empty()).then(|| {
             let dims = [params.g_layers.len() as i64, 2, params.g_length, h, hd];
             var_from(&root, "g_prompt", seeded_uniform(ctx.seed, &[10], &dims, -1.0, 1.0))
@@ -116,10 +116,10 @@ impl ContinualMethod for DualPrompt {
     }
 
     fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let query = self.backbone.vit.query(images)?;
+        let query = self.backbone.query(images)?;
         let t = task.task;
-        let out = self.backbone.vit.forward(images, &self.prompts(&self.e_prompts[t].unsqueeze(0)))?;
-        let logits = self.head.forward(&out.cls);
+        let out = self.backbone.forward(images, &self.prompts(&self.e_prompts[t].unsqueeze(0)))?;
+        let logits = self.head.forward(&out.feature);
         let key = l2_normalize(&self.e_keys[t].unsqueeze(0), 1);
         let reduce_sim = (l2_normalize(&query, 1) * key).sum(Kind::Float) / images.size()[0] as f64;
         let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask));
@@ -128,12 +128,12 @@ impl ContinualMethod for DualPrompt {
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let query = self.backbone.vit.query(images)?;
+        let query = self.backbone.query(images)?;
         let n_tasks = tasks_seen(&self.task_sizes, seen);
         let ids = self.match_task(&query, n_tasks);
         let e = Tensor::stack(&self.e_prompts[..n_tasks], 0).index_select(0, &ids);
-        let out = self.backbone.vit.forward(images, &self.prompts(&e))?;
-        let logits = self.head.forward(&out.cls).narrow(1, 0, seen as i64);
+        let out = self.backbone.forward(images, &self.prompts(&e))?;
+        let logits = self.head.forward(&out.feature).narrow(1, 0, seen as i64);
         Ok(Prediction { logits, task_ids: Some(ids) })
     }
 }

@@ -4,13 +4,13 @@
 
 use std::rc::Rc;
 
-use promptcl_model::{Prompts, VisionTransformer};
+use promptcl_model::Prompts;
 use serde::Deserialize;
 use tch::{nn, nn::Module, Tensor};
 
 use super::common::{ce_step, head, train_classes};
 use crate::method::{Backbone, ContinualMethod, DataScope, MethodContext, Prediction, Step, TaskInfo};
-use crate::Result;
+use crate::{Encoder, Result};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,7 +32,7 @@ pub struct Finetune {
     vs: nn::VarStore,
     head: nn::Linear,
     shared: Rc<Backbone>,
-    own: Option<VisionTransformer>,
+    own: Option<Encoder>,
     params: Params,
     scope: DataScope,
 }
@@ -41,29 +41,16 @@ impl Finetune {
     pub fn new(ctx: &MethodContext, params: Params, train_backbone: bool, scope: DataScope) -> Result<Self> {
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let head = head(&root, ctx.embed_dim(), ctx.num_classes, ctx.seed);
-        let own = if train_backbone {
-            // Group 1 so the backbone can run at its own learning rate.
-            let p = root.set_group(1) / "backbone";
-            let own = VisionTransformer::new(p, &ctx.backbone.cfg);
-            let mine = vs.variables();
-            tch::no_grad(|| {
-                for (name, src) in ctx.backbone.vars.variables() {
-                    let mut dst = mine[&format!("backbone.{name}")].shallow_clone();
-                    dst.copy_(&src.to_kind(dst.kind()));
-                }
-            });
-            Some(own)
-        } else {
-            None
-        };
+        let head = head(&root, ctx.feature_dim(), ctx.num_classes, ctx.seed);
+        // Group 1 so the backbone can run at its own learning rate.
+        let own = train_backbone.then(|| ctx.backbone.trainable_copy(root.set_group(1) / "backbone", &vs));
         Ok(Self { vs, head, shared: ctx.backbone.clone(), own, params, scope })
     }
 
     fn features(&self, images: &Tensor) -> Result<Tensor> {
         Ok(match &self.own {
-            Some(own) => own.forward(images, &Prompts::none())?.cls,
-            None => self.shared.vit.query(images)?,
+            Some(own) => own.forward(images, &Prompts::none())?.feature,
+            None => self.shared.query(images)?,
         })
     }
 }

@@ -31,6 +31,13 @@
 //! - **Inference**: TII's class → its task → that task's prompt → prompted
 //!   forward → head.
 //!
+//! **Prompt pools** (WAVE-CRE, see `wave_cre.rs`): with `pool_size` M > 1
+//! each task owns M prompts with keys; a sample uses the `top_k` prompts of
+//! its task's pool whose keys are nearest (cosine) to its frozen query,
+//! concatenated along the prefix length, and the loss gains
+//! `match_weight · mean(1 − cos(q, k))` over the chosen keys. M = 1 is the
+//! single task prompt of HiDe-Prompt.
+//!
 //! **NoRGa**: each prompted layer's prefix logits pass through
 //! `s + α·σ(τ·s)`; (τ, α) per layer, initialised to 1, trained with the
 //! prompts during the first task and frozen afterwards (the official engine
@@ -74,6 +81,14 @@ pub struct Params {
     pub align_lr: f64,
     /// Pseudo-features per class per TAP epoch, as a multiple of the batch size.
     pub align_samples_factor: i64,
+    /// Prompts per task (1 = HiDe-Prompt's single task prompt).
+    pub pool_size: usize,
+    /// Prompts of the pool each sample uses.
+    pub top_k: usize,
+    /// Weight of the key–query matching term (pools only).
+    pub match_weight: f64,
+    /// Start a task's prompts as a copy of the previous task's (`shared_prompt_pool`).
+    pub init_from_previous: bool,
 }
 
 impl Default for Params {
@@ -97,6 +112,10 @@ impl Default for Params {
             align_epochs: 80,
             align_lr: 0.05,
             align_samples_factor: 5,
+            pool_size: 1,
+            top_k: 1,
+            match_weight: 0.0,
+            init_from_previous: true,
         }
     }
 }
@@ -148,7 +167,10 @@ impl Tii {
 
 pub struct HidePrompt {
     vs: nn::VarStore,
+    /// Per task `[M, layers, 2, L, H, hd]`.
     prompts: Vec<Tensor>,
+    /// Per task `[M, D]` when M > 1.
+    keys: Vec<Tensor>,
     /// `[layers, 2]`: column 0 τ, column 1 α (official `act_scale`).
     gate: Option<Tensor>,
     head: nn::Linear,
@@ -168,9 +190,9 @@ pub struct HidePrompt {
 impl HidePrompt {
     pub fn new(ctx: &MethodContext, params: Params, name: &'static str) -> Result<Self> {
         let bad = |reason: String| Err(LearnerError::Params { method: name.into(), reason });
-        let cfg = &ctx.backbone.cfg;
-        if let Some(l) = params.layers.iter().find(|&&l| l >= cfg.depth) {
-            return bad(format!("prompt layer {l} beyond the backbone's depth {}", cfg.depth));
+        let depth = ctx.backbone.depth();
+        if let Some(l) = params.layers.iter().find(|&&l| l >= depth) {
+            return bad(format!("prompt layer {l} beyond the backbone's depth {depth}"));
         }
         if params.length < 1 || !(0.0..=1.0).contains(&params.prompt_momentum) || !(params.temperature > 0.0) {
             return bad("need length >= 1, 0 <= prompt_momentum <= 1, temperature > 0".into());
@@ -178,15 +200,26 @@ impl HidePrompt {
         if params.statistics == StatsKind::MultiCentroid && params.n_centroids == 0 {
             return bad("n_centroids must be >= 1".into());
         }
+        if params.pool_size == 0 || params.top_k == 0 || params.top_k > params.pool_size {
+            return bad(format!("need 1 <= top_k ({}) <= pool_size ({})", params.top_k, params.pool_size));
+        }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let (h, hd, d) = (cfg.num_heads, cfg.head_dim(), cfg.embed_dim);
+        let (h, hd, d) = (ctx.backbone.num_heads(), ctx.backbone.head_dim(), ctx.feature_dim());
         // Group 0: prompts and gate at the prompt lr; 1: the head; 2: TII.
         let p0 = root.set_group(0);
-        let dims = [params.layers.len() as i64, 2, params.length, h, hd];
+        let m = params.pool_size as i64;
+        let dims = [m, params.layers.len() as i64, 2, params.length, h, hd];
         let prompts = (0..ctx.num_tasks)
             .map(|t| var_from(&(&p0 / "e_prompt"), &t.to_string(), seeded_uniform(ctx.seed, &[40, t as u64], &dims, -1.0, 1.0)))
             .collect();
+        let keys = if m > 1 {
+            (0..ctx.num_tasks)
+                .map(|t| var_from(&(&p0 / "e_key"), &t.to_string(), seeded_uniform(ctx.seed, &[41, t as u64], &[m, d], -1.0, 1.0)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let gate = params.gate.map(|_| p0.ones("act_scale", &[params.layers.len() as i64, 2]));
         let head = head(&root.set_group(1), d, ctx.num_classes, ctx.seed);
         let p2 = root.set_group(2) / "tii";
@@ -198,6 +231,7 @@ impl HidePrompt {
         Ok(Self {
             vs,
             prompts,
+            keys,
             gate,
             head,
             tii,
@@ -246,7 +280,27 @@ impl HidePrompt {
                 prompts = prompts.with_score_hook(l, g as &dyn PrefixScoreHook);
             }
         }
-        Ok(self.backbone.vit.forward(images, &prompts)?.cls)
+        Ok(self.backbone.forward(images, &prompts)?.feature)
+    }
+
+    /// Each sample's prefix from its task's pool: `pools` `[B or 1, M, layers, 2, L, H, hd]`,
+    /// `keys` `[B or 1, M, D]`, `q` `[B, D]` → `[B or 1, layers, 2, K·L, H, hd]` and
+    /// the matching term (zero without a pool).
+    fn choose(&self, pools: &Tensor, keys: Option<&Tensor>, q: &Tensor) -> (Tensor, Tensor) {
+        let zero = Tensor::zeros([], (Kind::Float, q.device()));
+        let Some(keys) = keys else {
+            return (pools.select(1, 0), zero);
+        };
+        let b = q.size()[0];
+        let s = pools.size();
+        let k = self.params.top_k as i64;
+        let cos = super::common::l2_normalize(keys, 2).matmul(&super::common::l2_normalize(q, 1).unsqueeze(2)).squeeze_dim(2);
+        let cos = cos.expand([b, s[1]], false);
+        let (sim, idx) = cos.topk(k, 1, true, true);
+        let pools = pools.expand(&[b, s[1], s[2], s[3], s[4], s[5], s[6]][..], false);
+        let gather = idx.view(&[b, k, 1, 1, 1, 1, 1][..]).expand(&[b, k, s[2], s[3], s[4], s[5], s[6]][..], false);
+        let chosen = pools.gather(1, &gather, false).permute(&[0, 2, 3, 1, 4, 5, 6][..]).reshape([b, s[2], s[3], k * s[4], s[5], s[6]]);
+        (chosen, (sim.ones_like() - sim).mean(Kind::Float))
     }
 
     /// Task t's prompt as used in training: mixed with the mean of earlier prompts.
@@ -322,17 +376,18 @@ impl ContinualMethod for HidePrompt {
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
         let t = task.task;
         tch::no_grad(|| {
-            if t > 0 {
+            if t > 0 && self.params.init_from_previous {
                 // `shared_prompt_pool`: the new prompt starts from the previous one.
                 let prev = self.prompts[t - 1].copy();
                 self.prompts[t].copy_(&prev);
             }
         });
-        for (i, p) in self.prompts.iter_mut().enumerate() {
-            if i != t {
+        for (i, p) in self.prompts.iter_mut().enumerate().chain(self.keys.iter_mut().enumerate()) {
+            let own = i == t;
+            if !own {
                 p.zero_grad();
             }
-            let _ = p.set_requires_grad(i == t);
+            let _ = p.set_requires_grad(own);
         }
         if let Some(g) = &mut self.gate {
             if t > 0 {
@@ -347,15 +402,16 @@ impl ContinualMethod for HidePrompt {
         let mut loss = Tensor::zeros([], (Kind::Float, images.device()));
         let mut logits = None;
         let classes = if self.params.train_mask { task.classes.clone() } else { 0..task.seen.end };
+        let q = self.backbone.query(images)?;
         if task.epoch < self.params.tii_epochs {
-            let q = self.backbone.vit.query(images)?;
             loss = loss + masked_ce(&self.tii.logits(&q), labels, classes.clone());
         }
         if task.epoch < self.prompt_epochs {
-            let e = self.training_prompt(task.task).unsqueeze(0);
+            let keys = self.keys.get(task.task).map(|k| k.unsqueeze(0));
+            let (e, matching) = self.choose(&self.training_prompt(task.task).unsqueeze(0), keys.as_ref(), &q);
             let feats = self.prompted(images, &e)?;
             let step = ce_step(&self.head.forward(&feats), labels, classes);
-            loss = loss + step.loss + self.contrastive(&feats, task.classes.start) * self.params.reg;
+            loss = loss + step.loss + self.contrastive(&feats, task.classes.start) * self.params.reg + matching * self.params.match_weight;
             logits = step.logits;
         }
         Ok(Step { loss, logits })
@@ -370,11 +426,14 @@ impl ContinualMethod for HidePrompt {
         }
         // One pass: frozen and prompted features of the task's classes.
         let (mut q_all, mut f_all, mut y_all) = (Vec::new(), Vec::new(), Vec::new());
-        let e = self.prompts[t].unsqueeze(0);
+        let pool = self.prompts[t].unsqueeze(0);
+        let keys = self.keys.get(t).map(|k| k.unsqueeze(0));
         data.for_each(&mut |images, labels| {
             tch::no_grad(|| -> Result<()> {
-                q_all.push(self.backbone.vit.query(images)?);
+                let q = self.backbone.query(images)?;
+                let (e, _) = self.choose(&pool, keys.as_ref(), &q);
                 f_all.push(self.prompted(images, &e)?);
+                q_all.push(q);
                 y_all.push(labels.shallow_clone());
                 Ok(())
             })
@@ -394,13 +453,15 @@ impl ContinualMethod for HidePrompt {
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let q = self.backbone.vit.query(images)?;
+        let q = self.backbone.query(images)?;
         let tii_logits = mask_outside(&self.tii.logits(&q), 0..seen);
         let classes: Vec<i64> = Vec::try_from(tii_logits.argmax(1, false).to_device(tch::Device::Cpu)).expect("int64");
         let tasks: Vec<i64> = classes.iter().map(|&c| self.task_of_class(c)).collect();
         let task_ids = Tensor::from_slice(&tasks).to_device(images.device());
         let n_tasks = tasks.iter().max().map_or(1, |&m| m as usize + 1);
-        let e = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, &task_ids);
+        let pools = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, &task_ids);
+        let keys = (!self.keys.is_empty()).then(|| Tensor::stack(&self.keys[..n_tasks], 0).index_select(0, &task_ids));
+        let (e, _) = self.choose(&pools, keys.as_ref(), &q);
         let feats = self.prompted(images, &e)?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         Ok(Prediction { logits, task_ids: Some(task_ids) })

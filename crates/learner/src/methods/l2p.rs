@@ -74,10 +74,14 @@ impl L2P {
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let (m, d) = (params.pool_size as i64, ctx.embed_dim());
+        let (m, d, f) = (params.pool_size as i64, ctx.token_dim(), ctx.feature_dim());
         let prompts = var_from(&root, "prompt", seeded_uniform(ctx.seed, &[1], &[m, params.length, d], -1.0, 1.0));
-        let keys = var_from(&root, "prompt_key", seeded_uniform(ctx.seed, &[2], &[m, d], -1.0, 1.0));
-        let head = head(&root, d, ctx.num_classes, ctx.seed);
+        let keys = var_from(&root, "prompt_key", seeded_uniform(ctx.seed, &[2], &[m, f], -1.0, 1.0));
+        let head_dim = match params.head_input {
+            HeadInput::Prompt => d,
+            HeadInput::Token => f,
+        };
+        let head = head(&root, head_dim, ctx.num_classes, ctx.seed);
         Ok(Self { vs, prompts, keys, head, backbone: ctx.backbone.clone(), params })
     }
 
@@ -104,14 +108,14 @@ impl L2P {
     }
 
     fn logits(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
-        let query = self.backbone.vit.query(images)?;
+        let query = self.backbone.query(images)?;
         let (idx, reduce_sim) = self.select(&query);
         let b = images.size()[0];
         let tokens = self.prompts.index_select(0, &idx.flatten(0, -1)).view([b, -1, self.prompts.size()[2]]);
-        let out = self.backbone.vit.forward(images, &promptcl_model::Prompts::none().with_tokens(0, &tokens))?;
+        let out = self.backbone.forward(images, &promptcl_model::Prompts::none().with_tokens(0, &tokens))?;
         let feat = match self.params.head_input {
             HeadInput::Prompt => out.prompt_tokens.expect("prompt tokens were inserted").mean_dim(1, false, Kind::Float),
-            HeadInput::Token => out.cls,
+            HeadInput::Token => out.feature,
         };
         Ok((self.head.forward(&feat), reduce_sim))
     }

@@ -3,9 +3,11 @@
 mod common;
 pub mod coda_prompt;
 pub mod dualprompt;
+pub mod epi;
 pub mod finetune;
 pub mod hide_prompt;
 pub mod joint;
 pub mod l2p;
 pub mod norga;
 pub mod prototype;
+pub mod wave_cre;

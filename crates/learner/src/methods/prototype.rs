@@ -27,7 +27,7 @@ impl Prototype {
         let vs = nn::VarStore::new(ctx.device);
         let p = vs.root();
         let c = ctx.num_classes as i64;
-        let sums = p.zeros_no_train("proto_sums", &[c, ctx.embed_dim()]);
+        let sums = p.zeros_no_train("proto_sums", &[c, ctx.feature_dim()]);
         let counts = p.zeros_no_train("proto_counts", &[c]);
         Ok(Self { vs, sums, counts, backbone: ctx.backbone.clone() })
     }
@@ -48,7 +48,7 @@ impl ContinualMethod for Prototype {
     }
 
     fn end_task(&mut self, _task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        let (sums, counts, vit) = (&mut self.sums, &mut self.counts, &self.backbone.vit);
+        let (sums, counts, vit) = (&mut self.sums, &mut self.counts, &self.backbone);
         data.for_each(&mut |images, labels| {
             let f = vit.query(images)?;
             tch::no_grad(|| {
@@ -60,7 +60,7 @@ impl ContinualMethod for Prototype {
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let f = l2_normalize(&self.backbone.vit.query(images)?, 1);
+        let f = l2_normalize(&self.backbone.query(images)?, 1);
         let n = seen as i64;
         let protos = self.sums.narrow(0, 0, n) / self.counts.narrow(0, 0, n).clamp_min(1.0).unsqueeze(1);
         let logits = f.matmul(&l2_normalize(&protos, 1).tr());

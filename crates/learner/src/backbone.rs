@@ -1,0 +1,130 @@
+//! The frozen pretrained encoder every method shares — a ViT for images or a
+//! BERT for relation extraction — behind one small interface, so that one
+//! implementation of a method runs on both.
+
+use promptcl_model::{BertModel, ForwardOptions, Prompts, ViTConfig, VisionTransformer};
+use tch::{nn, Kind, Tensor};
+
+use crate::error::{LearnerError, Result};
+
+pub enum Encoder {
+    Vit(VisionTransformer),
+    /// Reads packed text batches (`promptcl_stream::text::pack`); its feature
+    /// is the relation representation `[h(E11); h(E21)]`.
+    Bert(BertModel),
+}
+
+/// What an encoder call gives a method.
+///
+/// # Shapes
+/// - `feature`: `[B, feature_dim]` — the ViT class token, or BERT's `[h(E11); h(E21)]`
+/// - `prompt_tokens`: `[B, P, token_dim]` when prompt tokens were inserted
+pub struct Features {
+    pub feature: Tensor,
+    pub prompt_tokens: Option<Tensor>,
+}
+
+pub struct Backbone {
+    pub encoder: Encoder,
+    /// Its (frozen) variables; methods that fine-tune copy them into their own store.
+    pub vars: nn::VarStore,
+}
+
+impl Backbone {
+    pub fn new(encoder: Encoder, vars: nn::VarStore) -> Self {
+        Self { encoder, vars }
+    }
+
+    pub fn depth(&self) -> usize {
+        match &self.encoder {
+            Encoder::Vit(m) => m.config().depth,
+            Encoder::Bert(m) => m.config().num_hidden_layers,
+        }
+    }
+
+    pub fn num_heads(&self) -> i64 {
+        match &self.encoder {
+            Encoder::Vit(m) => m.config().num_heads,
+            Encoder::Bert(m) => m.config().num_attention_heads,
+        }
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        match &self.encoder {
+            Encoder::Vit(m) => m.config().head_dim(),
+            Encoder::Bert(m) => m.config().head_dim(),
+        }
+    }
+
+    /// Width of the token sequence (prompt tokens and prefixes live here).
+    pub fn token_dim(&self) -> i64 {
+        match &self.encoder {
+            Encoder::Vit(m) => m.config().embed_dim,
+            Encoder::Bert(m) => m.config().hidden_size,
+        }
+    }
+
+    /// Width of [`Features::feature`] and of [`Backbone::query`].
+    pub fn feature_dim(&self) -> i64 {
+        match &self.encoder {
+            Encoder::Vit(m) => m.config().embed_dim,
+            Encoder::Bert(m) => 2 * m.config().hidden_size,
+        }
+    }
+
+    pub fn vit_config(&self) -> Option<&ViTConfig> {
+        match &self.encoder {
+            Encoder::Vit(m) => Some(m.config()),
+            Encoder::Bert(_) => None,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, prompts: &Prompts) -> Result<Features> {
+        self.encoder.forward(x, prompts)
+    }
+
+    /// The frozen, un-prompted feature without autograd: the "query" of
+    /// L2P / DualPrompt / CODA / HiDe-Prompt / WAVE-CRE.
+    pub fn query(&self, x: &Tensor) -> Result<Tensor> {
+        tch::no_grad(|| Ok(self.forward(x, &Prompts::none())?.feature))
+    }
+
+    /// A trainable copy of the encoder under `p` (for full fine-tuning),
+    /// initialised from the frozen weights; `vs` is the store `p` belongs to.
+    pub fn trainable_copy(&self, p: nn::Path, vs: &nn::VarStore) -> Encoder {
+        let prefix = format!("{}.", p.components().collect::<Vec<_>>().join("."));
+        let own = match &self.encoder {
+            Encoder::Vit(m) => Encoder::Vit(VisionTransformer::new(p, m.config())),
+            Encoder::Bert(m) => Encoder::Bert(BertModel::new(p, m.config())),
+        };
+        let mine = vs.variables();
+        tch::no_grad(|| {
+            for (name, src) in self.vars.variables() {
+                let mut dst = mine[&format!("{prefix}{name}")].shallow_clone();
+                dst.copy_(&src.to_kind(dst.kind()));
+            }
+        });
+        own
+    }
+}
+
+impl Encoder {
+    pub fn forward(&self, x: &Tensor, prompts: &Prompts) -> Result<Features> {
+        match self {
+            Self::Vit(m) => {
+                let out = m.forward(x, prompts)?;
+                Ok(Features { feature: out.cls, prompt_tokens: out.prompt_tokens })
+            }
+            Self::Bert(m) => {
+                let batch = promptcl_stream::text::unpack(x).map_err(|e| LearnerError::Invalid(e.to_string()))?;
+                let out = m.forward(&batch.ids, Some(&batch.mask), prompts, &ForwardOptions::default())?;
+                let at = |pos: &Tensor| {
+                    let (b, d) = (out.hidden.size()[0], out.hidden.size()[2]);
+                    out.hidden.gather(1, &pos.view([b, 1, 1]).expand([b, 1, d], false), false).squeeze_dim(1)
+                };
+                let feature = Tensor::cat(&[at(&batch.head), at(&batch.tail)], 1).to_kind(Kind::Float);
+                Ok(Features { feature, prompt_tokens: out.prompt_tokens })
+            }
+        }
+    }
+}

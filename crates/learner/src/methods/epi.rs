@@ -1,0 +1,159 @@
+//! EPI-style parameter isolation (Wang et al., "Rehearsal-free Continual
+//! Language Learning via Efficient Parameter Isolation", ACL 2023): one prefix
+//! prompt per task, trained on that task only; at test time the task is
+//! identified without any stored example, by the Mahalanobis distance of the
+//! frozen query to the class means, under one covariance pooled over all
+//! seen classes; the identified task's prompt and its classes' logits answer.
+//!
+//! State: the prompts, the head, per-class query means, and the pooled
+//! within-class scatter (with its inverse refreshed after every task).
+
+use std::rc::Rc;
+
+use serde::Deserialize;
+use tch::{nn, nn::Module, Kind, Tensor};
+
+use super::common::{ce_step, head, seeded_uniform, split_prefix, var_from};
+use crate::method::{Backbone, BatchSource, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
+use crate::{LearnerError, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Prefixed layers (EPI prefixes every layer).
+    pub layers: Vec<usize>,
+    pub length: i64,
+    /// Added to the pooled covariance's diagonal before inversion.
+    pub shrinkage: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self { layers: (0..12).collect(), length: 16, shrinkage: 1e-2 }
+    }
+}
+
+pub struct Epi {
+    vs: nn::VarStore,
+    /// Per task `[layers, 2, L, H, hd]`.
+    prompts: Vec<Tensor>,
+    head: nn::Linear,
+    /// `[C, D]` frozen-query class means.
+    means: Tensor,
+    /// `[D, D]` summed within-class scatter, its sample count `[1]`, and the precision `[D, D]`.
+    scatter: Tensor,
+    count: Tensor,
+    precision: Tensor,
+    backbone: Rc<Backbone>,
+    task_sizes: Vec<usize>,
+    params: Params,
+}
+
+impl Epi {
+    pub fn new(ctx: &MethodContext, mut params: Params) -> Result<Self> {
+        let depth = ctx.backbone.depth();
+        // The default "every layer" follows the backbone.
+        params.layers.retain(|&l| l < depth);
+        if params.layers.is_empty() || params.length < 1 {
+            return Err(LearnerError::Params { method: "epi".into(), reason: format!("need layers within 0..{depth} and length >= 1") });
+        }
+        let vs = nn::VarStore::new(ctx.device);
+        let root = vs.root();
+        let (h, hd, f) = (ctx.backbone.num_heads(), ctx.backbone.head_dim(), ctx.feature_dim());
+        let dims = [params.layers.len() as i64, 2, params.length, h, hd];
+        let prompts =
+            (0..ctx.num_tasks).map(|t| var_from(&(&root / "prompt"), &t.to_string(), seeded_uniform(ctx.seed, &[60, t as u64], &dims, -1.0, 1.0))).collect();
+        let c = ctx.num_classes as i64;
+        Ok(Self {
+            head: head(&root, f, ctx.num_classes, ctx.seed),
+            means: root.zeros_no_train("query_mean", &[c, f]),
+            scatter: root.zeros_no_train("query_scatter", &[f, f]),
+            count: root.zeros_no_train("query_count", &[1]),
+            precision: root.zeros_no_train("query_precision", &[f, f]),
+            vs,
+            prompts,
+            backbone: ctx.backbone.clone(),
+            task_sizes: ctx.task_sizes.clone(),
+            params,
+        })
+    }
+
+    fn prompted(&self, x: &Tensor, e: &Tensor) -> Result<Tensor> {
+        let mut prompts = promptcl_model::Prompts::none();
+        for (i, &l) in self.params.layers.iter().enumerate() {
+            let (k, v) = split_prefix(&e.select(1, i as i64));
+            prompts = prompts.with_prefix(l, &k, &v);
+        }
+        Ok(self.backbone.forward(x, &prompts)?.feature)
+    }
+
+    /// The task each sample's query is nearest to (Mahalanobis, class means of `0..seen`).
+    pub fn identify(&self, q: &Tensor, seen: usize) -> Vec<usize> {
+        let mu = self.means.narrow(0, 0, seen as i64);
+        let diff = q.unsqueeze(1) - mu.unsqueeze(0);
+        let d = (diff.matmul(&self.precision) * &diff).sum_dim_intlist(2, false, Kind::Float);
+        let nearest: Vec<i64> = Vec::try_from(d.argmin(1, false).to_device(tch::Device::Cpu)).expect("int64");
+        nearest.iter().map(|&c| crate::method::task_of(&self.task_sizes, c as usize)).collect()
+    }
+}
+
+impl ContinualMethod for Epi {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
+        for (i, p) in self.prompts.iter_mut().enumerate() {
+            let _ = p.set_requires_grad(i == task.task);
+        }
+        Ok(())
+    }
+
+    fn train_step(&mut self, x: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+        let feats = self.prompted(x, &self.prompts[task.task].unsqueeze(0))?;
+        Ok(ce_step(&self.head.forward(&feats), labels, task.classes.clone()))
+    }
+
+    fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        let (mut qs, mut ys) = (Vec::new(), Vec::new());
+        data.for_each(&mut |x, y| {
+            qs.push(self.backbone.query(x)?);
+            ys.push(y.shallow_clone());
+            Ok(())
+        })?;
+        let (q, y) = (Tensor::cat(&qs, 0), Tensor::cat(&ys, 0));
+        tch::no_grad(|| {
+            for c in task.classes.clone() {
+                let qc = q.index_select(0, &y.eq(c as i64).nonzero().squeeze_dim(1));
+                if qc.size()[0] == 0 {
+                    continue;
+                }
+                let mu = qc.mean_dim(0, true, Kind::Float);
+                self.means.get(c as i64).copy_(&mu.squeeze_dim(0));
+                let centred = qc - mu;
+                let _ = self.scatter.g_add_(&centred.tr().matmul(&centred));
+                let _ = self.count.g_add_scalar(centred.size()[0]);
+            }
+            let f = self.scatter.size()[0];
+            let cov = &self.scatter / self.count.clamp_min(1.0) + Tensor::eye(f, (Kind::Float, q.device())) * self.params.shrinkage;
+            self.precision.copy_(&cov.inverse());
+        });
+        Ok(())
+    }
+
+    fn predict(&self, x: &Tensor, seen: usize) -> Result<Prediction> {
+        let q = self.backbone.query(x)?;
+        let tasks = self.identify(&q, seen);
+        let task_ids = Tensor::from_slice(&tasks.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(x.device());
+        let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
+        let e = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, &task_ids);
+        let logits = self.head.forward(&self.prompted(x, &e)?).narrow(1, 0, seen as i64);
+        // Only the identified task's classes compete.
+        let c = Tensor::arange(seen as i64, (Kind::Int64, x.device())).unsqueeze(0);
+        let starts: Vec<i64> = tasks.iter().map(|&t| self.task_sizes[..t].iter().sum::<usize>() as i64).collect();
+        let start = Tensor::from_slice(&starts).to_device(x.device()).unsqueeze(1);
+        let end = &start + Tensor::from_slice(&tasks.iter().map(|&t| self.task_sizes[t] as i64).collect::<Vec<_>>()).to_device(x.device()).unsqueeze(1);
+        let keep = c.ge_tensor(&start).logical_and(&c.lt_tensor(&end));
+        Ok(Prediction { logits: logits.masked_fill(&keep.logical_not(), f64::NEG_INFINITY), task_ids: Some(task_ids) })
+    }
+}

@@ -1,0 +1,325 @@
+//! Continual relation extraction data: the two protocols of the literature,
+//! read from their published files, with the task orders and splits their
+//! samplers draw for each seed (reproduced with [`PyRandom`]).
+//!
+//! - **Few-shot (CFRL)**: `CFRLdata_10_100_10_K/{train_0,test_0}.txt`, one
+//!   example per line, 9 tab-separated fields (1-based relation, 10 candidate
+//!   labels, tokenized sentence, head entity, its word positions, tail entity,
+//!   its word positions, two Wikidata ids); `rel_cluster_label_0.npy` and
+//!   `../rel_index.npy` group the relations into 8 tasks. The first task is
+//!   always the many-shot cluster; the other seven follow in the order
+//!   `argsort(shuffle(range(7)))` after `random.seed(seed)` (the CFRL / CPL
+//!   samplers, seeds 2021, 2121, …, 2421).
+//! - **Full data (RP-CRE / CRL)**: a FewRel-style JSON object
+//!   `{relation: [{tokens, h: [name, id, [[positions]]], t: …}]}`. Per
+//!   relation the samples are shuffled after `random.seed(seed)`; FewRel keeps
+//!   420 train / 140 valid / 140 test, TACRED the first `len // 5` (at most 41)
+//!   for test and up to 320 for training. Relations arrive in the order
+//!   `argsort(shuffle(range(R)))` cut into equal tasks.
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{Dataset, Split};
+use crate::error::{Result, StreamError};
+use crate::pyrandom::{argsort_shuffle, PyRandom};
+use crate::text::{EncodedText, RelationExample, RelationTokenizer};
+
+/// How a dataset's classes are grouped into tasks when the protocol fixes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskPlan {
+    /// CFRL: `clusters[last]` first, then the others in a seeded shuffled order.
+    Clusters(Vec<Vec<usize>>),
+    /// RP-CRE / CRL: classes in `argsort(shuffle(range(R)))` order, equal chunks.
+    Shuffled,
+}
+
+impl TaskPlan {
+    /// The classes of each task for `seed`.
+    pub fn tasks(&self, num_classes: usize, num_tasks: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+        match self {
+            Self::Clusters(clusters) => {
+                if clusters.len() != num_tasks {
+                    return Err(StreamError::Config(format!(
+                        "the protocol defines {} tasks, stream.num_tasks = {num_tasks}",
+                        clusters.len()
+                    )));
+                }
+                let n = clusters.len() - 1;
+                let order = argsort_shuffle(seed, n);
+                Ok(std::iter::once(clusters[n].clone()).chain(order.iter().map(|&c| clusters[c].clone())).collect())
+            }
+            Self::Shuffled => {
+                if num_tasks == 0 || num_classes % num_tasks != 0 {
+                    return Err(StreamError::Config(format!("{num_classes} relations do not divide into {num_tasks} tasks")));
+                }
+                let order = argsort_shuffle(seed, num_classes);
+                Ok(order.chunks(num_classes / num_tasks).map(<[usize]>::to_vec).collect())
+            }
+        }
+    }
+}
+
+/// Which full-data split rule applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullDataProtocol {
+    /// 420 / 140 / 140 per relation (the validation part is not used).
+    Fewrel,
+    /// Test: the first `len // 5` shuffled samples (at most 41); train: the rest, at most 320.
+    Tacred,
+}
+
+/// Reads a CFRL text file into (0-based relation, example) pairs.
+pub fn read_cfrl(path: &Path, num_relations: usize) -> Result<Vec<(usize, RelationExample)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| StreamError::io(path, e))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("line {}", n + 1);
+        let bad = |reason: String| StreamError::format(path, format!("{}: {reason}", at()));
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() != 9 {
+            return Err(bad(format!("{} tab-separated fields, the CFRL format has 9", f.len())));
+        }
+        let label: usize = f[0].trim().parse().map_err(|_| bad(format!("relation label `{}` is not a number", f[0])))?;
+        if label == 0 || label > num_relations {
+            return Err(bad(format!("relation label {label} outside 1..={num_relations}")));
+        }
+        let span = |field: &str, what: &str| -> Result<(usize, usize)> {
+            let pos: Vec<usize> = field
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| bad(format!("{what} positions `{field}` are not numbers")))?;
+            match (pos.first(), pos.last()) {
+                (Some(&a), Some(&b)) => Ok((a, b)),
+                _ => Err(bad(format!("{what} entity has no positions"))),
+            }
+        };
+        let ex = RelationExample { words: f[2].split_whitespace().map(String::from).collect(), head: span(f[4], "head")?, tail: span(f[6], "tail")? };
+        ex.validate(&at).map_err(|e| StreamError::format(path, e))?;
+        out.push((label - 1, ex));
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct JsonSample {
+    tokens: Vec<String>,
+    h: (serde_json::Value, serde_json::Value, Vec<Vec<usize>>),
+    t: (serde_json::Value, serde_json::Value, Vec<Vec<usize>>),
+}
+
+/// Reads a FewRel-style JSON file: relation → examples, in file order.
+pub fn read_relation_json(path: &Path) -> Result<Vec<(String, Vec<RelationExample>)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| StreamError::io(path, e))?;
+    let data: IndexMap<String, Vec<JsonSample>> = serde_json::from_str(&text)
+        .map_err(|e| StreamError::format(path, format!("expected {{relation: [{{tokens, h, t}}]}}: {e}")))?;
+    data.into_iter()
+        .map(|(rel, samples)| {
+            let examples = samples
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let at = || format!("relation {rel}, example {i}");
+                    let span = |p: &[Vec<usize>], what: &str| match p.first().and_then(|m| Some((*m.first()?, *m.last()?))) {
+                        Some(s) => Ok(s),
+                        None => Err(StreamError::format(path, format!("{}: {what} entity has no positions", at()))),
+                    };
+                    let ex = RelationExample { head: span(&s.h.2, "head")?, tail: span(&s.t.2, "tail")?, words: s.tokens };
+                    ex.validate(&at).map_err(|e| StreamError::format(path, e))?;
+                    Ok(ex)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((rel, examples))
+        })
+        .collect()
+}
+
+/// Reads a 1-D little-endian integer `.npy` array (what the CFRL files hold).
+pub fn read_npy_ints(path: &Path) -> Result<Vec<i64>> {
+    let bytes = std::fs::read(path).map_err(|e| StreamError::io(path, e))?;
+    let bad = |r: &str| StreamError::format(path, format!("not a 1-D integer .npy array: {r}"));
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing the NUMPY magic"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        v => return Err(bad(&format!("format version {v}"))),
+    };
+    let header = bytes.get(start..start + header_len).ok_or_else(|| bad("truncated header"))?;
+    let header = String::from_utf8_lossy(header);
+    let width = if header.contains("'<i8'") {
+        8
+    } else if header.contains("'<i4'") {
+        4
+    } else {
+        return Err(bad(&format!("dtype in {header} (need <i8 or <i4)")));
+    };
+    if header.contains("'fortran_order': True") {
+        return Err(bad("fortran order"));
+    }
+    let data = &bytes[start + header_len..];
+    let shape = header.split("'shape':").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<usize> = shape.trim_start_matches([' ', '(']).split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    if dims.len() != 1 || data.len() != dims[0] * width {
+        return Err(bad(&format!("shape {shape}) with {} data bytes", data.len())));
+    }
+    Ok(data
+        .chunks_exact(width)
+        .map(|c| if width == 8 { i64::from_le_bytes(c.try_into().expect("8 bytes")) } else { i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64 })
+        .collect())
+}
+
+fn tokenize_split(tok: &RelationTokenizer, samples: Vec<(usize, RelationExample)>, what: &Path) -> Result<Split> {
+    let encoded: Vec<(usize, Option<EncodedText>)> =
+        samples.par_iter().map(|(l, ex)| Ok((*l, tok.encode(ex)?))).collect::<Result<_>>()?;
+    let dropped = encoded.iter().filter(|(_, e)| e.is_none()).count();
+    if dropped > 0 {
+        tracing::warn!("{}: {dropped} examples dropped: their entities lie more than max_length = {} tokens apart", what.display(), tok.max_length);
+    }
+    let (labels, texts) = encoded.into_iter().filter_map(|(l, e)| Some((l, e?))).unzip();
+    Ok(Split { images: Vec::new(), texts, labels, paths: Vec::new() })
+}
+
+/// Loads a CFRL few-shot stream: `root/relation_name.txt`, `root/rel_index.npy`
+/// and `root/CFRLdata_10_100_10_<shots>/`.
+pub fn load_cfrl(root: &Path, shots: usize, test_per_relation: Option<usize>, tok: &RelationTokenizer) -> Result<Dataset> {
+    let names_path = root.join("relation_name.txt");
+    let names: Vec<String> = std::fs::read_to_string(&names_path)
+        .map_err(|e| StreamError::io(&names_path, e))?
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let dir = cfrl_dir(root, shots)?;
+    let index_path = root.join("rel_index.npy");
+    let index = read_npy_ints(&index_path)?;
+    let cluster_path = dir.join("rel_cluster_label_0.npy");
+    let cluster = read_npy_ints(&cluster_path)?;
+    if index.len() != names.len() || cluster.len() != names.len() {
+        return Err(StreamError::format(
+            &cluster_path,
+            format!("{} cluster labels and {} relation indices for {} relation names", cluster.len(), index.len(), names.len()),
+        ));
+    }
+    let num_clusters = cluster.iter().copied().max().unwrap_or(-1) + 1;
+    let mut clusters = vec![Vec::new(); num_clusters.max(0) as usize];
+    let mut seen = vec![false; names.len()];
+    for (&r, &c) in index.iter().zip(&cluster) {
+        let r = r - 1;
+        if c < 0 || r < 0 || r as usize >= names.len() || std::mem::replace(&mut seen[r as usize], true) {
+            return Err(StreamError::format(&index_path, format!("relation index {} is out of range or repeated", r + 1)));
+        }
+        clusters[c as usize].push(r as usize);
+    }
+    let train_path = dir.join("train_0.txt");
+    let test_path = dir.join("test_0.txt");
+    let train = tokenize_split(tok, read_cfrl(&train_path, names.len())?, &train_path)?;
+    let mut test = read_cfrl(&test_path, names.len())?;
+    if let Some(n) = test_per_relation {
+        let mut kept = vec![0usize; names.len()];
+        test.retain(|(l, _)| {
+            kept[*l] += 1;
+            kept[*l] <= n
+        });
+    }
+    let test = tokenize_split(tok, test, &test_path)?;
+    Ok(Dataset {
+        name: format!("fewrel-cfrl-{shots}shot"),
+        class_names: names,
+        train,
+        test,
+        hierarchy: None,
+        plan: Some(TaskPlan::Clusters(clusters)),
+    })
+}
+
+fn cfrl_dir(root: &Path, shots: usize) -> Result<PathBuf> {
+    let found: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| StreamError::io(root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("CFRLdata_") && n.to_string_lossy().ends_with(&format!("_{shots}"))))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(StreamError::format(root, format!("no CFRLdata_*_{shots} folder for {shots} shots"))),
+        _ => Err(StreamError::format(root, format!("several CFRLdata_*_{shots} folders: {found:?}"))),
+    }
+}
+
+/// Loads a full-data CRE stream from a FewRel-style JSON file, split for `seed`.
+pub fn load_full(path: &Path, protocol: FullDataProtocol, seed: u64, tok: &RelationTokenizer) -> Result<Dataset> {
+    let relations = read_relation_json(path)?;
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (label, (_, mut samples)) in relations.iter().cloned().enumerate() {
+        PyRandom::new(seed).shuffle(&mut samples);
+        match protocol {
+            FullDataProtocol::Fewrel => {
+                for (i, ex) in samples.into_iter().enumerate() {
+                    if i < 420 {
+                        train.push((label, ex));
+                    } else if i >= 560 {
+                        test.push((label, ex));
+                    }
+                }
+            }
+            FullDataProtocol::Tacred => {
+                let (n, mut n_test, mut n_train) = (samples.len(), 0, 0);
+                for (i, ex) in samples.into_iter().enumerate() {
+                    if i < n / 5 && n_test <= 40 {
+                        n_test += 1;
+                        test.push((label, ex));
+                    } else {
+                        n_train += 1;
+                        train.push((label, ex));
+                        if n_train >= 320 {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let name = path.file_stem().map_or_else(|| "relations".into(), |n| n.to_string_lossy().into_owned());
+    Ok(Dataset {
+        name,
+        class_names: relations.into_iter().map(|(r, _)| r).collect(),
+        train: tokenize_split(tok, train, path)?,
+        test: tokenize_split(tok, test, path)?,
+        hierarchy: None,
+        plan: Some(TaskPlan::Shuffled),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cfrl_plan_puts_the_many_shot_cluster_first() {
+        let clusters: Vec<Vec<usize>> = (0..8).map(|c| vec![2 * c, 2 * c + 1]).collect();
+        let tasks = TaskPlan::Clusters(clusters).tasks(16, 8, 2021).unwrap();
+        // random.seed(2021); shuffle(range(7)) = [1, 5, 0, 2, 4, 3, 6] → argsort [2, 0, 3, 5, 4, 1, 6].
+        let firsts: Vec<usize> = tasks.iter().map(|t| t[0] / 2).collect();
+        assert_eq!(firsts, [7, 2, 0, 3, 5, 4, 1, 6]);
+        assert!(TaskPlan::Clusters(vec![vec![0]; 8]).tasks(8, 10, 1).is_err());
+    }
+
+    #[test]
+    fn shuffled_plan_partitions_relations() {
+        let tasks = TaskPlan::Shuffled.tasks(80, 10, 2021).unwrap();
+        assert_eq!(tasks.len(), 10);
+        let mut all: Vec<usize> = tasks.concat();
+        all.sort();
+        assert_eq!(all, (0..80).collect::<Vec<_>>());
+        assert!(TaskPlan::Shuffled.tasks(80, 7, 2021).is_err());
+    }
+}
