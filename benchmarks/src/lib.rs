@@ -1,6 +1,7 @@
 //! Benchmarks, as library functions so the test suite can run them tiny on CPU.
 
 pub mod loader;
+pub mod ot;
 pub mod step;
 
 /// `--device` of the benchmark binaries: `cpu`, `cuda`, or anything else for CUDA when available.

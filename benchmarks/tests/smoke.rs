@@ -54,3 +54,10 @@ fn pytorch_reference_runs_tiny_on_cpu() {
     assert_eq!(lines.len(), 2);
     assert!(lines.iter().all(|l| l["train_images_per_s"].as_f64().unwrap() > 0.0));
 }
+
+#[test]
+fn ot_benchmark_runs_tiny_on_cpu() {
+    let r = promptcl_benchmarks::ot::run(5, 8, 16, 3, Device::Cpu).unwrap();
+    assert_eq!((r.pairs, r.exact_pairs), (10, 3));
+    assert!(r.sinkhorn_all_pairs_s > 0.0 && r.exact_per_pair_s > 0.0);
+}

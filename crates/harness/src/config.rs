@@ -209,7 +209,13 @@ impl RunConfig {
             }
         };
         match &mut self.stream.dataset {
-            DatasetConfig::Cifar100 { root } | DatasetConfig::ImagenetR { root, .. } => fix(root),
+            DatasetConfig::ImagenetR { root, .. } => fix(root),
+            DatasetConfig::Cifar100 { root, hierarchy } => {
+                fix(root);
+                if let Some(h) = hierarchy {
+                    fix(h);
+                }
+            }
             DatasetConfig::CfrlFewShot { root, tokenizer, .. } | DatasetConfig::RelationJson { root, tokenizer, .. } => {
                 fix(root);
                 fix(tokenizer);

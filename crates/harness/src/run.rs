@@ -107,6 +107,13 @@ pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<
         optim: cfg.optim.clone(),
         device,
         seed,
+        groups: dataset.hierarchy.as_ref().map(|tree| {
+            let mut groups = vec![0; dataset.num_classes()];
+            for (class, &parent) in tree.parent.iter().enumerate() {
+                groups[stream.incremental_label(class)] = parent;
+            }
+            groups
+        }),
     };
     let mut method = registry::build(&cfg.method.name, &ctx, &cfg.method.params)?;
 

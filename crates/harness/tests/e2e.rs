@@ -141,3 +141,23 @@ fn benchmark_configs_are_valid() {
     }
     assert!(n >= 9, "only {n} configs");
 }
+
+/// `regularizers = [{ kind = "hierarchical-ot" }]` composes with methods from
+/// the config; with the HierC tree for CIFAR-100 and the Mahalanobis evaluation.
+#[test]
+fn hierarchical_ot_regularizer_composes_with_methods_from_config() {
+    let out = tmp("hierc");
+    let tree = repo().join("benchmarks/trees/cifar100_hierc_leaf_groups.json");
+    let reg = "regularizers = [{ kind = \"hierarchical-ot\", statistics = \"variance\", ot_samples = 4, old_samples = 8, mahalanobis_eval = true }]";
+    for (method, params) in [("l2p", format!("pool_size = 6, top_k = 2, length = 3, head_input = \"token\", {reg}")), ("hide-prompt", format!("{}, {reg}", params("hide-prompt").replace('\n', ", ")))] {
+        let text = common::fixture_config("hierc", method, &params, 1, 16, 0.05, &out, "")
+            .replace(&format!("root = \"{}\" }}", repo().join("crates/stream/tests/fixtures").display()), &format!("root = \"{}\", hierarchy = \"{}\" }}", repo().join("crates/stream/tests/fixtures").display(), tree.display()));
+        assert!(text.contains("hierarchy"), "the fixture config changed shape");
+        let cfg: RunConfig = toml::from_str(&text).unwrap();
+        cfg.validate().unwrap();
+        let dir = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap_or_else(|e| panic!("{method}: {e:#}"));
+        let m = results::load_metrics(&dir).unwrap();
+        assert_eq!(m.matrix.num_tasks(), 5, "{method}");
+    }
+    std::fs::remove_dir_all(out).ok();
+}

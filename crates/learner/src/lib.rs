@@ -12,6 +12,7 @@ pub mod hierc;
 pub mod metrics;
 pub mod ot;
 pub mod registry;
+pub mod regularizer;
 pub mod stats;
 
 pub use backbone::{Encoder, Features};

@@ -20,6 +20,9 @@ pub struct MethodContext {
     pub optim: OptimConfig,
     pub device: Device,
     pub seed: u64,
+    /// Leaf group (label-tree parent) of each incremental label, when the
+    /// dataset has a label tree.
+    pub groups: Option<Vec<usize>>,
 }
 
 impl MethodContext {
@@ -50,9 +53,22 @@ pub struct TaskInfo {
 /// # Shapes
 /// - `logits`: `[B, seen]` — scores over every class seen so far
 /// - `task_ids`: `[B]` int64, the task the method routed each sample to (if it does)
+/// - `features`: `[B, D]`, the representation the logits were read from (if the method has one)
 pub struct Prediction {
     pub logits: Tensor,
     pub task_ids: Option<Tensor>,
+    pub features: Option<Tensor>,
+}
+
+impl Prediction {
+    pub fn new(logits: Tensor, task_ids: Option<Tensor>) -> Self {
+        Self { logits, task_ids, features: None }
+    }
+
+    pub fn with_features(mut self, features: &Tensor) -> Self {
+        self.features = Some(features.shallow_clone());
+        self
+    }
 }
 
 /// What one training step returns: the loss, and the (masked) logits it was
@@ -61,11 +77,21 @@ pub struct Step {
     pub loss: Tensor,
     /// `[B, classes]`
     pub logits: Option<Tensor>,
+    /// `[B, D]`, the representation the head read (with its graph), for
+    /// regularisers that act on features (`crate::regularizer`).
+    pub features: Option<Tensor>,
 }
 
 impl From<Tensor> for Step {
     fn from(loss: Tensor) -> Self {
-        Self { loss, logits: None }
+        Self { loss, logits: None, features: None }
+    }
+}
+
+impl Step {
+    pub fn with_features(mut self, features: &Tensor) -> Self {
+        self.features = Some(features.shallow_clone());
+        self
     }
 }
 

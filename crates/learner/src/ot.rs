@@ -140,18 +140,7 @@ pub fn class_distances(samples: &Tensor, solver: OtSolver) -> Result<Tensor> {
     let c = samples.size()[0];
     let pairs: Vec<(i64, i64)> = (0..c).flat_map(|i| (i + 1..c).map(move |j| (i, j))).collect();
     let w = Tensor::zeros([c, c], (Kind::Float, samples.device()));
-    if pairs.is_empty() {
-        return Ok(w);
-    }
-    let values: Vec<f64> = match solver {
-        OtSolver::Exact => pairs.iter().map(|&(i, j)| emd2(&samples.get(i), &samples.get(j))).collect::<Result<_>>()?,
-        OtSolver::Sinkhorn { reg, iters } => {
-            let idx_i = Tensor::from_slice(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()).to_device(samples.device());
-            let idx_j = Tensor::from_slice(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(samples.device());
-            let d = sinkhorn2(&samples.index_select(0, &idx_i), &samples.index_select(0, &idx_j), reg, iters);
-            Vec::try_from(d.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("f64")
-        }
-    };
+    let values = pair_distances(samples, &pairs, solver)?;
     tch::no_grad(|| {
         for (&(i, j), v) in pairs.iter().zip(values) {
             let _ = w.get(i).get(j).fill_(v);
@@ -159,6 +148,32 @@ pub fn class_distances(samples: &Tensor, solver: OtSolver) -> Result<Tensor> {
         }
     });
     Ok(w)
+}
+
+/// OT distances between the sample sets of the given class pairs.
+///
+/// # Shapes
+/// - `samples`: `[C, n, d]`
+pub fn pair_distances(samples: &Tensor, pairs: &[(i64, i64)], solver: OtSolver) -> Result<Vec<f64>> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(match solver {
+        OtSolver::Exact => pairs.iter().map(|&(i, j)| emd2(&samples.get(i), &samples.get(j))).collect::<Result<_>>()?,
+        OtSolver::Sinkhorn { reg, iters } => {
+            // Chunks of pairs keep the [pairs, n, n] cost tensors near 2^26 elements.
+            let n = samples.size()[1];
+            let chunk = ((1i64 << 26) / (n * n).max(1)).clamp(1, pairs.len() as i64) as usize;
+            let mut out = Vec::with_capacity(pairs.len());
+            for part in pairs.chunks(chunk) {
+                let idx_i = Tensor::from_slice(&part.iter().map(|p| p.0).collect::<Vec<_>>()).to_device(samples.device());
+                let idx_j = Tensor::from_slice(&part.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(samples.device());
+                let d = tch::no_grad(|| sinkhorn2(&samples.index_select(0, &idx_i), &samples.index_select(0, &idx_j), reg, iters));
+                out.extend(Vec::<f64>::try_from(d.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("f64"));
+            }
+            out
+        }
+    })
 }
 
 /// HierC's affinity `Γ = exp(−W/δ)`.

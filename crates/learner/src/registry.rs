@@ -48,11 +48,15 @@ pub fn build(name: &str, ctx: &MethodContext, params: &toml::Table) -> Result<Bo
     let Some((_, _, make)) = METHODS.iter().find(|(n, _, _)| *n == name) else {
         return Err(LearnerError::UnknownMethod { name: name.into(), valid: names().join(", ") });
     };
-    make(ctx, params)
+    // `regularizers = [...]` is for the wrapper, everything else for the method.
+    let (params, regs) = crate::regularizer::split_params(params)?;
+    crate::regularizer::wrap(name, make(ctx, &params)?, ctx, &regs)
 }
 
 /// Checks that a method name exists and its parameters parse, without building it.
 pub fn check(name: &str, params: &toml::Table) -> Result<()> {
+    let (params, _) = crate::regularizer::split_params(params)?;
+    let params = &params;
     let parsed = match name {
         "finetune-head" | "finetune-full" => parse_params::<finetune::Params>(name, params).map(drop),
         "joint" => parse_params::<joint::Params>(name, params).map(drop),

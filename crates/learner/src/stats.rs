@@ -159,6 +159,41 @@ impl ClassStats {
         }
     }
 
+    /// Samples for `pairs`-style OT: `per_component` per centroid for
+    /// multi-centroid (HierC's `gmm_sample`), else `per_component` in all.
+    pub fn sample_per_component(&self, class: usize, per_component: i64) -> Tensor {
+        match self.kind {
+            StatsKind::MultiCentroid => self.sample(class, per_component * self.centroids),
+            _ => self.sample(class, per_component),
+        }
+    }
+
+    /// Mahalanobis distance of each row of `x` to classes `0..end`: `[B, end]`.
+    /// Multi-centroid takes the nearest usable centroid under its diagonal
+    /// covariance (HierC's `distance_to_gmm`).
+    pub fn mahalanobis(&self, x: &Tensor, end: usize) -> Tensor {
+        let n = end as i64;
+        tch::no_grad(|| match self.kind {
+            StatsKind::Covariance => {
+                let diff = x.unsqueeze(0) - self.mean.narrow(0, 0, n).unsqueeze(1); // [C, B, D]
+                let l = self.spread.narrow(0, 0, n);
+                let z = Tensor::linalg_solve_triangular(&l, &diff.transpose(1, 2), false, true, false); // [C, D, B]
+                z.square().sum_dim_intlist(1, false, Kind::Float).sqrt().tr()
+            }
+            StatsKind::Variance => {
+                let diff = x.unsqueeze(1) - self.mean.narrow(0, 0, n).unsqueeze(0); // [B, C, D]
+                (diff / self.spread.narrow(0, 0, n).clamp_min(1e-12).unsqueeze(0)).square().sum_dim_intlist(2, false, Kind::Float).sqrt()
+            }
+            StatsKind::MultiCentroid => {
+                let (mu, std) = (self.mean.narrow(0, 0, n), self.spread.narrow(0, 0, n)); // [C, k, D]
+                let diff = x.unsqueeze(1).unsqueeze(1) - mu.unsqueeze(0); // [B, C, k, D]
+                let d = (diff / std.clamp_min(1e-12).unsqueeze(0)).square().sum_dim_intlist(3, false, Kind::Float).sqrt();
+                let unusable = std.amax([2], false).eq(0.0).unsqueeze(0);
+                d.masked_fill(&unusable, f64::INFINITY).amin([2], false)
+            }
+        })
+    }
+
     /// The full covariance of a class (for tests and Mahalanobis variants).
     pub fn covariance(&self, class: usize) -> Tensor {
         let c = class as i64;

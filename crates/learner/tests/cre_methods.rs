@@ -25,6 +25,7 @@ fn ctx() -> MethodContext {
         optim: OptimConfig::default(),
         device: Device::Cpu,
         seed: 5,
+        groups: None,
     }
 }
 

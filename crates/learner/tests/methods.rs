@@ -22,6 +22,7 @@ fn ctx() -> MethodContext {
         optim: OptimConfig::default(),
         device: Device::Cpu,
         seed: 5,
+        groups: None,
     }
 }
 

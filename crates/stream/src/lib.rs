@@ -44,7 +44,13 @@ pub use transform::{random_resized_crop, render, resize_center_crop, Interpolati
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DatasetConfig {
     /// `root` holds `cifar-100-python/` or `cifar-100-binary/` (or is one).
-    Cifar100 { root: PathBuf },
+    Cifar100 {
+        root: PathBuf,
+        /// A `{"groups": {...}}` label tree replacing the built-in 20
+        /// superclasses (e.g. HierC's leaf groups, benchmarks/trees/).
+        #[serde(default)]
+        hierarchy: Option<PathBuf>,
+    },
     /// `root/<wnid>/*.jpg`, 200 classes.
     ImagenetR {
         root: PathBuf,
@@ -112,7 +118,7 @@ fn folder_options(split: &FolderSplit, cache_short_side: Option<usize>, on_corru
 impl DatasetConfig {
     pub fn root(&self) -> &Path {
         match self {
-            Self::Cifar100 { root }
+            Self::Cifar100 { root, .. }
             | Self::ImagenetR { root, .. }
             | Self::ImageFolder { root, .. }
             | Self::CfrlFewShot { root, .. }
@@ -168,7 +174,13 @@ impl DatasetConfig {
     pub fn load(&self) -> Result<Dataset> {
         match self {
             Self::CfrlFewShot { .. } | Self::RelationJson { .. } => self.load_for_seed(0),
-            Self::Cifar100 { root } => cifar::load(root),
+            Self::Cifar100 { root, hierarchy } => {
+                let mut ds = cifar::load(root)?;
+                if let Some(path) = hierarchy {
+                    ds.hierarchy = Some(LabelTree::from_json(path, &ds.class_names)?);
+                }
+                Ok(ds)
+            }
             Self::ImagenetR { root, split, cache_short_side, on_corrupt } => {
                 let ds = folder::load(root, "imagenet-r", &folder_options(split, *cache_short_side, *on_corrupt))?;
                 if ds.num_classes() != 200 {

@@ -201,7 +201,7 @@ impl ContinualMethod for CodaPrompt {
         let (prompts, ortho) = self.prompts(&query, task.task + 1, true);
         let out = self.backbone.forward(images, &prompts)?;
         let logits = self.head.forward(&out.feature);
-        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask));
+        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask)).with_features(&out.feature);
         step.loss = step.loss + ortho;
         Ok(step)
     }
@@ -210,7 +210,7 @@ impl ContinualMethod for CodaPrompt {
         let query = self.backbone.query(images)?;
         let (prompts, _) = self.prompts(&query, tasks_seen(&self.task_sizes, seen), false);
         let out = self.backbone.forward(images, &prompts)?;
-        Ok(Prediction { logits: self.head.forward(&out.feature).narrow(1, 0, seen as i64), task_ids: None })
+        Ok(Prediction::new(self.head.forward(&out.feature).narrow(1, 0, seen as i64), None).with_features(&out.feature))
     }
 }
 

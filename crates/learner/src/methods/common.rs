@@ -55,7 +55,7 @@ pub(crate) fn masked_ce(logits: &Tensor, labels: &Tensor, allowed: Range<usize>)
 /// A training step scored by masked cross-entropy, keeping the masked logits for the log.
 pub(crate) fn ce_step(logits: &Tensor, labels: &Tensor, allowed: Range<usize>) -> Step {
     let masked = mask_outside(logits, allowed);
-    Step { loss: masked.cross_entropy_for_logits(labels), logits: Some(masked.detach()) }
+    Step { loss: masked.cross_entropy_for_logits(labels), logits: Some(masked.detach()), features: None }
 }
 
 /// The classes a training batch is scored over: the task's own (official

@@ -122,7 +122,7 @@ impl ContinualMethod for DualPrompt {
         let logits = self.head.forward(&out.feature);
         let key = l2_normalize(&self.e_keys[t].unsqueeze(0), 1);
         let reduce_sim = (l2_normalize(&query, 1) * key).sum(Kind::Float) / images.size()[0] as f64;
-        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask));
+        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask)).with_features(&out.feature);
         step.loss = step.loss - reduce_sim * self.params.pull_constraint_coeff;
         Ok(step)
     }
@@ -134,6 +134,6 @@ impl ContinualMethod for DualPrompt {
         let e = Tensor::stack(&self.e_prompts[..n_tasks], 0).index_select(0, &ids);
         let out = self.backbone.forward(images, &self.prompts(&e))?;
         let logits = self.head.forward(&out.feature).narrow(1, 0, seen as i64);
-        Ok(Prediction { logits, task_ids: Some(ids) })
+        Ok(Prediction::new(logits, Some(ids)).with_features(&out.feature))
     }
 }

@@ -111,7 +111,7 @@ impl ContinualMethod for Epi {
 
     fn train_step(&mut self, x: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let feats = self.prompted(x, &self.prompts[task.task].unsqueeze(0))?;
-        Ok(ce_step(&self.head.forward(&feats), labels, task.classes.clone()))
+        Ok(ce_step(&self.head.forward(&feats), labels, task.classes.clone()).with_features(&feats))
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
@@ -147,13 +147,14 @@ impl ContinualMethod for Epi {
         let task_ids = Tensor::from_slice(&tasks.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(x.device());
         let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
         let e = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, &task_ids);
-        let logits = self.head.forward(&self.prompted(x, &e)?).narrow(1, 0, seen as i64);
+        let feats = self.prompted(x, &e)?;
+        let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         // Only the identified task's classes compete.
         let c = Tensor::arange(seen as i64, (Kind::Int64, x.device())).unsqueeze(0);
         let starts: Vec<i64> = tasks.iter().map(|&t| self.task_sizes[..t].iter().sum::<usize>() as i64).collect();
         let start = Tensor::from_slice(&starts).to_device(x.device()).unsqueeze(1);
         let end = &start + Tensor::from_slice(&tasks.iter().map(|&t| self.task_sizes[t] as i64).collect::<Vec<_>>()).to_device(x.device()).unsqueeze(1);
         let keep = c.ge_tensor(&start).logical_and(&c.lt_tensor(&end));
-        Ok(Prediction { logits: logits.masked_fill(&keep.logical_not(), f64::NEG_INFINITY), task_ids: Some(task_ids) })
+        Ok(Prediction::new(logits.masked_fill(&keep.logical_not(), f64::NEG_INFINITY), Some(task_ids)).with_features(&feats))
     }
 }

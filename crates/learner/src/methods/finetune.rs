@@ -61,13 +61,15 @@ impl ContinualMethod for Finetune {
     }
 
     fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let logits = self.head.forward(&self.features(images)?);
-        Ok(ce_step(&logits, labels, train_classes(task, self.params.train_mask)))
+        let feats = self.features(images)?;
+        let logits = self.head.forward(&feats);
+        Ok(ce_step(&logits, labels, train_classes(task, self.params.train_mask)).with_features(&feats))
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let logits = self.head.forward(&self.features(images)?).narrow(1, 0, seen as i64);
-        Ok(Prediction { logits, task_ids: None })
+        let feats = self.features(images)?;
+        let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
+        Ok(Prediction::new(logits, None).with_features(&feats))
     }
 
     fn data_scope(&self) -> DataScope {

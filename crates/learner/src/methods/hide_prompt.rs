@@ -400,7 +400,7 @@ impl ContinualMethod for HidePrompt {
 
     fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let mut loss = Tensor::zeros([], (Kind::Float, images.device()));
-        let mut logits = None;
+        let (mut logits, mut features) = (None, None);
         let classes = if self.params.train_mask { task.classes.clone() } else { 0..task.seen.end };
         let q = self.backbone.query(images)?;
         if task.epoch < self.params.tii_epochs {
@@ -413,8 +413,9 @@ impl ContinualMethod for HidePrompt {
             let step = ce_step(&self.head.forward(&feats), labels, classes);
             loss = loss + step.loss + self.contrastive(&feats, task.classes.start) * self.params.reg + matching * self.params.match_weight;
             logits = step.logits;
+            features = Some(feats);
         }
-        Ok(Step { loss, logits })
+        Ok(Step { loss, logits, features })
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
@@ -464,7 +465,7 @@ impl ContinualMethod for HidePrompt {
         let (e, _) = self.choose(&pools, keys.as_ref(), &q);
         let feats = self.prompted(images, &e)?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
-        Ok(Prediction { logits, task_ids: Some(task_ids) })
+        Ok(Prediction::new(logits, Some(task_ids)).with_features(&feats))
     }
 }
 

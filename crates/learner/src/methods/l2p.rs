@@ -107,7 +107,8 @@ impl L2P {
         (idx, reduce_sim)
     }
 
-    fn logits(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Logits, the matching term, and the feature the head read.
+    fn logits(&self, images: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let query = self.backbone.query(images)?;
         let (idx, reduce_sim) = self.select(&query);
         let b = images.size()[0];
@@ -117,7 +118,7 @@ impl L2P {
             HeadInput::Prompt => out.prompt_tokens.expect("prompt tokens were inserted").mean_dim(1, false, Kind::Float),
             HeadInput::Token => out.feature,
         };
-        Ok((self.head.forward(&feat), reduce_sim))
+        Ok((self.head.forward(&feat), reduce_sim, feat))
     }
 }
 
@@ -127,14 +128,14 @@ impl ContinualMethod for L2P {
     }
 
     fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let (logits, reduce_sim) = self.logits(images)?;
-        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask));
+        let (logits, reduce_sim, feat) = self.logits(images)?;
+        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask)).with_features(&feat);
         step.loss = step.loss - reduce_sim * self.params.pull_constraint_coeff;
         Ok(step)
     }
 
     fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let (logits, _) = self.logits(images)?;
-        Ok(Prediction { logits: mask_outside(&logits, 0..seen).narrow(1, 0, seen as i64), task_ids: None })
+        let (logits, _, feat) = self.logits(images)?;
+        Ok(Prediction::new(mask_outside(&logits, 0..seen).narrow(1, 0, seen as i64), None).with_features(&feat))
     }
 }

@@ -64,6 +64,6 @@ impl ContinualMethod for Prototype {
         let n = seen as i64;
         let protos = self.sums.narrow(0, 0, n) / self.counts.narrow(0, 0, n).clamp_min(1.0).unsqueeze(1);
         let logits = f.matmul(&l2_normalize(&protos, 1).tr());
-        Ok(Prediction { logits, task_ids: None })
+        Ok(Prediction::new(logits, None))
     }
 }

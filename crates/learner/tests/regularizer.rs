@@ -1,0 +1,134 @@
+//! The composable hierarchical-OT regulariser (HierC) on any method: it adds
+//! its loss, keeps W symmetric with a zero diagonal over seen classes, grows
+//! the label tree with the stream, and the Mahalanobis evaluation variant
+//! scores only classes of the tree.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, Encoder, MethodContext, OptimConfig, TaskInfo};
+use promptcl_model::{frozen_vit, Precision, ViTConfig};
+use tch::{nn::OptimizerConfig, Device, Kind, Tensor};
+
+const TASKS: usize = 3;
+const PER_TASK: usize = 4;
+
+/// Groups of incremental labels: {0, 4, 8}, {1, 5, 9}, {2, 6, 10}, {3, 7, 11}.
+fn ctx() -> MethodContext {
+    let cfg = ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 3, num_heads: 4, num_classes: 0, ..ViTConfig::vit_tiny_patch16_224() };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vit_tiny_test.safetensors");
+    let (vars, vit) = frozen_vit(&cfg, Some(&path), Device::Cpu, Precision::F32).unwrap();
+    MethodContext {
+        backbone: Rc::new(Backbone::new(Encoder::Vit(vit), vars)),
+        num_classes: TASKS * PER_TASK,
+        num_tasks: TASKS,
+        task_sizes: vec![PER_TASK; TASKS],
+        optim: OptimConfig { epochs: 1, batch_size: 8, ..OptimConfig::default() },
+        device: Device::Cpu,
+        seed: 5,
+        groups: Some((0..TASKS * PER_TASK).map(|c| c % 4).collect()),
+    }
+}
+
+const REG: &str = r#"
+pool_size = 6
+top_k = 2
+length = 3
+head_input = "token"
+regularizers = [{ kind = "hierarchical-ot", statistics = "covariance", ot_samples = 6, old_samples = 8, reg_glob = 1.0, reg_sub = 1.0, mahalanobis_eval = true }]
+"#;
+
+fn task(t: usize) -> TaskInfo {
+    TaskInfo { task: t, num_tasks: TASKS, classes: t * PER_TASK..(t + 1) * PER_TASK, seen: 0..(t + 1) * PER_TASK, epoch: 0 }
+}
+
+fn batch(t: usize, seed: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(seed);
+    let labels: Vec<i64> = (0..8).map(|i| (t * PER_TASK + i % PER_TASK) as i64).collect();
+    // Class-dependent images so the statistics differ between classes.
+    let y = Tensor::from_slice(&labels);
+    let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.5 + y.to_kind(Kind::Float).view([8, 1, 1, 1]) * 0.3;
+    (x, y)
+}
+
+struct Fixed(Vec<(Tensor, Tensor)>);
+
+impl BatchSource for Fixed {
+    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
+        self.0.iter().try_for_each(|(x, y)| f(x, y))
+    }
+}
+
+fn run_task(m: &mut dyn ContinualMethod, t: usize) {
+    let info = task(t);
+    m.begin_task(&info).unwrap();
+    let mut opt = tch::nn::Adam::default().build(m.vars(), 0.01).unwrap();
+    let data: Vec<_> = (0..3).map(|s| batch(t, (10 * t + s) as i64)).collect();
+    for (x, y) in &data {
+        let loss = m.train_step(x, y, &info).unwrap().loss;
+        opt.backward_step(&loss);
+    }
+    m.end_task(&info, &mut Fixed(data)).unwrap();
+}
+
+#[test]
+fn regularizer_adds_its_loss_to_any_method() {
+    let params: toml::Table = toml::from_str(REG).unwrap();
+    let mut plain_params = params.clone();
+    plain_params.remove("regularizers");
+    let (mut with, mut without) =
+        (registry::build("l2p", &ctx(), &params).unwrap(), registry::build("l2p", &ctx(), &plain_params).unwrap());
+    let (x, y) = batch(0, 1);
+    let a = with.train_step(&x, &y, &task(0)).unwrap().loss.double_value(&[]);
+    let b = without.train_step(&x, &y, &task(0)).unwrap().loss.double_value(&[]);
+    assert!(a > b + 1e-6, "SupCon terms are positive: {a} vs {b}");
+    assert!(with.vars().variables().contains_key("reg0.ot_distance"), "state lives in the method's store");
+    let e = registry::build("l2p", &MethodContext { groups: None, ..ctx() }, &params).err().unwrap().to_string();
+    assert!(e.contains("label tree"), "{e}");
+    let bad: toml::Table = toml::from_str("regularizers = [{ kind = \"hierarchical-ot\", solver = \"magic\" }]").unwrap();
+    assert!(registry::check("l2p", &bad).unwrap_err().to_string().contains("magic"));
+    let typo: toml::Table = toml::from_str("regularizers = [{ kind = \"hierarchical-ot\", reg_glb = 1.0 }]").unwrap();
+    assert!(registry::check("l2p", &typo).is_err());
+}
+
+#[test]
+fn distances_cover_seen_pairs_symmetrically_and_rescoring_follows_the_tree() {
+    let params: toml::Table = toml::from_str(REG).unwrap();
+    let mut m = registry::build("l2p", &ctx(), &params).unwrap();
+    for t in 0..2 {
+        run_task(&mut *m, t);
+        let w = m.vars().variables()["reg0.ot_distance"].shallow_clone();
+        let seen = ((t + 1) * PER_TASK) as i64;
+        let ws = w.narrow(0, 0, seen).narrow(1, 0, seen);
+        assert!(ws.equal(&ws.tr()), "W symmetric");
+        assert_eq!(ws.diagonal(0, 0, 1).abs().max().double_value(&[]), 0.0, "zero diagonal");
+        let off = ws.masked_select(&Tensor::eye(seen, (Kind::Bool, Device::Cpu)).logical_not());
+        assert!(off.min().double_value(&[]) > 0.0, "every seen pair has a distance");
+        let unseen = w.narrow(0, seen, w.size()[0] - seen);
+        assert_eq!(unseen.abs().sum(Kind::Float).double_value(&[]), 0.0, "no distance for unseen classes");
+        let gamma = promptcl_learner::ot::affinity(&ws, 1.0);
+        assert!(gamma.diagonal(0, 0, 1).eq(1.0).all().int64_value(&[]) == 1);
+    }
+    let (x, _) = batch(1, 99);
+    let p = m.predict(&x, 8).unwrap();
+    assert_eq!(p.logits.size(), [8, 8]);
+    assert!(p.logits.isfinite().all().int64_value(&[]) == 1, "every seen class belongs to a group");
+}
+
+#[test]
+fn mahalanobis_distance_is_zero_at_the_mean_and_matches_the_covariance() {
+    let p = tch::nn::VarStore::new(Device::Cpu);
+    let mut stats = promptcl_learner::stats::ClassStats::new(&p.root(), promptcl_learner::stats::StatsKind::Covariance, 2, 3, 1);
+    tch::manual_seed(0);
+    let a = Tensor::randn([50, 3], (Kind::Float, Device::Cpu)) * Tensor::from_slice(&[1.0f32, 2.0, 0.5]);
+    stats.fit(0, &a, 1).unwrap();
+    stats.fit(1, &(a.shallow_clone() + 5.0), 1).unwrap();
+    let mean = a.mean_dim(0, true, Kind::Float);
+    let d = stats.mahalanobis(&mean, 2);
+    assert!(d.double_value(&[0, 0]) < 1e-4);
+    let x = &mean + Tensor::from_slice(&[0.0f32, 1.0, 0.0]).unsqueeze(0);
+    let cov = stats.covariance(0);
+    let diff = Tensor::from_slice(&[0.0f32, 1.0, 0.0]);
+    let want = diff.dot(&cov.inverse().mv(&diff)).sqrt().double_value(&[]);
+    assert!((stats.mahalanobis(&x, 1).double_value(&[0, 0]) - want).abs() < 1e-4);
+}
