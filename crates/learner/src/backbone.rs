@@ -89,6 +89,17 @@ impl Backbone {
         tch::no_grad(|| Ok(self.forward(x, &Prompts::none())?.feature))
     }
 
+    /// The queries and labels of every batch of `data`: `([N, D], [N])`.
+    pub fn queries(&self, data: &mut dyn crate::BatchSource) -> Result<(Tensor, Tensor)> {
+        let (mut qs, mut ys) = (Vec::new(), Vec::new());
+        data.for_each(&mut |x, y| {
+            qs.push(self.query(x)?);
+            ys.push(y.shallow_clone());
+            Ok(())
+        })?;
+        Ok((Tensor::cat(&qs, 0), Tensor::cat(&ys, 0)))
+    }
+
     /// A trainable copy of the encoder under `p` (for full fine-tuning),
     /// initialised from the frozen weights; `vs` is the store `p` belongs to.
     pub fn trainable_copy(&self, p: nn::Path, vs: &nn::VarStore) -> Encoder {

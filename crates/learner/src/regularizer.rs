@@ -344,13 +344,7 @@ impl Regularizer for HierarchicalOt {
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        let (mut qs, mut ys) = (Vec::new(), Vec::new());
-        data.for_each(&mut |x, y| {
-            qs.push(self.backbone.query(x)?);
-            ys.push(y.shallow_clone());
-            Ok(())
-        })?;
-        let (q, y) = (Tensor::cat(&qs, 0), Tensor::cat(&ys, 0));
+        let (q, y) = self.backbone.queries(data)?;
         let buffer = std::mem::take(&mut self.buffer);
         if buffer.is_empty() {
             return Err(LearnerError::Invalid("hierarchical-ot: no features were seen in the task's last epoch".into()));

@@ -1,29 +1,16 @@
 //! The properties that make each method what it is, on the tiny timm-fixture ViT.
 
-use std::path::PathBuf;
-use std::rc::Rc;
 
-use promptcl_learner::{registry, Backbone, BatchSource, Encoder, ContinualMethod, MethodContext, OptimConfig, TaskInfo};
-use promptcl_model::{frozen_vit, Precision, ViTConfig};
+use promptcl_learner::{registry, BatchSource, ContinualMethod, MethodContext, OptimConfig, TaskInfo};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 const TASKS: usize = 5;
 const PER_TASK: usize = 2;
 
+mod common;
+
 fn ctx() -> MethodContext {
-    let cfg = ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 3, num_heads: 4, num_classes: 0, ..ViTConfig::vit_tiny_patch16_224() };
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vit_tiny_test.safetensors");
-    let (vars, vit) = frozen_vit(&cfg, Some(&path), Device::Cpu, Precision::F32).unwrap();
-    MethodContext {
-        backbone: Rc::new(Backbone::new(Encoder::Vit(vit), vars)),
-        num_classes: TASKS * PER_TASK,
-        num_tasks: TASKS,
-        task_sizes: vec![PER_TASK; TASKS],
-        optim: OptimConfig::default(),
-        device: Device::Cpu,
-        seed: 5,
-        groups: None,
-    }
+    common::vit_ctx(TASKS, PER_TASK, OptimConfig::default(), None)
 }
 
 fn build(name: &str, params: &str) -> Box<dyn ContinualMethod> {

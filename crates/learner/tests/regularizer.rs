@@ -3,31 +3,18 @@
 //! the label tree with the stream, and the Mahalanobis evaluation variant
 //! scores only classes of the tree.
 
-use std::path::PathBuf;
-use std::rc::Rc;
 
-use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, Encoder, MethodContext, OptimConfig, TaskInfo};
-use promptcl_model::{frozen_vit, Precision, ViTConfig};
+use promptcl_learner::{registry, BatchSource, ContinualMethod, MethodContext, OptimConfig, TaskInfo};
 use tch::{nn::OptimizerConfig, Device, Kind, Tensor};
+
+mod common;
 
 const TASKS: usize = 3;
 const PER_TASK: usize = 4;
 
 /// Groups of incremental labels: {0, 4, 8}, {1, 5, 9}, {2, 6, 10}, {3, 7, 11}.
 fn ctx() -> MethodContext {
-    let cfg = ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 3, num_heads: 4, num_classes: 0, ..ViTConfig::vit_tiny_patch16_224() };
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vit_tiny_test.safetensors");
-    let (vars, vit) = frozen_vit(&cfg, Some(&path), Device::Cpu, Precision::F32).unwrap();
-    MethodContext {
-        backbone: Rc::new(Backbone::new(Encoder::Vit(vit), vars)),
-        num_classes: TASKS * PER_TASK,
-        num_tasks: TASKS,
-        task_sizes: vec![PER_TASK; TASKS],
-        optim: OptimConfig { epochs: 1, batch_size: 8, ..OptimConfig::default() },
-        device: Device::Cpu,
-        seed: 5,
-        groups: Some((0..TASKS * PER_TASK).map(|c| c % 4).collect()),
-    }
+    common::vit_ctx(TASKS, PER_TASK, OptimConfig { epochs: 1, batch_size: 8, ..OptimConfig::default() }, Some((0..TASKS * PER_TASK).map(|c| c % 4).collect()))
 }
 
 const REG: &str = r#"

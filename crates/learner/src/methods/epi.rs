@@ -115,13 +115,7 @@ impl ContinualMethod for Epi {
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        let (mut qs, mut ys) = (Vec::new(), Vec::new());
-        data.for_each(&mut |x, y| {
-            qs.push(self.backbone.query(x)?);
-            ys.push(y.shallow_clone());
-            Ok(())
-        })?;
-        let (q, y) = (Tensor::cat(&qs, 0), Tensor::cat(&ys, 0));
+        let (q, y) = self.backbone.queries(data)?;
         tch::no_grad(|| {
             for c in task.classes.clone() {
                 let qc = q.index_select(0, &y.eq(c as i64).nonzero().squeeze_dim(1));

@@ -1,0 +1,26 @@
+#![allow(dead_code)]
+//! The tiny timm-fixture ViT the learner tests share.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use promptcl_learner::{Backbone, Encoder, MethodContext, OptimConfig};
+use promptcl_model::{frozen_vit, Precision, ViTConfig};
+use tch::Device;
+
+/// `tasks` tasks of `per_task` classes on the 3-block, 64-wide fixture ViT (32×32 images).
+pub fn vit_ctx(tasks: usize, per_task: usize, optim: OptimConfig, groups: Option<Vec<usize>>) -> MethodContext {
+    let cfg = ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 3, num_heads: 4, num_classes: 0, ..ViTConfig::vit_tiny_patch16_224() };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vit_tiny_test.safetensors");
+    let (vars, vit) = frozen_vit(&cfg, Some(&path), Device::Cpu, Precision::F32).unwrap();
+    MethodContext {
+        backbone: Rc::new(Backbone::new(Encoder::Vit(vit), vars)),
+        num_classes: tasks * per_task,
+        num_tasks: tasks,
+        task_sizes: vec![per_task; tasks],
+        optim,
+        device: Device::Cpu,
+        seed: 5,
+        groups,
+    }
+}
