@@ -30,5 +30,5 @@ for m in ${methods[@]}; do
     "$bin" run "$dst" --quiet
     echo "$m: $(( $(date +%s) - start )) s wall" | tee -a "$out/wall_times.txt"
 done
-"$bin" compare $out/runs/* --out "$out/compare.md"
-for run in $out/runs/*; do "$bin" plot "$run" >/dev/null; done
+"$bin" compare $out/runs/* --out "$out" --quiet
+"$bin" plot $out/runs --out "$out" --quiet >/dev/null
