@@ -14,7 +14,7 @@
 //!   classes that involves a new class (`update_WSM` / `wsd_gmm_s`);
 //!   Γ = exp(−W/δ);
 //! - statistics of the method's own features per class (from the task's last
-//!   training epoch, HierC's `_compute_mean` with the task's prompt), whose
+//!   epoch that trained features, HierC's `_compute_mean` with the task's prompt), whose
 //!   samples stand in for earlier classes;
 //! - loss: `reg_glob · SupCon(all) + reg_sub · mean over leaf groups of
 //!   SupCon(group, Γ)` on the batch's features joined with `old_samples`
@@ -153,12 +153,11 @@ pub fn wrap(name: &str, inner: Box<dyn ContinualMethod>, ctx: &MethodContext, co
     if configs.is_empty() {
         return Ok(inner);
     }
-    let epochs = inner.epochs().unwrap_or(ctx.optim.epochs);
     let mut regs: Vec<Box<dyn Regularizer>> = Vec::new();
     for (i, c) in configs.iter().enumerate() {
         let RegularizerConfig::HierarchicalOt(cfg) = c;
         let p = inner.vars().root() / format!("reg{i}");
-        regs.push(Box::new(HierarchicalOt::new(&p, ctx, cfg.clone(), epochs)?));
+        regs.push(Box::new(HierarchicalOt::new(&p, ctx, cfg.clone())?));
     }
     Ok(Box::new(Regularized { inner, regs, name: name.into() }))
 }
@@ -233,15 +232,16 @@ pub struct HierarchicalOt {
     w: Tensor,
     w_eval: Tensor,
     delta: Tensor,
-    epochs: usize,
     batch: i64,
     seed: u64,
-    /// The last epoch's features of the current task (transient, cleared at `end_task`).
+    /// Features of the current task's latest epoch that produced any
+    /// (transient: cleared at each new epoch and at `end_task`).
     buffer: Vec<(Tensor, Tensor)>,
+    buffer_epoch: Option<usize>,
 }
 
 impl HierarchicalOt {
-    pub fn new(p: &tch::nn::Path, ctx: &MethodContext, cfg: HierOtConfig, epochs: usize) -> Result<Self> {
+    pub fn new(p: &tch::nn::Path, ctx: &MethodContext, cfg: HierOtConfig) -> Result<Self> {
         let groups = ctx.groups.clone().ok_or_else(|| LearnerError::Params {
             method: "hierarchical-ot".into(),
             reason: "the dataset has no label tree (CIFAR-100 has one built in; give others `hierarchy = <tree.json>`)".into(),
@@ -258,10 +258,10 @@ impl HierarchicalOt {
             delta: p.zeros_no_train("delta", &[1]),
             groups,
             backbone: ctx.backbone.clone(),
-            epochs,
             batch: ctx.optim.batch_size as i64,
             seed: ctx.seed,
             buffer: Vec::new(),
+            buffer_epoch: None,
             params,
             solver,
             cfg,
@@ -326,9 +326,13 @@ impl Regularizer for HierarchicalOt {
                 features.size()[1]
             )));
         }
-        if task.epoch + 1 == self.epochs {
-            self.buffer.push((features.detach(), labels.shallow_clone()));
+        // Statistics come from the last epoch that trains features (HiDe-style
+        // methods may run TII-only epochs after it).
+        if self.buffer_epoch != Some(task.epoch) {
+            self.buffer.clear();
+            self.buffer_epoch = Some(task.epoch);
         }
+        self.buffer.push((features.detach(), labels.shallow_clone()));
         let earlier = task.classes.start;
         let old = (earlier > 0).then(|| {
             let want = if self.cfg.old_samples > 0 { self.cfg.old_samples } else { 5 * self.batch };
@@ -346,6 +350,7 @@ impl Regularizer for HierarchicalOt {
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         let (q, y) = self.backbone.queries(data)?;
         let buffer = std::mem::take(&mut self.buffer);
+        self.buffer_epoch = None;
         if buffer.is_empty() {
             return Err(LearnerError::Invalid("hierarchical-ot: no features were seen in the task's last epoch".into()));
         }

@@ -119,3 +119,28 @@ fn mahalanobis_distance_is_zero_at_the_mean_and_matches_the_covariance() {
     let want = diff.dot(&cov.inverse().mv(&diff)).sqrt().double_value(&[]);
     assert!((stats.mahalanobis(&x, 1).double_value(&[0, 0]) - want).abs() < 1e-4);
 }
+
+/// HiDe-style methods may train TII-only epochs after the prompt epochs; the
+/// regulariser's statistics come from the last epoch that had features.
+#[test]
+fn statistics_come_from_the_last_epoch_with_features() {
+    let params: toml::Table = toml::from_str(
+        "layers = [0, 1]\nlength = 2\ntii_epochs = 3\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nregularizers = [{ kind = \"hierarchical-ot\", statistics = \"variance\", ot_samples = 4 }]",
+    )
+    .unwrap();
+    let mut m = registry::build("hide-prompt", &ctx(), &params).unwrap();
+    assert_eq!(m.epochs(), Some(3), "prompt epochs 1, TII epochs 3");
+    let mut info = task(0);
+    m.begin_task(&info).unwrap();
+    let data: Vec<_> = (0..2).map(|s| batch(0, s)).collect();
+    for epoch in 0..3 {
+        info.epoch = epoch;
+        for (x, y) in &data {
+            let step = m.train_step(x, y, &info).unwrap();
+            assert_eq!(step.features.is_some(), epoch == 0);
+        }
+    }
+    m.end_task(&info, &mut Fixed(data)).unwrap();
+    let fitted: Vec<f64> = Vec::try_from(&m.vars().variables()["reg0.feat_stats.fitted"]).unwrap();
+    assert_eq!(&fitted[..PER_TASK], &[1.0; PER_TASK]);
+}
