@@ -144,3 +144,21 @@ fn real_fewrel_cfrl_matches_the_protocol_and_reference_tokenization() {
         TaskStream::from_tasks(80, tasks).unwrap();
     }
 }
+
+/// FewRel 1.0's real `val_wiki.json` (16 relations × 700) through the
+/// full-data protocol: 420 train / 140 test per relation, split per seed.
+#[test]
+fn real_fewrel_json_splits_420_140_140() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/fewrel-wiki/val_wiki.json");
+    if !path.is_file() {
+        eprintln!("skipped: {} is absent (real FewRel JSON)", path.display());
+        return;
+    }
+    let ds = load_full(&path, FullDataProtocol::Fewrel, 2021, &tokenizer(512)).unwrap();
+    assert_eq!(ds.num_classes(), 16);
+    assert_eq!((ds.train.len(), ds.test.len()), (16 * 420, 16 * 140));
+    let tasks = ds.plan.as_ref().unwrap().tasks(16, 4, 2021).unwrap();
+    assert_eq!(tasks.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 4, 4]);
+    let other = load_full(&path, FullDataProtocol::Fewrel, 2121, &tokenizer(512)).unwrap();
+    assert_ne!(ds.test.texts, other.test.texts);
+}
