@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use promptcl_learner::ot::{pair_distances, OtSolver};
+use promptcl_learner::ot::{pair_distances, relative_sinkhorn, OtSolver};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, serde::Serialize)]
@@ -28,8 +28,7 @@ pub fn run(classes: i64, samples: i64, dim: i64, exact_pairs: usize, device: Dev
     let centres = Tensor::randn([classes, 1, dim], (Kind::Float, device)) * 2.0;
     let x = Tensor::randn([classes, samples, dim], (Kind::Float, device)) + centres;
     let pairs: Vec<(i64, i64)> = (0..classes).flat_map(|i| (i + 1..classes).map(move |j| (i, j))).collect();
-    let scale = promptcl_learner::ot::sq_dist(&x.get(0), &x.get(1)).mean(Kind::Float).double_value(&[]);
-    let solver = OtSolver::Sinkhorn { reg: 0.05 * scale, iters: 100 };
+    let solver = relative_sinkhorn(&x, 0.05, 100);
     pair_distances(&x, &pairs[..pairs.len().min(8)], solver)?; // warm-up
     let t = Instant::now();
     pair_distances(&x, &pairs, solver)?;

@@ -126,12 +126,6 @@ impl ModelSection {
         }
     }
 
-    pub fn vit_config(&self) -> Result<ViTConfig> {
-        match self.encoder(false)? {
-            EncoderConfig::Vit(c) => Ok(c),
-            EncoderConfig::Bert(_) => unreachable!("encoder(false) gives a ViT"),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -74,10 +74,9 @@ pub fn prepare(cfg: &RunConfig, seed: u64) -> Result<Prepared> {
             Backbone::new(Encoder::Vit(vit), vars)
         }
         EncoderConfig::Bert(mut bert_cfg) => {
-            if let Some((path, max_length)) = cfg.stream.dataset.tokenizer() {
+            if let Some(rows) = dataset.token_vocab {
                 // Room for the entity markers the tokenizer added.
-                let tok = promptcl_stream::RelationTokenizer::from_file(path, max_length)?;
-                bert_cfg.vocab_size = bert_cfg.vocab_size.max(tok.vocab_size() as i64);
+                bert_cfg.vocab_size = bert_cfg.vocab_size.max(rows as i64);
             }
             if cfg.model.precision != promptcl_model::Precision::F32 {
                 tracing::warn!("model.precision: the BERT encoder runs in fp32");

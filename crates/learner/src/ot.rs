@@ -176,6 +176,15 @@ pub fn pair_distances(samples: &Tensor, pairs: &[(i64, i64)], solver: OtSolver) 
     })
 }
 
+/// A Sinkhorn solver whose `reg` is a fraction of the mean squared distance
+/// between the first and the last sample set of `samples` `[C, n, d]`, so one
+/// setting serves features of any scale.
+pub fn relative_sinkhorn(samples: &Tensor, reg: f64, iters: usize) -> OtSolver {
+    let last = samples.size()[0] - 1;
+    let scale = sq_dist(&samples.get(0), &samples.get(last)).mean(Kind::Float).double_value(&[]);
+    OtSolver::Sinkhorn { reg: reg * scale.max(1e-12), iters }
+}
+
 /// HierC's affinity `Γ = exp(−W/δ)`.
 pub fn affinity(w: &Tensor, delta: f64) -> Tensor {
     (-w / delta).exp()

@@ -40,7 +40,7 @@ use tch::{Kind, Tensor};
 
 use crate::hierc::{cluster_loss, HiercParams};
 use crate::method::{Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, Prediction, Step, TaskInfo};
-use crate::ot::{pair_distances, OtSolver};
+use crate::ot::{pair_distances, relative_sinkhorn, OtSolver};
 use crate::stats::{ClassStats, StatsKind};
 use crate::{LearnerError, Result};
 
@@ -220,8 +220,6 @@ impl std::fmt::Debug for Regularized {
 
 pub struct HierarchicalOt {
     cfg: HierOtConfig,
-    params: HiercParams,
-    solver: OtSolver,
     /// Leaf group of each incremental label.
     groups: Vec<usize>,
     backbone: Rc<Backbone>,
@@ -246,10 +244,9 @@ impl HierarchicalOt {
             method: "hierarchical-ot".into(),
             reason: "the dataset has no label tree (CIFAR-100 has one built in; give others `hierarchy = <tree.json>`)".into(),
         })?;
+        cfg.solver()?;
         let c = ctx.num_classes as i64;
-        let solver = cfg.solver()?;
         let k = cfg.n_centroids;
-        let params = HiercParams { reg_glob: cfg.reg_glob, reg_sub: cfg.reg_sub, temperature: cfg.temperature, delta: cfg.delta.max(1e-12), ot: cfg.ot };
         Ok(Self {
             org_stats: ClassStats::new(&(p / "org_stats"), cfg.statistics, ctx.num_classes, ctx.feature_dim(), k),
             feat_stats: ClassStats::new(&(p / "feat_stats"), cfg.statistics, ctx.num_classes, ctx.feature_dim(), k),
@@ -262,8 +259,6 @@ impl HierarchicalOt {
             seed: ctx.seed,
             buffer: Vec::new(),
             buffer_epoch: None,
-            params,
-            solver,
             cfg,
         })
     }
@@ -278,13 +273,14 @@ impl HierarchicalOt {
         g.into_iter().filter(|g| !g.is_empty()).collect()
     }
 
-    fn samples(&self) -> i64 {
-        if self.cfg.ot_samples > 0 { self.cfg.ot_samples } else { 5 * self.batch }
+    /// A sample count from the config, where 0 means HierC's `batch · 5`.
+    fn or_five_batches(&self, n: i64) -> i64 {
+        if n > 0 { n } else { 5 * self.batch }
     }
 
     /// Fills `w` for every pair of seen classes that involves a class of `new`.
     fn update_distances(&self, stats: &ClassStats, w: &Tensor, new: Range<usize>, seed: u64) -> Result<()> {
-        let n = self.samples();
+        let n = self.or_five_batches(self.cfg.ot_samples);
         tch::manual_seed(seed as i64);
         let sets: Vec<Tensor> = (0..new.end).map(|c| stats.sample_per_component(c, n)).collect();
         let m = sets.iter().map(|s| s.size()[0]).min().unwrap_or(0);
@@ -294,12 +290,9 @@ impl HierarchicalOt {
         let samples = Tensor::stack(&sets.iter().map(|s| s.narrow(0, 0, m)).collect::<Vec<_>>(), 0);
         let pairs: Vec<(i64, i64)> =
             (0..new.end as i64).flat_map(|i| (i + 1..new.end as i64).map(move |j| (i, j))).filter(|&(_, j)| j >= new.start as i64).collect();
-        let solver = match self.solver {
+        let solver = match self.cfg.solver()? {
             // `sinkhorn_reg` is relative to the typical squared distance between samples.
-            OtSolver::Sinkhorn { reg, iters } => {
-                let scale = crate::ot::sq_dist(&samples.get(0), &samples.get(samples.size()[0] - 1)).mean(Kind::Float).double_value(&[]);
-                OtSolver::Sinkhorn { reg: reg * scale.max(1e-12), iters }
-            }
+            OtSolver::Sinkhorn { reg, iters } => relative_sinkhorn(&samples, reg, iters),
             s => s,
         };
         let values = pair_distances(&samples, &pairs, solver)?;
@@ -312,8 +305,11 @@ impl HierarchicalOt {
         Ok(())
     }
 
-    fn gamma_delta(&self) -> f64 {
-        if self.cfg.delta > 0.0 { self.cfg.delta } else { self.delta.double_value(&[0]).max(1e-12) }
+    /// The loss weights, with δ from the config or (0) the stored median of W.
+    fn hierc_params(&self) -> HiercParams {
+        let c = &self.cfg;
+        let delta = if c.delta > 0.0 { c.delta } else { self.delta.double_value(&[0]).max(1e-12) };
+        HiercParams { reg_glob: c.reg_glob, reg_sub: c.reg_sub, temperature: c.temperature, delta, ot: c.ot }
     }
 }
 
@@ -335,16 +331,15 @@ impl Regularizer for HierarchicalOt {
         self.buffer.push((features.detach(), labels.shallow_clone()));
         let earlier = task.classes.start;
         let old = (earlier > 0).then(|| {
-            let want = if self.cfg.old_samples > 0 { self.cfg.old_samples } else { 5 * self.batch };
+            let want = self.or_five_batches(self.cfg.old_samples);
             let per_class = (want / earlier as i64).max(1);
             let (x, y) = self.feat_stats.sample_classes(0..earlier, per_class);
             let take = want.min(x.size()[0]);
             let idx = Tensor::randperm(x.size()[0], (Kind::Int64, x.device())).narrow(0, 0, take);
             (x.index_select(0, &idx), y.index_select(0, &idx))
         });
-        let params = HiercParams { delta: self.gamma_delta(), ..self.params };
         let groups = self.seen_groups(task.seen.end);
-        Ok(cluster_loss(features, labels, old.as_ref().map(|(x, y)| (x, y)), &groups, Some(&self.w), &params))
+        Ok(cluster_loss(features, labels, old.as_ref().map(|(x, y)| (x, y)), &groups, Some(&self.w), &self.hierc_params()))
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
@@ -386,23 +381,25 @@ impl Regularizer for HierarchicalOt {
         let logits = &pred.logits;
         let (b, dev) = (logits.size()[0], logits.device());
         let mut scores = Tensor::full([b, seen as i64], f64::NEG_INFINITY, (Kind::Float, dev));
+        let groups: Vec<Tensor> = self
+            .seen_groups(seen)
+            .iter()
+            .map(|g| Tensor::from_slice(&g.iter().map(|&c| c as i64).collect::<Vec<_>>()).to_device(dev))
+            .collect();
         let mut log_e = Vec::new();
-        let groups = self.seen_groups(seen);
-        for g in &groups {
-            let idx = Tensor::from_slice(&g.iter().map(|&c| c as i64).collect::<Vec<_>>()).to_device(dev);
-            let (top, arg) = logits.index_select(1, &idx).max_dim(1, false);
+        for idx in &groups {
+            let (top, arg) = logits.index_select(1, idx).max_dim(1, false);
             let nearest = idx.index_select(0, &arg);
-            let map_w = self.w_eval.index_select(0, &nearest).index_select(1, &idx);
-            let d = (map_w * dist.index_select(1, &idx)).sum_dim_intlist(1, false, Kind::Float);
+            let map_w = self.w_eval.index_select(0, &nearest).index_select(1, idx);
+            let d = (map_w * dist.index_select(1, idx)).sum_dim_intlist(1, false, Kind::Float);
             log_e.push(top * self.cfg.eta0 - d * self.cfg.eta);
         }
         let log_e = Tensor::stack(&log_e, 1);
         let e = (&log_e - log_e.amax([1], true)).exp();
         let total = e.sum_dim_intlist(1, true, Kind::Float);
-        for (k, g) in groups.iter().enumerate() {
-            let idx = Tensor::from_slice(&g.iter().map(|&c| c as i64).collect::<Vec<_>>()).to_device(dev);
-            let scaled = logits.index_select(1, &idx) * e.narrow(1, k as i64, 1) / &total;
-            scores = scores.index_copy(1, &idx, &scaled);
+        for (k, idx) in groups.iter().enumerate() {
+            let scaled = logits.index_select(1, idx) * e.narrow(1, k as i64, 1) / &total;
+            scores = scores.index_copy(1, idx, &scaled);
         }
         Ok(Prediction { logits: scores, ..pred })
     }

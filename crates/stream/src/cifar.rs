@@ -82,6 +82,7 @@ fn finish(fine_names: Vec<String>, coarse_names: Vec<String>, train: Part, test:
         test: test.split,
         hierarchy: Some(hierarchy),
         plan: None,
+        token_vocab: None,
     })
 }
 

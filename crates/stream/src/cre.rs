@@ -239,6 +239,7 @@ pub fn load_cfrl(root: &Path, shots: usize, test_per_relation: Option<usize>, to
         test,
         hierarchy: None,
         plan: Some(TaskPlan::Clusters(clusters)),
+        token_vocab: Some(tok.vocab_size()),
     })
 }
 
@@ -258,8 +259,9 @@ fn cfrl_dir(root: &Path, shots: usize) -> Result<PathBuf> {
 /// Loads a full-data CRE stream from a FewRel-style JSON file, split for `seed`.
 pub fn load_full(path: &Path, protocol: FullDataProtocol, seed: u64, tok: &RelationTokenizer) -> Result<Dataset> {
     let relations = read_relation_json(path)?;
+    let class_names: Vec<String> = relations.iter().map(|(r, _)| r.clone()).collect();
     let (mut train, mut test) = (Vec::new(), Vec::new());
-    for (label, (_, mut samples)) in relations.iter().cloned().enumerate() {
+    for (label, (_, mut samples)) in relations.into_iter().enumerate() {
         PyRandom::new(seed).shuffle(&mut samples);
         match protocol {
             FullDataProtocol::Fewrel => {
@@ -291,11 +293,12 @@ pub fn load_full(path: &Path, protocol: FullDataProtocol, seed: u64, tok: &Relat
     let name = path.file_stem().map_or_else(|| "relations".into(), |n| n.to_string_lossy().into_owned());
     Ok(Dataset {
         name,
-        class_names: relations.into_iter().map(|(r, _)| r).collect(),
+        class_names,
         train: tokenize_split(tok, train, path)?,
         test: tokenize_split(tok, test, path)?,
         hierarchy: None,
         plan: Some(TaskPlan::Shuffled),
+        token_vocab: Some(tok.vocab_size()),
     })
 }
 

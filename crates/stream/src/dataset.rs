@@ -77,6 +77,9 @@ pub struct Dataset {
     pub hierarchy: Option<LabelTree>,
     /// Task composition when the protocol fixes it (continual relation extraction).
     pub plan: Option<crate::cre::TaskPlan>,
+    /// For text: rows the encoder's word embedding needs for the ids the
+    /// tokenizer produced (its vocabulary plus the added entity markers).
+    pub token_vocab: Option<usize>,
 }
 
 impl Dataset {

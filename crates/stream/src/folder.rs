@@ -196,7 +196,7 @@ pub fn load(root: &Path, name: &str, opts: &FolderOptions) -> Result<Dataset> {
     let class_names: Vec<String> = classes.into_iter().map(|(n, _)| n).collect();
     let train = decode_side(root, &split.train, &class_names, opts)?;
     let test = decode_side(root, &split.test, &class_names, opts)?;
-    Ok(Dataset { name: name.into(), class_names, train, test, hierarchy: None, plan: None })
+    Ok(Dataset { name: name.into(), class_names, train, test, hierarchy: None, plan: None, token_vocab: None })
 }
 
 fn decode_side(root: &Path, rel: &[String], class_names: &[String], opts: &FolderOptions) -> Result<Split> {

@@ -248,17 +248,6 @@ impl HidePrompt {
         })
     }
 
-    fn task_of_class(&self, class: i64) -> i64 {
-        let mut end = 0;
-        for (t, s) in self.task_sizes.iter().enumerate() {
-            end += *s as i64;
-            if class < end {
-                return t as i64;
-            }
-        }
-        self.task_sizes.len() as i64 - 1
-    }
-
     /// The gates of every prompted layer (shared by all tasks).
     fn gates(&self) -> Vec<NoRGaGate> {
         match (&self.gate, self.params.gate) {
@@ -457,7 +446,7 @@ impl ContinualMethod for HidePrompt {
         let q = self.backbone.query(images)?;
         let tii_logits = mask_outside(&self.tii.logits(&q), 0..seen);
         let classes: Vec<i64> = Vec::try_from(tii_logits.argmax(1, false).to_device(tch::Device::Cpu)).expect("int64");
-        let tasks: Vec<i64> = classes.iter().map(|&c| self.task_of_class(c)).collect();
+        let tasks: Vec<i64> = classes.iter().map(|&c| crate::method::task_of(&self.task_sizes, c as usize) as i64).collect();
         let task_ids = Tensor::from_slice(&tasks).to_device(images.device());
         let n_tasks = tasks.iter().max().map_or(1, |&m| m as usize + 1);
         let pools = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, &task_ids);
