@@ -203,8 +203,9 @@ impl RunConfig {
             }
         };
         match &mut self.stream.dataset {
-            DatasetConfig::ImagenetR { root, .. } => fix(root),
-            DatasetConfig::Cifar100 { root, hierarchy } => {
+            DatasetConfig::Cifar100 { root, hierarchy }
+            | DatasetConfig::ImagenetR { root, hierarchy, .. }
+            | DatasetConfig::ImageFolder { root, hierarchy, .. } => {
                 fix(root);
                 if let Some(h) = hierarchy {
                     fix(h);
@@ -213,12 +214,6 @@ impl RunConfig {
             DatasetConfig::CfrlFewShot { root, tokenizer, .. } | DatasetConfig::RelationJson { root, tokenizer, .. } => {
                 fix(root);
                 fix(tokenizer);
-            }
-            DatasetConfig::ImageFolder { root, hierarchy, .. } => {
-                fix(root);
-                if let Some(h) = hierarchy {
-                    fix(h);
-                }
             }
         }
         if let Some(w) = &mut self.model.weights {

@@ -142,6 +142,51 @@ fn benchmark_configs_are_valid() {
     assert!(n >= 9, "only {n} configs");
 }
 
+/// HierC's two trees cover their datasets' classes exactly once, and the
+/// pinned class orders bring the classes HierC's taxonomy has after task 1
+/// (taxanomy/imgR/order1 T1), so order and tree index the same classes.
+#[test]
+fn hierc_trees_cover_their_datasets_and_match_the_pinned_orders() {
+    use promptcl_stream::{ClassOrder, LabelTree};
+    // Parsed, not loaded: the data and weights exist only on users' machines.
+    let dir = repo().join("benchmarks/configs");
+    let load = |name: &str| -> RunConfig { toml::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap() };
+    // ImageNet-R: the classes are the wnid folders, sorted (ImageFolder's indices).
+    let cfg = load("imr_hierc.toml");
+    let promptcl_stream::DatasetConfig::ImagenetR { hierarchy: Some(tree), .. } = &cfg.stream.dataset else { panic!("no tree") };
+    let tree = &dir.join(tree);
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tree).unwrap()).unwrap();
+    let aliases = file["aliases"].as_object().unwrap();
+    let mut wnids: Vec<String> = aliases.values().map(|v| v.as_str().unwrap().to_string()).collect();
+    wnids.sort();
+    wnids.dedup();
+    assert_eq!(wnids.len(), 200);
+    let t = LabelTree::from_json(tree, &wnids).unwrap();
+    assert_eq!(t.num_groups(), 21);
+    let order = cfg.stream.order.resolve(200).unwrap();
+    let label_of: std::collections::HashMap<&str, &str> = aliases.iter().map(|(k, v)| (v.as_str().unwrap(), k.as_str())).collect();
+    let mut first: Vec<&str> = order[..20].iter().map(|&c| label_of[wnids[c].as_str()]).collect();
+    first.sort();
+    let mut t1 = vec![
+        "pembroke_welsh_corgi", "pomeranian", "italian_greyhound", "whippet", "skunk", "tiger", "iguana", "hammerhead", "puffer_fish", "stingray",
+        "hermit_crab", "Granny_Smith", "pizza", "beer_glass", "candle", "canoe", "fire_engine", "tennis_ball", "sandal", "scarf",
+    ];
+    t1.sort();
+    assert_eq!(first, t1);
+    // CIFAR-100: fine label names from the shared hierarchy file when present.
+    let cfg = load("cifar100_hierc.toml");
+    assert!(matches!(cfg.stream.order, ClassOrder::Explicit(_)));
+    let path = repo().join("../shared/data/cifar100-hierarchy/cifar100_hierarchy.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!("skipped the CIFAR-100 half: {} not present", path.display());
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<String> = v["fine_label_names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    let promptcl_stream::DatasetConfig::Cifar100 { hierarchy: Some(tree), .. } = &cfg.stream.dataset else { panic!("no tree") };
+    LabelTree::from_json(&dir.join(tree), &names).unwrap();
+}
+
 /// `regularizers = [{ kind = "hierarchical-ot" }]` composes with methods from
 /// the config; with the HierC tree for CIFAR-100 and the Mahalanobis evaluation.
 #[test]

@@ -53,10 +53,10 @@ pub enum RegularizerConfig {
 
 /// Defaults: HierC's Split CIFAR-100 script (`reg_glob 0.05`, `reg_sub 0.1`,
 /// SupCon temperature 0.1, multi-centroid statistics with 10 centroids,
-/// `batch·5` samples per centroid); δ, η and η0 are not in the published
-/// scripts (set in an unpublished `main.py`), so theirs are promptcl's
-/// choices: δ = the median of W's new entries when `delta = 0` (scale-free),
-/// η = η0 = 1.
+/// `batch·5` samples per centroid) and its configs' `--eta 0.03 --eta_0 0.07`.
+/// HierC's configs set `--delta 100` for features of its ViT-B/16; δ depends
+/// on the feature scale, so the default here is scale-free instead (the
+/// median of W's new entries, `delta = 0`) and the paper configs set 100.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HierOtConfig {
@@ -100,8 +100,8 @@ impl Default for HierOtConfig {
             sinkhorn_reg: 0.05,
             sinkhorn_iters: 200,
             mahalanobis_eval: false,
-            eta: 1.0,
-            eta0: 1.0,
+            eta: 0.03,
+            eta0: 0.07,
         }
     }
 }

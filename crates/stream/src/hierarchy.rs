@@ -38,6 +38,10 @@ pub const CIFAR100_SUPERCLASS_NAMES: [&str; 20] = [
 struct TreeFile {
     /// group name → member class names
     groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// label used in `groups` → the dataset's class name, so that trees over
+    /// opaque folder names (ImageNet-R's wnids) stay readable.
+    #[serde(default)]
+    aliases: std::collections::BTreeMap<String, String>,
 }
 
 impl LabelTree {
@@ -56,29 +60,36 @@ impl LabelTree {
         }
     }
 
-    /// Reads `{"groups": {"group name": ["class name", ...], ...}}` and checks
-    /// that every class of the dataset appears exactly once.
+    /// Reads `{"groups": {"group name": ["class name", ...], ...}}` (with an
+    /// optional `"aliases": {"label": "class name"}`) and checks that every
+    /// class of the dataset appears exactly once.
     pub fn from_json(path: &Path, class_names: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| StreamError::io(path, e))?;
         let file: TreeFile =
             serde_json::from_str(&text).map_err(|e| StreamError::format(path, format!("bad taxonomy JSON: {e}")))?;
         let index: HashMap<&str, usize> = class_names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        for (label, class) in &file.aliases {
+            if !index.contains_key(class.as_str()) {
+                return Err(StreamError::format(path, format!("alias `{label}` names `{class}`, which is not a class of the dataset")));
+            }
+        }
         let mut parent = vec![usize::MAX; class_names.len()];
         let mut group_names = Vec::new();
         for (g, (name, members)) in file.groups.into_iter().enumerate() {
+            group_names.push(name);
             for m in &members {
-                let Some(&c) = index.get(m.as_str()) else {
-                    return Err(StreamError::format(path, format!("group `{name}` lists `{m}`, which is not a class of the dataset")));
+                let class = file.aliases.get(m).unwrap_or(m);
+                let Some(&c) = index.get(class.as_str()) else {
+                    return Err(StreamError::format(path, format!("group `{}` lists `{m}`, which is not a class of the dataset", group_names[g])));
                 };
                 if parent[c] != usize::MAX {
                     return Err(StreamError::format(
                         path,
-                        format!("class `{m}` appears twice (in `{}` and `{name}`)", group_names[parent[c]]),
+                        format!("class `{m}` appears twice (in `{}` and `{}`)", group_names[parent[c]], group_names[g]),
                     ));
                 }
                 parent[c] = g;
             }
-            group_names.push(name);
         }
         if let Some(c) = parent.iter().position(|&p| p == usize::MAX) {
             return Err(StreamError::format(path, format!("class `{}` is in no group", class_names[c])));

@@ -60,6 +60,10 @@ pub enum DatasetConfig {
         cache_short_side: Option<usize>,
         #[serde(default)]
         on_corrupt: OnCorrupt,
+        /// Optional `{"groups": {...}, "aliases": {...}}` label tree over the
+        /// wnids (e.g. HierC's, benchmarks/trees/imr_hierc_leaf_groups.json).
+        #[serde(default)]
+        hierarchy: Option<PathBuf>,
     },
     /// Any `root/<class>/*.{jpg,png}` folder.
     ImageFolder {
@@ -113,6 +117,14 @@ fn default_cache_side() -> Option<usize> {
 
 fn folder_options(split: &FolderSplit, cache_short_side: Option<usize>, on_corrupt: OnCorrupt) -> FolderOptions {
     FolderOptions { split: split.clone(), cache_short_side, on_corrupt }
+}
+
+/// A user-given label tree replaces the dataset's own (CIFAR-100's superclasses).
+fn with_tree(mut ds: Dataset, tree: Option<&Path>) -> Result<Dataset> {
+    if let Some(path) = tree {
+        ds.hierarchy = Some(LabelTree::from_json(path, &ds.class_names)?);
+    }
+    Ok(ds)
 }
 
 impl DatasetConfig {
@@ -174,27 +186,18 @@ impl DatasetConfig {
     pub fn load(&self) -> Result<Dataset> {
         match self {
             Self::CfrlFewShot { .. } | Self::RelationJson { .. } => self.load_for_seed(0),
-            Self::Cifar100 { root, hierarchy } => {
-                let mut ds = cifar::load(root)?;
-                if let Some(path) = hierarchy {
-                    ds.hierarchy = Some(LabelTree::from_json(path, &ds.class_names)?);
-                }
-                Ok(ds)
-            }
-            Self::ImagenetR { root, split, cache_short_side, on_corrupt } => {
+            Self::Cifar100 { root, hierarchy } => with_tree(cifar::load(root)?, hierarchy.as_deref()),
+            Self::ImagenetR { root, split, cache_short_side, on_corrupt, hierarchy } => {
                 let ds = folder::load(root, "imagenet-r", &folder_options(split, *cache_short_side, *on_corrupt))?;
                 if ds.num_classes() != 200 {
                     tracing::warn!("{}: {} class folders, ImageNet-R has 200", root.display(), ds.num_classes());
                 }
-                Ok(ds)
+                with_tree(ds, hierarchy.as_deref())
             }
             Self::ImageFolder { root, split, cache_short_side, on_corrupt, hierarchy } => {
                 let name = root.file_name().map_or_else(|| "image-folder".into(), |n| n.to_string_lossy().into_owned());
-                let mut ds = folder::load(root, &name, &folder_options(split, *cache_short_side, *on_corrupt))?;
-                if let Some(path) = hierarchy {
-                    ds.hierarchy = Some(LabelTree::from_json(path, &ds.class_names)?);
-                }
-                Ok(ds)
+                let ds = folder::load(root, &name, &folder_options(split, *cache_short_side, *on_corrupt))?;
+                with_tree(ds, hierarchy.as_deref())
             }
         }
     }

@@ -240,5 +240,14 @@ fn taxonomy_files_are_validated_and_name_the_class() {
     let unknown = write("unknown.json", r#"{"groups": {"animals": ["cat", "dog", "cow"], "vehicles": ["car", "bus"]}}"#);
     let e = LabelTree::from_json(&unknown, &classes).unwrap_err().to_string();
     assert!(e.contains("`cow`"), "{e}");
+    // Aliases let a tree use readable labels for opaque class names (ImageNet-R wnids).
+    let aliased = write("aliased.json", r#"{"groups": {"animals": ["kitty", "dog"], "vehicles": ["car", "bus"]}, "aliases": {"kitty": "cat"}}"#);
+    assert_eq!(LabelTree::from_json(&aliased, &classes).unwrap().parent, [0, 0, 1, 1]);
+    let bad_alias = write("bad_alias.json", r#"{"groups": {"animals": ["cat", "dog"], "vehicles": ["car", "bus"]}, "aliases": {"kitty": "n0000"}}"#);
+    let e = LabelTree::from_json(&bad_alias, &classes).unwrap_err().to_string();
+    assert!(e.contains("alias `kitty`") && e.contains("`n0000`") && e.contains("bad_alias.json"), "{e}");
+    let twice = write("twice.json", r#"{"groups": {"animals": ["kitty", "cat", "dog"], "vehicles": ["car", "bus"]}, "aliases": {"kitty": "cat"}}"#);
+    let e = LabelTree::from_json(&twice, &classes).unwrap_err().to_string();
+    assert!(e.contains("appears twice"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
