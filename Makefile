@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PROMPTCL_PYTHON := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: demo test build doctor fixtures cre
+.PHONY: demo test build doctor fixtures cre gpu-bench
 build:
 	$(CARGO) build --workspace --bins
 
@@ -33,6 +33,13 @@ test:
 cre:
 	$(CARGO) build --release -p promptcl-harness
 	PROMPTCL_BIN=target/release/promptcl benchmarks/run_cre_cpu.sh
+
+# Every GPU figure of the issues in one go (needs an NVIDIA GPU; results/perf).
+gpu-bench:
+	PROMPTCL_EXTRAS="pot" scripts/bootstrap.sh >/dev/null
+	$(CARGO) build --release -p promptcl-harness -p promptcl-benchmarks --bins
+	$(CARGO) test --release -p promptcl-model --test vit_parity --no-run
+	benchmarks/run_gpu_suite.sh target/release $(VENV)/bin/python
 
 # Regenerates the committed golden fixtures (needs timm and transformers; installed on demand).
 fixtures:

@@ -1,21 +1,46 @@
 #!/usr/bin/env bash
-# Runs the promptcl step benchmark and its PyTorch reference on the same GPU in
-# one invocation, samples each process's GPU memory with nvidia-smi, and prints
-# ratios. Results (JSON lines with device, versions, commit) go to
-# results/perf/step-<UTC time>.jsonl.
-# Usage: benchmarks/run_step_bench.sh [path/to/step_bench] [python]
+# Runs the promptcl step benchmark and its PyTorch reference side by side in
+# one invocation on one device, samples each process's peak memory (GPU:
+# nvidia-smi per process; CPU: the kernel's VmHWM), and prints ratios. Results
+# (JSON lines with device, versions, commit) go to results/perf/step-<UTC>.jsonl.
+# Usage: benchmarks/run_step_bench.sh [path/to/step_bench] [python] [--device cpu] [--batch 8] [--warmup N] [--iters N]
+#   GPU (default): batches 64,128; promptcl bf16 vs official / eager / compile.
+#   CPU: promptcl f32 vs official / eager (torch.compile's CPU build time is not the point); a check that
+#   the two sides do the same work at the same speed where no GPU is at hand, not the issue's GPU target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH="${1:-target/release/step_bench}"
 PY="${2:-python3}"
+shift $(( $# < 2 ? $# : 2 ))
+device=cuda batch=64,128 warmup=5 iters=20
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) device=$2; shift 2 ;;
+        --batch) batch=$2; shift 2 ;;
+        --warmup) warmup=$2; shift 2 ;;
+        --iters) iters=$2; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
 mkdir -p results/perf
-out="results/perf/step-$(date -u +%Y%m%d-%H%M%S).jsonl"
+out="results/perf/step-$device-$(date -u +%Y%m%d-%H%M%S).jsonl"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ "$device" = cpu ]; then
+    where="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) threads)"
+    precision=f32 modes="official eager"
+else
+    where="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+    precision=bf16 modes="official eager compile"
+fi
 
-peak_mem() {  # pid -> max used MiB while it runs
+peak_mem() {  # pid -> max MiB while it runs
     local pid=$1 max=0 v
     while kill -0 "$pid" 2>/dev/null; do
-        v=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null | awk -F', ' -v p="$pid" '$1==p{print $2}')
+        if [ "$device" = cpu ]; then
+            v=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$pid/status" 2>/dev/null || true)
+        else
+            v=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null | awk -F', ' -v p="$pid" '$1==p{print $2}')
+        fi
         [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
         sleep 0.2
     done
@@ -29,14 +54,15 @@ run() {  # tag cmd...
     local mem; mem=$(peak_mem "$pid")
     wait "$pid"
     while read -r line; do
-        echo "{\"run\": \"$tag\", \"commit\": \"$commit\", \"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)\", \"process_peak_mib\": $mem, \"result\": $line}"
+        echo "{\"run\": \"$tag\", \"commit\": \"$commit\", \"device\": \"$where\", \"process_peak_mib\": $mem, \"result\": $line}"
     done < "/tmp/promptcl-$tag.jsonl" | tee -a "$out"
 }
 
-run promptcl "$BENCH" --device cuda --precision bf16 --batch 64,128
-run pytorch-official "$PY" benchmarks/torch_step_reference.py --modes official --batch 64,128
-run pytorch-eager "$PY" benchmarks/torch_step_reference.py --modes eager --batch 64,128
-run pytorch-compile "$PY" benchmarks/torch_step_reference.py --modes compile --batch 64,128
+common=(--batch "$batch" --warmup "$warmup" --iters "$iters")
+run promptcl "$BENCH" --device "$device" --precision "$precision" "${common[@]}"
+for mode in $modes; do
+    run "pytorch-$mode" "$PY" benchmarks/torch_step_reference.py --device "$device" --modes "$mode" "${common[@]}"
+done
 
 "$PY" - "$out" <<'PYEOF'
 import json, sys

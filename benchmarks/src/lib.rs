@@ -2,6 +2,7 @@
 
 pub mod loader;
 pub mod ot;
+pub mod pipeline;
 pub mod step;
 
 /// `--device` of the benchmark binaries: `cpu`, `cuda`, or anything else for CUDA when available.

@@ -61,3 +61,23 @@ fn ot_benchmark_runs_tiny_on_cpu() {
     assert_eq!((r.pairs, r.exact_pairs), (10, 3));
     assert!(r.sinkhorn_all_pairs_s > 0.0 && r.exact_per_pair_s > 0.0);
 }
+
+/// The full-pipeline benchmark on the NoRGa paper config, shrunk: the synthetic
+/// data is real CIFAR-100 binary format (read back by the stream's loader with
+/// its superclasses), and the run covers every task.
+#[test]
+fn pipeline_benchmark_runs_tiny_on_cpu() {
+    use promptcl_benchmarks::pipeline;
+    let dir = std::env::temp_dir().join(format!("promptcl-bench-pipeline-{}", std::process::id()));
+    let bin = pipeline::write_synthetic_cifar100(&dir.join("data"), 4, 2, 1).unwrap();
+    let ds = promptcl_stream::load_cifar100(&bin).unwrap();
+    assert_eq!((ds.train.len(), ds.test.len(), ds.num_classes()), (400, 200, 100));
+    assert_eq!(ds.hierarchy.as_ref().unwrap().parent, promptcl_stream::CIFAR100_SUPERCLASS);
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/cifar100_norga.toml");
+    let r = pipeline::run_pipeline(&config, &dir.join("data"), "cpu", 1, &dir.join("results"), true).unwrap();
+    assert_eq!((r.tasks, r.train_images, r.test_images), (10, 400, 200));
+    assert_eq!(r.task_train_seconds.len(), 10);
+    assert!(r.task_train_seconds.iter().chain(&r.task_other_seconds).all(|s| s.is_finite() && *s >= 0.0), "{r:?}");
+    assert!(r.wall_seconds >= r.task_train_seconds.iter().sum::<f64>());
+    std::fs::remove_dir_all(dir).ok();
+}
