@@ -276,9 +276,8 @@ impl HidePrompt {
     /// `keys` `[B or 1, M, D]`, `q` `[B, D]` → `[B or 1, layers, 2, K·L, H, hd]` and
     /// the matching term (zero without a pool).
     fn choose(&self, pools: &Tensor, keys: Option<&Tensor>, q: &Tensor) -> (Tensor, Tensor) {
-        let zero = Tensor::zeros([], (Kind::Float, q.device()));
         let Some(keys) = keys else {
-            return (pools.select(1, 0), zero);
+            return unkeyed(pools);
         };
         let b = q.size()[0];
         let s = pools.size();
@@ -391,13 +390,20 @@ impl ContinualMethod for HidePrompt {
         let mut loss = Tensor::zeros([], (Kind::Float, images.device()));
         let (mut logits, mut features) = (None, None);
         let classes = if self.params.train_mask { task.classes.clone() } else { 0..task.seen.end };
-        let q = self.backbone.query(images)?;
-        if task.epoch < self.params.tii_epochs {
-            loss = loss + masked_ce(&self.tii.logits(&q), labels, classes.clone());
+        let train_tii = task.epoch < self.params.tii_epochs;
+        let keys = self.keys.get(task.task).map(|k| k.unsqueeze(0));
+        // The frozen query forward feeds only the TII head and key matching:
+        // prompt-only epochs of unkeyed methods (HiDe, NoRGa) skip it.
+        let q = if train_tii || keys.is_some() { Some(self.backbone.query(images)?) } else { None };
+        if let (true, Some(q)) = (train_tii, &q) {
+            loss = loss + masked_ce(&self.tii.logits(q), labels, classes.clone());
         }
         if task.epoch < self.prompt_epochs {
-            let keys = self.keys.get(task.task).map(|k| k.unsqueeze(0));
-            let (e, matching) = self.choose(&self.training_prompt(task.task).unsqueeze(0), keys.as_ref(), &q);
+            let pool = self.training_prompt(task.task).unsqueeze(0);
+            let (e, matching) = match &q {
+                Some(q) => self.choose(&pool, keys.as_ref(), q),
+                None => unkeyed(&pool),
+            };
             let feats = self.prompted(images, &e)?;
             let step = ce_step(&self.head.forward(&feats), labels, classes);
             loss = loss + step.loss + self.contrastive(&feats, task.classes.start) * self.params.reg + matching * self.params.match_weight;
@@ -456,6 +462,11 @@ impl ContinualMethod for HidePrompt {
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         Ok(Prediction::new(logits, Some(task_ids)).with_features(&feats))
     }
+}
+
+/// Without keys every pool holds one prompt: take it; no matching term.
+fn unkeyed(pools: &Tensor) -> (Tensor, Tensor) {
+    (pools.select(1, 0), Tensor::zeros([], (Kind::Float, pools.device())))
 }
 
 impl std::fmt::Debug for HidePrompt {
