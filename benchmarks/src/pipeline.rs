@@ -13,6 +13,9 @@ use promptcl_harness::{results, run};
 use promptcl_stream::{DatasetConfig, SplitMix64, CIFAR100_SUPERCLASS, CIFAR100_SUPERCLASS_NAMES};
 use serde::Serialize;
 
+/// A binary CIFAR-100 record: coarse label, fine label, 3 × 32 × 32 pixels.
+const RECORD: usize = 2 + 3 * 32 * 32;
+
 /// Writes `dir/cifar-100-binary/{train,test}.bin` (records `[coarse, fine,
 /// 3072 channel-planar pixels]`) and the two name files; `per_class_*` images
 /// of each of the 100 classes. Each class has its own mean colour so the
@@ -24,7 +27,7 @@ pub fn write_synthetic_cifar100(dir: &Path, per_class_train: usize, per_class_te
     for (file, per_class) in [("train.bin", per_class_train), ("test.bin", per_class_test)] {
         let path = out.join(file);
         let mut w = std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?);
-        let mut record = vec![0u8; 2 + 3 * 32 * 32];
+        let mut record = vec![0u8; RECORD];
         // Interleave the classes, as the real files do.
         for _ in 0..per_class {
             for fine in 0..100usize {
@@ -67,15 +70,9 @@ pub struct PipelineResult {
 /// Runs `config` on the synthetic data in `data` with random-init weights.
 /// `tiny` shrinks the model and schedule so the test suite can run it.
 pub fn run_pipeline(config: &Path, data: &Path, device: &str, seed: u64, results_dir: &Path, tiny: bool) -> Result<PipelineResult> {
-    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let mut cfg: RunConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", config.display()))?;
+    let mut cfg = RunConfig::parse(config)?;
     match &mut cfg.stream.dataset {
-        DatasetConfig::Cifar100 { root, hierarchy } => {
-            *root = data.to_path_buf();
-            if let Some(h) = hierarchy {
-                *h = config.parent().unwrap_or(Path::new(".")).join(&*h);
-            }
-        }
+        DatasetConfig::Cifar100 { root, .. } => *root = data.to_path_buf(),
         other => bail!("{}: the pipeline benchmark runs CIFAR-100 configs, not {other:?}", config.display()),
     }
     cfg.model.weights = None;
@@ -118,7 +115,7 @@ pub fn run_pipeline(config: &Path, data: &Path, device: &str, seed: u64, results
     let other = total.iter().zip(&train).map(|(t, e)| t - e).collect();
     let records = |file: &str| -> Result<usize> {
         let path = data.join("cifar-100-binary").join(file);
-        Ok(std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len() as usize / (2 + 3 * 32 * 32))
+        Ok(std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len() as usize / RECORD)
     };
     Ok(PipelineResult {
         config: config.display().to_string(),

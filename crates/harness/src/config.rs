@@ -178,6 +178,16 @@ impl Default for RunSection {
 impl RunConfig {
     /// Reads TOML or JSON (by extension) and validates it.
     pub fn load(path: &Path) -> Result<Self> {
+        let cfg = Self::parse(path)?;
+        cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Reads TOML or JSON (by extension) with paths resolved against the
+    /// file's folder, without validating: for callers that override parts
+    /// first (benchmarks on synthetic data, tests of configs whose data and
+    /// weights live on users' machines).
+    pub fn parse(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         let parsed: std::result::Result<Self, String> = if path.extension().is_some_and(|e| e == "json") {
             serde_json::from_str(&text).map_err(|e| e.to_string())
@@ -185,10 +195,7 @@ impl RunConfig {
             toml::from_str(&text).map_err(|e| e.to_string())
         };
         let cfg = parsed.map_err(|e| anyhow::anyhow!("{}: invalid config: {}", path.display(), promptcl_learner::did_you_mean(&e)))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let cfg = cfg.resolve_paths(base);
-        cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
-        Ok(cfg)
+        Ok(cfg.resolve_paths(path.parent().unwrap_or(Path::new("."))))
     }
 
     /// Relative data and weight paths are relative to the config file; a

@@ -149,12 +149,10 @@ fn benchmark_configs_are_valid() {
 fn hierc_trees_cover_their_datasets_and_match_the_pinned_orders() {
     use promptcl_stream::{ClassOrder, LabelTree};
     // Parsed, not loaded: the data and weights exist only on users' machines.
-    let dir = repo().join("benchmarks/configs");
-    let load = |name: &str| -> RunConfig { toml::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap() };
+    let load = |name: &str| RunConfig::parse(&repo().join("benchmarks/configs").join(name)).unwrap();
     // ImageNet-R: the classes are the wnid folders, sorted (ImageFolder's indices).
     let cfg = load("imr_hierc.toml");
     let promptcl_stream::DatasetConfig::ImagenetR { hierarchy: Some(tree), .. } = &cfg.stream.dataset else { panic!("no tree") };
-    let tree = &dir.join(tree);
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tree).unwrap()).unwrap();
     let aliases = file["aliases"].as_object().unwrap();
     let mut wnids: Vec<String> = aliases.values().map(|v| v.as_str().unwrap().to_string()).collect();
@@ -184,7 +182,7 @@ fn hierc_trees_cover_their_datasets_and_match_the_pinned_orders() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let names: Vec<String> = v["fine_label_names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
     let promptcl_stream::DatasetConfig::Cifar100 { hierarchy: Some(tree), .. } = &cfg.stream.dataset else { panic!("no tree") };
-    LabelTree::from_json(&dir.join(tree), &names).unwrap();
+    LabelTree::from_json(tree, &names).unwrap();
 }
 
 /// `regularizers = [{ kind = "hierarchical-ot" }]` composes with methods from
