@@ -48,3 +48,60 @@ eval_batch_size = 50
         results = results.display(),
     )
 }
+
+/// Accuracy matrices (and per-epoch training losses) of tiny fixture runs,
+/// recorded before a refactor and asserted after it
+/// (`tests/golden/matrices.json`). `PROMPTCL_BLESS=1` rewrites an entry.
+pub mod golden {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use serde_json::Value;
+
+    fn file() -> PathBuf {
+        super::repo().join("crates/harness/tests/golden/matrices.json")
+    }
+
+    /// What a run left that a refactor must not change: the matrix, and the
+    /// loss of every logged epoch (in log order, with its stage).
+    pub fn record(dir: &Path) -> Value {
+        let m = promptcl_harness::results::load_metrics(dir).unwrap();
+        let log = std::fs::read_to_string(dir.join(promptcl_harness::results::LOG)).unwrap();
+        let losses: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v.get("epoch").is_some())
+            .map(|v| v["loss"].clone())
+            .collect();
+        serde_json::json!({ "matrix": m.matrix.rows, "losses": losses })
+    }
+
+    /// Asserts the run at `dir` equals the golden `key`: the matrix exactly,
+    /// the losses to 1e-6 relative (they are f32 sums; the matrix is counts).
+    pub fn check(key: &str, dir: &Path) {
+        let got = record(dir);
+        let path = file();
+        let read = || -> BTreeMap<String, Value> {
+            std::fs::read_to_string(&path).ok().map(|t| serde_json::from_str(&t).unwrap()).unwrap_or_default()
+        };
+        if std::env::var_os("PROMPTCL_BLESS").is_some() {
+            // Tests run in parallel threads: serialise the read-modify-write.
+            let _guard = LOCK.lock().unwrap();
+            let mut all = read();
+            all.insert(key.to_string(), got);
+            std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap() + "\n").unwrap();
+            return;
+        }
+        let all = read();
+        let want = all.get(key).unwrap_or_else(|| panic!("no golden `{key}` in {} (record it with PROMPTCL_BLESS=1)", path.display()));
+        assert_eq!(got["matrix"], want["matrix"], "{key}: the accuracy matrix differs from the golden");
+        let (g, w) = (got["losses"].as_array().unwrap(), want["losses"].as_array().unwrap());
+        assert_eq!(g.len(), w.len(), "{key}: number of logged epochs");
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{key}: epoch {i} loss {a} vs golden {b}");
+        }
+    }
+
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+}
