@@ -6,10 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
-use promptcl_stream::{
-    load_image_folder, FolderOptions, FolderSplit, Image, Loader, LoaderOptions, OnCorrupt, Split, SplitMix64,
-    TransformConfig,
-};
+use promptcl_stream::{load_image_folder, FolderOptions, FolderSplit, Image, Loader, LoaderOptions, OnCorrupt, Split, SplitMix64, TransformConfig};
 use serde::Serialize;
 use tch::Device;
 
@@ -59,11 +56,8 @@ fn time_batches(split: &Split, batch_size: usize, epochs: u64, device: Device) -
 
 pub fn cifar_like(n: usize, batch_size: usize, epochs: u64, device: Device) -> Result<LoaderResult> {
     let mut rng = SplitMix64::new(1);
-    let split = Split {
-        images: (0..n).map(|_| synthetic(32, 32, &mut rng)).collect(),
-        labels: (0..n).map(|i| i % 100).collect(),
-        ..Split::default()
-    };
+    let split =
+        Split { images: (0..n).map(|_| synthetic(32, 32, &mut rng)).collect(), labels: (0..n).map(|i| i % 100).collect(), ..Split::default() };
     Ok(LoaderResult {
         dataset: "cifar-like 32x32 (in memory)".into(),
         images: n,
@@ -88,11 +82,8 @@ pub fn write_imagenet_r_like(dir: &Path, n: usize, classes: usize) -> Result<()>
 }
 
 pub fn imagenet_r_like(dir: &Path, batch_size: usize, epochs: u64, device: Device) -> Result<LoaderResult> {
-    let opts = FolderOptions {
-        split: FolderSplit::Seeded { seed: 0, train_fraction: 1.0 },
-        cache_short_side: Some(256),
-        on_corrupt: OnCorrupt::Error,
-    };
+    let opts =
+        FolderOptions { split: FolderSplit::Seeded { seed: 0, train_fraction: 1.0 }, cache_short_side: Some(256), on_corrupt: OnCorrupt::Error };
     let t = Instant::now();
     let ds = load_image_folder(dir, "imagenet-r-like", &opts)?;
     let decode = (ds.train.len() + ds.test.len()) as f64 / t.elapsed().as_secs_f64();

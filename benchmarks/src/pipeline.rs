@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use promptcl_harness::config::RunConfig;
+use promptcl_harness::config::{DeviceChoice, RunConfig};
 use promptcl_harness::{results, run};
 use promptcl_stream::{DatasetConfig, SplitMix64, CIFAR100_SUPERCLASS, CIFAR100_SUPERCLASS_NAMES};
 use serde::Serialize;
@@ -76,11 +76,23 @@ pub fn run_pipeline(config: &Path, data: &Path, device: &str, seed: u64, results
         other => bail!("{}: the pipeline benchmark runs CIFAR-100 configs, not {other:?}", config.display()),
     }
     cfg.model.weights = None;
-    cfg.run.device = device.into();
+    cfg.run.device = match device {
+        "cpu" => DeviceChoice::Cpu,
+        "cuda" => DeviceChoice::Cuda,
+        _ => DeviceChoice::Auto,
+    };
     cfg.run.results_dir = results_dir.to_path_buf();
     if tiny {
         cfg.model.preset = "custom".into();
-        cfg.model.vit = Some(promptcl_model::ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 6, num_heads: 4, num_classes: 0, ..promptcl_model::ViTConfig::default() });
+        cfg.model.vit = Some(promptcl_model::ViTConfig {
+            img_size: 32,
+            patch_size: 8,
+            embed_dim: 64,
+            depth: 6,
+            num_heads: 4,
+            num_classes: 0,
+            ..promptcl_model::ViTConfig::default()
+        });
         cfg.model.precision = Default::default();
         cfg.stream.transform.size = 32;
         cfg.optim.epochs = 1;

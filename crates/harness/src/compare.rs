@@ -45,7 +45,11 @@ pub fn rows(runs: &[Metrics]) -> Vec<Row> {
 }
 
 fn cell((m, s): (f64, f64), seeds: usize) -> String {
-    if seeds > 1 { format!("{m:.2} ± {s:.2}") } else { format!("{m:.2}") }
+    if seeds > 1 {
+        format!("{m:.2} ± {s:.2}")
+    } else {
+        format!("{m:.2}")
+    }
 }
 
 pub fn markdown(rows: &[Row]) -> String {
@@ -85,7 +89,8 @@ pub fn csv(rows: &[Row]) -> String {
 
 /// A plain aligned table for the terminal.
 pub fn terminal(rows: &[Row]) -> String {
-    let mut table: Vec<Vec<String>> = vec![["run / method / dataset", "seeds"].iter().map(|s| s.to_string()).chain(COLUMNS.iter().map(|s| s.to_string())).collect()];
+    let mut table: Vec<Vec<String>> =
+        vec![["run / method / dataset", "seeds"].iter().map(|s| s.to_string()).chain(COLUMNS.iter().map(|s| s.to_string())).collect()];
     for r in rows {
         let mut line = vec![r.key.clone(), r.seeds.to_string()];
         line.extend(r.values.iter().map(|&v| cell(v, r.seeds)));

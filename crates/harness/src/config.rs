@@ -125,7 +125,6 @@ impl ModelSection {
             }
         }
     }
-
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,7 +139,7 @@ pub struct MethodSection {
 #[serde(deny_unknown_fields, default)]
 pub struct RunSection {
     /// `auto` (CUDA if available), `cpu` or `cuda`.
-    pub device: String,
+    pub device: DeviceChoice,
     pub results_dir: PathBuf,
     pub eval_batch_size: usize,
     /// Keep one checkpoint per finished task (else only the latest).
@@ -149,6 +148,27 @@ pub struct RunSection {
     /// `--resume` continues inside a task.
     pub checkpoint_every_epoch: bool,
     pub on_nonfinite_loss: NonFinite,
+}
+
+/// Where a run computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        })
+    }
 }
 
 /// What a NaN/Inf loss does.
@@ -165,7 +185,7 @@ pub enum NonFinite {
 impl Default for RunSection {
     fn default() -> Self {
         Self {
-            device: "auto".into(),
+            device: DeviceChoice::Auto,
             results_dir: "results".into(),
             eval_batch_size: 256,
             keep_all_checkpoints: false,
@@ -279,10 +299,6 @@ impl RunConfig {
                     bail!("method.params.{key}: layer {bad} does not exist, the backbone has {depth} blocks (0..{depth})");
                 }
             }
-        }
-        match self.run.device.as_str() {
-            "auto" | "cpu" | "cuda" => {}
-            d => bail!("run.device = `{d}`: expected auto, cpu or cuda"),
         }
         if self.run.eval_batch_size == 0 {
             bail!("run.eval_batch_size must be positive");

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
-use promptcl_model::{Prompts, VisionTransformer, ViTConfig};
+use promptcl_model::{Prompts, ViTConfig, VisionTransformer};
 use promptcl_stream::{Image, SplitMix64};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use crate::config::RunConfig;
+use crate::config::{DeviceChoice, RunConfig};
 use crate::{compare, plot, results, run};
 
 const CLASSES: usize = 40;
@@ -29,7 +29,16 @@ const DEMO_VERSION: u32 = 1;
 
 /// The demo backbone's geometry.
 pub fn demo_vit() -> ViTConfig {
-    ViTConfig { img_size: 32, patch_size: 4, embed_dim: 96, depth: 4, num_heads: 4, mlp_ratio: 2.0, num_classes: 0, ..ViTConfig::vit_tiny_patch16_224() }
+    ViTConfig {
+        img_size: 32,
+        patch_size: 4,
+        embed_dim: 96,
+        depth: 4,
+        num_heads: 4,
+        mlp_ratio: 2.0,
+        num_classes: 0,
+        ..ViTConfig::vit_tiny_patch16_224()
+    }
 }
 
 /// Base classes the backbone is pretrained on; the rest arrive continually.
@@ -112,7 +121,11 @@ fn pretrain(path: &Path, device: Device, quiet: bool) -> Result<f64> {
     for (k, &c) in base.iter().enumerate() {
         for i in 0..PRETRAIN_PER_CLASS + 20 {
             let img = procedural(c, &mut rng);
-            if i < PRETRAIN_PER_CLASS { train.push((img, k)) } else { val.push((img, k)) }
+            if i < PRETRAIN_PER_CLASS {
+                train.push((img, k))
+            } else {
+                val.push((img, k))
+            }
         }
     }
     tch::manual_seed(0);
@@ -179,7 +192,7 @@ fn write_folder(root: &Path) -> Result<()> {
 }
 
 /// The demo's run config for one method.
-pub fn demo_config(method: &str, params: &str, data: &Path, weights: &Path, results_dir: &Path, device: &str) -> Result<RunConfig> {
+pub fn demo_config(method: &str, params: &str, data: &Path, weights: &Path, results_dir: &Path, device: DeviceChoice) -> Result<RunConfig> {
     let text = format!(
         r#"
 name = "demo"
@@ -220,7 +233,7 @@ eval_batch_size = 200
     Ok(cfg)
 }
 
-pub fn run(device: &str, quiet: bool) -> Result<()> {
+pub fn run(device: DeviceChoice, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let dev = run::device_for(device)?;
     println!("promptcl demo — a MINIATURE of Split CIFAR-100 with a pretrained ViT, built offline:");
@@ -237,11 +250,7 @@ pub fn run(device: &str, quiet: bool) -> Result<()> {
     let data = cache.join(format!("continual-v{DEMO_VERSION}"));
     write_folder(&data)?;
     let results_dir = PathBuf::from("results/demo");
-    let methods = [
-        ("finetune-head", ""),
-        ("prototype", ""),
-        ("dualprompt", "g_layers = [0, 1], e_layers = [2, 3], e_length = 5"),
-    ];
+    let methods = [("finetune-head", ""), ("prototype", ""), ("dualprompt", "g_layers = [0, 1], e_layers = [2, 3], e_length = 5")];
     let mut runs = Vec::new();
     for (method, params) in methods {
         println!("\n== {method}");
@@ -279,11 +288,9 @@ fn real_benchmark(quiet: bool) -> Result<()> {
             crate::report(&dir, false)?;
         }
         (true, false) => println!("data and weights are here, but no GPU: the real run takes hours on a CPU; start it with the command above."),
-        (false, _) => println!(
-            "(present here: data {}, weights {})",
-            if data.is_dir() { "yes" } else { "no" },
-            if weights.is_file() { "yes" } else { "no" }
-        ),
+        (false, _) => {
+            println!("(present here: data {}, weights {})", if data.is_dir() { "yes" } else { "no" }, if weights.is_file() { "yes" } else { "no" })
+        }
     }
     Ok(())
 }

@@ -29,10 +29,7 @@ impl Report {
         let lib_dir = loaded_libtorch_dir();
         Self {
             promptcl_version: env!("CARGO_PKG_VERSION"),
-            libtorch_version: lib_dir
-                .as_ref()
-                .and_then(|d| torch_version(d))
-                .unwrap_or_else(|| "unknown".into()),
+            libtorch_version: lib_dir.as_ref().and_then(|d| torch_version(d)).unwrap_or_else(|| "unknown".into()),
             libtorch_path: lib_dir.map_or_else(|| "unknown".into(), |d| d.display().to_string()),
             cuda_available: tch::Cuda::is_available(),
             cuda_devices: tch::Cuda::device_count(),
@@ -71,17 +68,14 @@ fn loaded_libtorch_dir() -> Option<PathBuf> {
 /// `torch/version.py` sits one level above `torch/lib` in a PyTorch install.
 fn torch_version(lib_dir: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(lib_dir.parent()?.join("version.py")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("__version__ = "))
-        .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+    text.lines().find_map(|l| l.strip_prefix("__version__ = ")).map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
 }
 
 fn device_name(device: Device) -> String {
     if !device.is_cuda() {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
-        });
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())));
         return cpu.unwrap_or_else(|| "CPU".into());
     }
     // The NVIDIA kernel driver exposes the model name without any CUDA API call.
@@ -91,10 +85,7 @@ fn device_name(device: Device) -> String {
     });
     from_proc
         .or_else(|| {
-            let out = std::process::Command::new("nvidia-smi")
-                .args(["--query-gpu=name", "--format=csv,noheader", "-i", "0"])
-                .output()
-                .ok()?;
+            let out = std::process::Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader", "-i", "0"]).output().ok()?;
             Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
         })
         .unwrap_or_else(|| "CUDA device".into())

@@ -6,7 +6,6 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod env;
-pub mod optim;
 pub mod plot;
 pub mod results;
 pub mod run;

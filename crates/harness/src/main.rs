@@ -1,10 +1,12 @@
 //! `promptcl`: run, inspect and compare prompt-based continual-learning experiments.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use promptcl_harness::{compare, config::RunConfig, demo, doctor, plot, report, results, run, run_dirs};
+use promptcl_harness::config::{DeviceChoice, RunConfig};
+use promptcl_harness::{compare, demo, doctor, plot, report, results, run, run_dirs};
 
 #[derive(Parser)]
 #[command(name = "promptcl", version, about)]
@@ -43,8 +45,12 @@ enum Command {
         #[arg(long, default_value = "results/compare")]
         out: PathBuf,
     },
-    /// List the registered methods.
-    Methods,
+    /// List the registered methods, or one method's parameters with their defaults.
+    Methods {
+        /// Print every parameter of this method, its default and its meaning.
+        #[arg(long, value_name = "NAME")]
+        params: Option<String>,
+    },
     /// Write promptcl's deterministic train/test split file for an image folder.
     SplitFolder {
         root: PathBuf,
@@ -60,13 +66,27 @@ enum Command {
     },
     /// The offline demo: pretrain a small ViT on procedural images, then continual learning.
     Demo {
-        /// `cpu`, `cuda` or `auto`.
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
     },
 }
 
-fn main() -> Result<()> {
+/// A failure prints as the CLI's own message — the error and its causes, no
+/// stack backtrace even under `RUST_BACKTRACE=1` — as ripgrep and cargo do.
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<()> {
     let cli = Cli::parse();
     let level = if cli.quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()
@@ -134,10 +154,19 @@ fn main() -> Result<()> {
             results::atomic_write(&out.join("compare.csv"), compare::csv(&rows).as_bytes())?;
             println!("wrote {} and {}", out.join("compare.md").display(), out.join("compare.csv").display());
         }
-        Command::Methods => {
-            for (name, about, _) in promptcl_learner::registry::METHODS {
-                println!("{name:<16} {about}");
+        Command::Methods { params: None } => {
+            for e in promptcl_learner::registry::METHODS {
+                println!("{:<16} {}", e.name, e.about);
             }
+        }
+        Command::Methods { params: Some(name) } => {
+            let e = promptcl_learner::registry::entry(&name)?;
+            println!(
+                "{}: {}
+",
+                e.name, e.about
+            );
+            print!("{}", (e.describe)());
         }
         Command::SplitFolder { root, seed, fraction } => {
             let classes = promptcl_stream::scan_image_folder(&root)?;
@@ -154,7 +183,7 @@ fn main() -> Result<()> {
                 r.print();
             }
         }
-        Command::Demo { device } => demo::run(&device, quiet)?,
+        Command::Demo { device } => demo::run(device, quiet)?,
     }
     Ok(())
 }

@@ -59,7 +59,8 @@ fn svg(title: &str, x_max: usize, series: &[Series]) -> String {
             let _ = write!(s, r#"<circle cx="{:.2}" cy="{:.2}" r="2.5" fill="{}"/>"#, x(a), y(b), se.color);
         }
         let ly = T + 10.0 + 18.0 * i as f64;
-        let _ = write!(s, r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" stroke-width="{}"/>"#, W - R + 12.0, W - R + 36.0, se.color, se.width);
+        let _ =
+            write!(s, r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" stroke-width="{}"/>"#, W - R + 12.0, W - R + 36.0, se.color, se.width);
         let _ = write!(s, r#"<text x="{}" y="{}">{}</text>"#, W - R + 42.0, ly + 4.0, esc(&se.label));
     }
     s.push_str("</svg>\n");

@@ -31,9 +31,15 @@ pub struct State {
     pub epoch_checkpoint: Option<EpochMark>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// Where an epoch checkpoint was taken: after `epochs_done` epochs of stage
+/// `stage` (index in the task's stage list, named `stage_name`) of `task`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EpochMark {
     pub task: usize,
+    #[serde(default)]
+    pub stage: usize,
+    #[serde(default)]
+    pub stage_name: String,
     pub epochs_done: usize,
 }
 

@@ -1,6 +1,8 @@
 //! The continual-learning loop. It knows methods only through the trait:
-//! it drives the stream, builds the optimizer each task, evaluates every seen
-//! task after each task, and writes results and checkpoints as it goes.
+//! it drives the stream, runs each task's stages in order (a fresh optimizer
+//! per stage, over the parameters the stage names), seeds libtorch's
+//! generator before every epoch and hook, evaluates every seen task after
+//! each task, and writes results and checkpoints as it goes.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -9,13 +11,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use promptcl_learner::metrics::AccuracyMatrix;
-use promptcl_learner::{registry, Backbone, BatchSource, Encoder, ContinualMethod, DataScope, MethodContext, TaskInfo};
+use promptcl_learner::optim::Optimizer;
+use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, DataScope, Encoder, Inputs, MethodContext, Stage, StageData, TaskInfo};
 use promptcl_model::{frozen_bert, frozen_vit};
-use promptcl_stream::{ClassOrder, Dataset, Loader, LoaderOptions, Split, TaskStream, TransformConfig};
+use promptcl_stream::{ClassOrder, Dataset, Loader, LoaderOptions, Split, SplitMix64, TaskStream, TransformConfig};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::config::{EncoderConfig, NonFinite, RunConfig};
-use crate::optim::{clip_grad_norm, Optimizer};
+use crate::config::{DeviceChoice, EncoderConfig, NonFinite, RunConfig};
 use crate::results::{self, EpochMark, Metrics, RunDir, State};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,14 +27,25 @@ pub struct RunOptions {
     pub stop_after_tasks: Option<usize>,
 }
 
-pub fn device_for(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-        "cuda" => bail!("run.device = cuda but no CUDA device is available (see `promptcl doctor`)"),
-        _ => Device::cuda_if_available(),
+pub fn device_for(choice: DeviceChoice) -> Result<Device> {
+    Ok(match choice {
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
+        DeviceChoice::Cuda => bail!("run.device = cuda but no CUDA device is available (see `promptcl doctor`)"),
+        DeviceChoice::Auto => Device::cuda_if_available(),
     })
 }
+
+/// Seeds libtorch's (global) generator from the run's seed and where the run
+/// is, so whatever a method draws in an epoch or hook is the same in a
+/// resumed run as in an uninterrupted one.
+fn seed_torch(seed: u64, at: &[u64]) {
+    tch::manual_seed((SplitMix64::derive(seed, at).next_u64() >> 1) as i64);
+}
+
+/// `seed_torch` places: hooks after the last stage index.
+const END_STAGE: u64 = 1 << 32;
+const END_TASK: u64 = 1 << 33;
 
 /// Everything a run needs that is built once: data, stream, backbone.
 pub struct Prepared {
@@ -43,7 +56,7 @@ pub struct Prepared {
 }
 
 pub fn prepare(cfg: &RunConfig, seed: u64) -> Result<Prepared> {
-    let device = device_for(&cfg.run.device)?;
+    let device = device_for(cfg.run.device)?;
     let dataset = cfg.stream.dataset.load_for_seed(seed).context("loading the dataset")?;
     let stream = match &dataset.plan {
         // The protocol fixes the tasks (relation extraction); the seed picks their order.
@@ -95,6 +108,19 @@ pub fn run(cfg: &RunConfig, seed: u64, resume: Option<&Path>, opts: RunOptions) 
 }
 
 pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>, opts: RunOptions) -> Result<PathBuf> {
+    run_built(cfg, seed, prep, resume, opts, &|ctx| Ok(registry::build(&cfg.method.name, ctx, &cfg.method.params)?))
+}
+
+/// Builds the method of a run.
+pub type Builder<'a> = dyn Fn(&MethodContext) -> Result<Box<dyn ContinualMethod>> + 'a;
+
+/// Runs (or resumes) one seed with a method built by `build` instead of the
+/// registry: for methods written outside promptcl (see the README's "Adding a method").
+pub fn run_with(cfg: &RunConfig, seed: u64, build: &Builder) -> Result<PathBuf> {
+    run_built(cfg, seed, &prepare(cfg, seed)?, None, RunOptions { quiet: true, ..Default::default() }, build)
+}
+
+fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>, opts: RunOptions, build: &Builder) -> Result<PathBuf> {
     let Prepared { dataset, stream, backbone, device } = prep;
     let device = *device;
     let task_sizes: Vec<usize> = stream.tasks().iter().map(|t| t.classes.len()).collect();
@@ -114,7 +140,7 @@ pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<
             groups
         }),
     };
-    let mut method = registry::build(&cfg.method.name, &ctx, &cfg.method.params)?;
+    let mut method = build(&ctx)?;
 
     let (dir, mut state, mut matrix) = match resume {
         Some(path) => {
@@ -160,28 +186,37 @@ pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<
         let started = Instant::now();
         let classes = seen_end..seen_end + stream.tasks()[t].classes.len();
         seen_end = classes.end;
-        let mut info = TaskInfo { task: t, num_tasks: stream.num_tasks(), classes: classes.clone(), seen: 0..seen_end, epoch: 0 };
+        let info = TaskInfo::new(t, stream.num_tasks(), classes.clone(), 0..seen_end);
         method.begin_task(&info)?;
+        let stages = method.stages(&info, &cfg.optim);
+        let trainable: Vec<String> = method.vars().trainable_variables().iter().filter_map(|v| var_name(method.vars(), v)).collect();
+        Stage::validate_all(&cfg.method.name, &stages, &trainable)?;
         let indices = match method.data_scope() {
             DataScope::CurrentTask => stream.indices(&dataset.train, t),
             DataScope::AllSeen => stream.indices_until(&dataset.train, t),
         };
-        let epochs = method.epochs().unwrap_or(cfg.optim.epochs);
         // Inside an interrupted task: restore the last epoch's method and optimizer state.
-        let resume_from = match state.epoch_checkpoint {
+        let resume_from = match &state.epoch_checkpoint {
             Some(mark) if mark.task == t => {
                 let path = dir.file(results::EPOCH_CHECKPOINT);
+                match stages.get(mark.stage) {
+                    Some(s) if mark.stage_name.is_empty() || s.name == mark.stage_name => {}
+                    _ => bail!(
+                        "{}: the checkpoint is from stage {} (`{}`) of task {}, which the method does not have now",
+                        path.display(),
+                        mark.stage,
+                        mark.stage_name,
+                        t + 1
+                    ),
+                }
                 let saved = promptcl_model::weights::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
                 restore_vars(method.vars(), &saved, &path)?;
-                tracing::info!("resuming task {} after epoch {}", t + 1, mark.epochs_done);
-                Some((mark.epochs_done, saved))
+                tracing::info!("resuming task {} in stage `{}` after epoch {}", t + 1, stages[mark.stage].name, mark.epochs_done);
+                Some((mark.clone(), saved))
             }
             _ => None,
         };
-        if epochs > 0 {
-            let mut job = TrainJob { cfg, stream, split: &dataset.train, indices: &indices, epochs, seed, device, dir: &dir, quiet, state: &mut state };
-            job.run(&mut *method, &mut info, resume_from)?;
-        }
+        let text = dataset.is_text();
         let mut source = Batches {
             split: &dataset.train,
             indices: stream.indices(&dataset.train, t),
@@ -189,10 +224,38 @@ pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<
             transform: tf,
             batch_size: cfg.run.eval_batch_size,
             device,
+            text,
         };
+        for (s, stage) in stages.iter().enumerate() {
+            let resumed = match &resume_from {
+                Some((mark, _)) if s < mark.stage => continue,
+                Some((mark, saved)) if s == mark.stage => Some((mark.epochs_done, saved)),
+                _ => None,
+            };
+            let mut at = info.in_stage(stage);
+            let mut job = TrainJob {
+                cfg,
+                stream,
+                split: &dataset.train,
+                indices: &indices,
+                seed,
+                device,
+                text,
+                dir: &dir,
+                quiet,
+                state: &mut state,
+                last_stage: s + 1 == stages.len(),
+            };
+            job.run(&mut *method, &mut at, s, stage, resumed)?;
+            at.epoch = stage.epochs;
+            seed_torch(seed, &[t as u64, s as u64, END_STAGE]);
+            method.end_stage(&at, &mut source)?;
+        }
+        seed_torch(seed, &[t as u64, END_TASK]);
         method.end_task(&info, &mut source)?;
 
-        let (row, seen_acc, tid) = evaluate(&*method, stream, &dataset.test, t, seen_end, tf, cfg.run.eval_batch_size, device, quiet)?;
+        let (row, seen_acc, tid) =
+            evaluate(&*method, stream, &dataset.test, t, seen_end, tf, cfg.run.eval_batch_size, device, dataset.is_text(), quiet)?;
         matrix.push(row.clone(), seen_acc, tid.clone());
 
         // Checkpoint first, then the state that points at it: a crash between
@@ -238,7 +301,9 @@ fn incremental(stream: &TaskStream, labels: &[usize], device: Device) -> Tensor 
 
 fn progress(len: u64, quiet: bool, msg: String) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(len), if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
-    pb.set_style(ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed_precise} {per_sec}").expect("template").progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed_precise} {per_sec}").expect("template").progress_chars("=> "),
+    );
     pb.set_message(msg);
     pb
 }
@@ -288,53 +353,92 @@ struct TrainJob<'a> {
     stream: &'a TaskStream,
     split: &'a Split,
     indices: &'a [usize],
-    epochs: usize,
     seed: u64,
     device: Device,
+    /// Whether the dataset is text (packed token batches) rather than images.
+    text: bool,
     dir: &'a RunDir,
     quiet: bool,
     state: &'a mut State,
+    /// No epoch checkpoint after the task's very last epoch: the task checkpoint follows.
+    last_stage: bool,
 }
 
 impl TrainJob<'_> {
+    /// Runs stage `s` of the task (from epoch `resumed.0` with the saved optimizer state, if given).
     fn run(
         &mut self,
         method: &mut dyn ContinualMethod,
         info: &mut TaskInfo,
-        resume_from: Option<(usize, std::collections::HashMap<String, Tensor>)>,
+        s: usize,
+        stage: &Stage,
+        resumed: Option<(usize, &std::collections::HashMap<String, Tensor>)>,
     ) -> Result<()> {
-        let o = &self.cfg.optim;
-        let mut opt = Optimizer::new(method.vars(), o, &method.lr_groups());
-        let start_epoch = match &resume_from {
+        let mut opt = Optimizer::new(method.vars(), &stage.optim, &|name| stage.lr_scale(name));
+        let start_epoch = match resumed {
             Some((done, saved)) => {
                 opt.load_state(saved)?;
-                *done
+                done
             }
             None => 0,
         };
-        let loader_opts = LoaderOptions { batch_size: o.batch_size, shuffle: true, augment: true, drop_last: false, seed: self.seed };
-        let per_epoch = self.indices.len().div_ceil(o.batch_size);
-        let total = per_epoch * self.epochs;
-        let mut step = per_epoch * start_epoch;
+        let batch_size = self.cfg.optim.batch_size;
+        let from_data = stage.data != StageData::Generated;
+        let loader_opts =
+            LoaderOptions { batch_size, shuffle: true, augment: stage.data == StageData::TrainTransform, drop_last: false, seed: self.seed };
+        let mut per_epoch = if from_data { self.indices.len().div_ceil(batch_size) } else { 0 };
+        let pb = progress((per_epoch * stage.epochs) as u64, self.quiet, format!("task {} {}", info.task + 1, stage.name));
+        pb.set_position((per_epoch * start_epoch) as u64);
         let fault = injected_fault();
         let mut bad_in_a_row = 0;
-        for epoch in start_epoch..self.epochs {
+        let (t, lr) = (info.task, stage.optim.lr);
+        for epoch in start_epoch..stage.epochs {
             info.epoch = epoch;
             let t0 = Instant::now();
-            // Distinct loader stream per (task, epoch).
-            let loader_epoch = ((info.task as u64) << 20) | epoch as u64;
-            let pb = progress(per_epoch as u64, self.quiet, format!("task {} epoch {}/{}", info.task + 1, epoch + 1, self.epochs));
+            seed_torch(self.seed, &[t as u64, s as u64, epoch as u64]);
+            method.begin_epoch(info)?;
+            let batches: Vec<(Inputs, Tensor)> = if from_data {
+                Vec::new()
+            } else {
+                let generated = method.generate(info)?;
+                if epoch == start_epoch {
+                    per_epoch = generated.len();
+                    pb.set_length((per_epoch * stage.epochs) as u64);
+                    pb.set_position((per_epoch * start_epoch) as u64);
+                }
+                generated.into_iter().map(|(x, y)| (Inputs::Features(x), y)).collect()
+            };
+            // Distinct loader stream per (task, stage, epoch); stage 0 keeps the single-stage stream.
+            let loader_epoch = ((t as u64) << 20) | ((s as u64) << 16) | epoch as u64;
+            let mut loaded =
+                from_data.then(|| Loader::new(self.split, self.indices.to_vec(), loader_opts, loader_epoch, &self.cfg.stream.transform, self.device));
+            let mut generated = batches.into_iter();
+            let pb_msg = format!("task {} {} epoch {}/{}", t + 1, stage.name, epoch + 1, stage.epochs);
+            pb.set_message(pb_msg);
             let (mut loss_sum, mut n, mut correct, mut scored, mut skipped) = (0.0, 0usize, 0i64, 0i64, 0usize);
-            for batch in Loader::new(self.split, self.indices.to_vec(), loader_opts, loader_epoch, &self.cfg.stream.transform, self.device) {
-                let batch = batch?;
-                opt.set_lr(o.lr_at(step, per_epoch, total));
-                let labels = incremental(self.stream, &batch.labels, self.device);
+            let mut i = 0;
+            loop {
+                let (inputs, labels) = match &mut loaded {
+                    Some(loader) => match loader.next() {
+                        Some(batch) => {
+                            let batch = batch?;
+                            (wrap(batch.inputs, self.text), incremental(self.stream, &batch.labels, self.device))
+                        }
+                        None => break,
+                    },
+                    None => match generated.next() {
+                        Some(b) => b,
+                        None => break,
+                    },
+                };
+                let size = inputs.len() as usize;
+                opt.set_lr(stage.optim.schedule.lr(lr, epoch, i, per_epoch, stage.epochs));
                 let global = STEPS_TAKEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let run_step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Option<(f64, Option<Tensor>)>> {
                     if fault.as_ref().is_some_and(|(k, s)| k == "oom" && *s == global) {
                         panic!("CUDA out of memory. Tried to allocate 2.00 GiB (injected by PROMPTCL_FAULT)");
                     }
-                    let out = method.train_step(&batch.inputs, &labels, info)?;
+                    let out = method.train_step(&inputs, &labels, info)?;
                     let mut value = out.loss.double_value(&[]);
                     if fault.as_ref().is_some_and(|(k, s)| k == "nan" && *s == global) {
                         value = f64::NAN;
@@ -344,24 +448,21 @@ impl TrainJob<'_> {
                     }
                     opt.zero_grad();
                     out.loss.backward();
-                    if o.clip_grad_norm > 0.0 {
-                        clip_grad_norm(&opt.grads(), o.clip_grad_norm);
-                    }
-                    opt.step();
+                    opt.clip_and_step();
                     Ok(Some((value, out.logits)))
                 }));
                 let outcome = match run_step {
                     Ok(r) => r?,
-                    Err(payload) => return Err(explain_panic(&*payload, batch.labels.len())),
+                    Err(payload) => return Err(explain_panic(&*payload, size)),
                 };
                 match outcome {
                     Some((value, logits)) => {
                         bad_in_a_row = 0;
-                        loss_sum += value * batch.labels.len() as f64;
-                        n += batch.labels.len();
+                        loss_sum += value * size as f64;
+                        n += size;
                         if let Some(logits) = &logits {
                             correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
-                            scored += batch.labels.len() as i64;
+                            scored += size as i64;
                         }
                     }
                     None => {
@@ -369,41 +470,58 @@ impl TrainJob<'_> {
                         let keep_going = self.cfg.run.on_nonfinite_loss == NonFinite::SkipBatch && bad_in_a_row <= 10;
                         if !keep_going {
                             bail!(
-                                "task {} epoch {} step {step}: the loss is not finite; stopping (results and checkpoints of \
+                                "task {} stage `{}` epoch {} step {i}: the loss is not finite; stopping (results and checkpoints of \
                                  finished tasks are kept). Lower optim.lr, check the data, or set run.on_nonfinite_loss = \"skip-batch\".",
-                                info.task + 1,
+                                t + 1,
+                                stage.name,
                                 epoch + 1
                             );
                         }
-                        tracing::warn!("task {} epoch {} step {step}: non-finite loss, batch skipped", info.task + 1, epoch + 1);
+                        tracing::warn!("task {} stage `{}` epoch {} step {i}: non-finite loss, batch skipped", t + 1, stage.name, epoch + 1);
                         skipped += 1;
                     }
                 }
-                step += 1;
+                i += 1;
                 pb.inc(1);
             }
-            pb.finish_and_clear();
+            method.end_epoch(info)?;
             self.dir.append_log(&serde_json::json!({
-                "task": info.task, "epoch": epoch, "loss": loss_sum / n.max(1) as f64,
+                "task": t, "stage": stage.name, "epoch": epoch, "loss": loss_sum / n.max(1) as f64,
                 "train_accuracy": (scored > 0).then(|| 100.0 * correct as f64 / scored as f64),
                 "skipped_batches": skipped,
-                "lr": o.lr_at(step.saturating_sub(1), per_epoch, total), "seconds": t0.elapsed().as_secs_f64(),
+                "lr": stage.optim.schedule.lr(lr, epoch, i.saturating_sub(1), per_epoch, stage.epochs), "seconds": t0.elapsed().as_secs_f64(),
             }))?;
-            if self.cfg.run.checkpoint_every_epoch && epoch + 1 < self.epochs {
-                self.checkpoint_epoch(method, &opt, info.task, epoch + 1)?;
+            let task_done = self.last_stage && epoch + 1 == stage.epochs;
+            if self.cfg.run.checkpoint_every_epoch && !task_done {
+                self.checkpoint_epoch(method, &opt, EpochMark { task: t, stage: s, stage_name: stage.name.into(), epochs_done: epoch + 1 })?;
             }
         }
+        pb.finish_and_clear();
         Ok(())
     }
 
     /// Method variables and optimizer state, then the state file that points at them.
-    fn checkpoint_epoch(&mut self, method: &dyn ContinualMethod, opt: &Optimizer, task: usize, epochs_done: usize) -> Result<()> {
+    fn checkpoint_epoch(&mut self, method: &dyn ContinualMethod, opt: &Optimizer, mark: EpochMark) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = method.vars().variables().into_iter().map(|(k, v)| (format!("method.{k}"), v)).collect();
         tensors.extend(opt.state());
         results::atomic_save(&self.dir.file(results::EPOCH_CHECKPOINT), |tmp| Ok(Tensor::write_safetensors(&tensors, tmp)?))?;
-        self.state.epoch_checkpoint = Some(EpochMark { task, epochs_done });
+        self.state.epoch_checkpoint = Some(mark);
         results::write_json(&self.dir.file(results::STATE), &*self.state)
     }
+}
+
+/// A loader batch as the method sees it.
+fn wrap(inputs: Tensor, text: bool) -> Inputs {
+    if text {
+        Inputs::Text(inputs)
+    } else {
+        Inputs::Images(inputs)
+    }
+}
+
+/// The name of a trainable variable of `vs`.
+fn var_name(vs: &nn::VarStore, v: &Tensor) -> Option<String> {
+    vs.variables().into_iter().find(|(_, t)| t.data_ptr() == v.data_ptr()).map(|(n, _)| n)
 }
 
 /// Accuracy (%) on each seen task's test data, on all seen test data, and the
@@ -418,6 +536,7 @@ pub fn evaluate(
     tf: &TransformConfig,
     batch_size: usize,
     device: Device,
+    text: bool,
     quiet: bool,
 ) -> Result<(Vec<f64>, f64, Option<Vec<f64>>)> {
     let opts = LoaderOptions { batch_size, shuffle: false, augment: false, drop_last: false, seed: 0 };
@@ -430,7 +549,7 @@ pub fn evaluate(
         for batch in Loader::new(test, stream.indices(test, j), opts, 0, tf, device) {
             let batch = batch?;
             let labels = incremental(stream, &batch.labels, device);
-            let pred = tch::no_grad(|| method.predict(&batch.inputs, seen))?;
+            let pred = tch::no_grad(|| method.predict(&wrap(batch.inputs, text), seen))?;
             correct += pred.logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
             if let Some(ids) = &pred.task_ids {
                 routes = true;
@@ -458,14 +577,15 @@ struct Batches<'a> {
     transform: &'a TransformConfig,
     batch_size: usize,
     device: Device,
+    text: bool,
 }
 
 impl BatchSource for Batches<'_> {
-    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
+    fn for_each(&mut self, f: &mut dyn FnMut(&Inputs, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
         let opts = LoaderOptions { batch_size: self.batch_size, shuffle: false, augment: false, drop_last: false, seed: 0 };
         for batch in Loader::new(self.split, self.indices.clone(), opts, 0, self.transform, self.device) {
             let batch = batch.map_err(|e| promptcl_learner::LearnerError::Invalid(e.to_string()))?;
-            f(&batch.inputs, &incremental(self.stream, &batch.labels, self.device))?;
+            f(&wrap(batch.inputs, self.text), &incremental(self.stream, &batch.labels, self.device))?;
         }
         Ok(())
     }

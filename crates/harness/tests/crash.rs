@@ -19,8 +19,11 @@ fn workdir(tag: &str) -> PathBuf {
 
 /// A DualPrompt run on the CIFAR fixture: 5 tasks, `epochs` epochs each.
 fn write_config(dir: &Path, epochs: usize, extra_run: &str) -> PathBuf {
-    let params = "g_layers = [0], e_layers = [1, 2], e_length = 3";
-    let text = common::fixture_config("crash", "dualprompt", params, epochs, 8, 0.02, &dir.join("results"), extra_run);
+    write_method_config(dir, "dualprompt", "g_layers = [0], e_layers = [1, 2], e_length = 3", epochs, extra_run)
+}
+
+fn write_method_config(dir: &Path, method: &str, params: &str, epochs: usize, extra_run: &str) -> PathBuf {
+    let text = common::fixture_config("crash", method, params, epochs, 8, 0.02, &dir.join("results"), extra_run);
     let path = dir.join("run.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -51,7 +54,10 @@ fn finish(child: Child) -> (bool, String) {
 /// Runs to completion in a fresh folder and returns the final metrics.
 fn reference(tag: &str, epochs: usize, extra: &str) -> Metrics {
     let dir = workdir(tag);
-    let cfg = write_config(&dir, epochs, extra);
+    reference_at(&dir, write_config(&dir, epochs, extra))
+}
+
+fn reference_at(dir: &Path, cfg: PathBuf) -> Metrics {
     let (ok, err) = finish(promptcl(&["run", cfg.to_str().unwrap()], None).spawn().unwrap());
     assert!(ok, "{err}");
     results::load_metrics(&run_dir(&dir.join("results"))).unwrap()
@@ -98,6 +104,29 @@ fn sigkill_between_tasks_then_resume_equals_uninterrupted() {
     assert_eq!(m.matrix.num_tasks(), s.completed_tasks);
     assert!(run.join(format!("checkpoints/task-{:03}.safetensors", s.completed_tasks - 1)).is_file());
     assert!(s.completed_tasks < 5);
+    assert_eq!(resume(&run).matrix, want.matrix);
+}
+
+/// HiDe-Prompt's `align` stage trains on pseudo-features it samples from
+/// libtorch's generator: a kill inside it resumes bit-identically, because the
+/// harness seeds the generator per (task, stage, epoch) and the statistics and
+/// optimizer state are in the epoch checkpoint.
+#[test]
+fn sigkill_inside_a_generated_alignment_stage_resumes_bit_identically() {
+    let params = "layers = [0, 1], length = 2, tii_epochs = 1, tii_align_epochs = 2, align_epochs = 150, statistics = \"variance\"";
+    let extra = "checkpoint_every_epoch = true";
+    let dir = workdir("ref-align");
+    let want = reference_at(&dir, write_method_config(&dir, "hide-prompt", params, 1, extra));
+    let dir = workdir("kill-align");
+    let cfg = write_method_config(&dir, "hide-prompt", params, 1, extra);
+    let mut child = promptcl(&["run", cfg.to_str().unwrap()], None).spawn().unwrap();
+    let run = kill_when(&mut child, &dir.join("results"), |d| {
+        state(d).is_some_and(|s| s.epoch_checkpoint.is_some_and(|m| m.task == 1 && m.stage_name == "align" && (5..140).contains(&m.epochs_done)))
+    });
+    let mark = state(&run).unwrap().epoch_checkpoint.unwrap();
+    assert_eq!((mark.task, mark.stage_name.as_str()), (1, "align"), "killed inside task 2's alignment stage");
+    let log = std::fs::read_to_string(run.join(results::LOG)).unwrap();
+    assert!(log.contains("\"stage\":\"tii-align\"") && log.contains("\"stage\":\"align\""), "log.jsonl names the stages");
     assert_eq!(resume(&run).matrix, want.matrix);
 }
 
@@ -194,7 +223,10 @@ fn config_mistakes_are_named_before_any_work() {
         let (ok, err) = finish(promptcl(&["run", path.to_str().unwrap()], None).spawn().unwrap());
         assert!(!ok, "case {i} was accepted");
         assert!(err.contains(want), "case {i}: expected `{want}` in:\n{err}");
-        assert!(err.contains(&format!("bad{i}.toml")) || *want == "method.params.e_layers: layer 7 does not exist" || err.contains("stream"), "case {i} does not name the file:\n{err}");
+        assert!(
+            err.contains(&format!("bad{i}.toml")) || *want == "method.params.e_layers: layer 7 does not exist" || err.contains("stream"),
+            "case {i} does not name the file:\n{err}"
+        );
         assert!(!dir.join("results").exists(), "case {i} started work");
     }
 }

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 mod common;
 
 use common::repo;
@@ -38,11 +37,10 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn every_registered_method_runs_end_to_end() {
     let out = tmp("all");
-    for (name, _, _) in promptcl_learner::registry::METHODS {
+    for name in promptcl_learner::registry::names() {
         let cfg = config(name, &out);
         let t0 = std::time::Instant::now();
-        let dir = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() })
-            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let dir = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         eprintln!("{name}: {:.1}s", t0.elapsed().as_secs_f64());
         let m = results::load_metrics(&dir).unwrap();
         assert_eq!(m.matrix.num_tasks(), 5, "{name}");
@@ -64,11 +62,11 @@ fn every_registered_method_runs_end_to_end() {
         let log = std::fs::read_to_string(dir.join(results::LOG)).unwrap();
         let epochs: Vec<serde_json::Value> =
             log.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("epoch").is_some()).collect();
-        if *name != "prototype" {
+        if name != "prototype" {
             assert_eq!(epochs.len(), 5, "{name}: one log line per epoch and task");
             assert!(epochs.iter().all(|e| e["loss"].as_f64().unwrap().is_finite() && e["train_accuracy"].is_number()), "{name}: {log}");
         }
-        if *name == "dualprompt" {
+        if name == "dualprompt" {
             assert!(m.matrix.task_id_accuracy.iter().all(Option::is_some), "DualPrompt predicts task ids");
         }
     }
@@ -132,8 +130,7 @@ fn benchmark_configs_are_valid() {
         // The preset names the encoder; its config.json lives outside the repo.
         model.config = None;
         model.encoder(text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        promptcl_learner::registry::check(&cfg.method.name, &cfg.method.params)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        promptcl_learner::registry::check(&cfg.method.name, &cfg.method.params).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         if let Some(classes) = cfg.stream.dataset.known_num_classes() {
             promptcl_stream::TaskStream::new(classes, &cfg.stream.order, &cfg.stream.split()).unwrap();
         }
@@ -166,8 +163,26 @@ fn hierc_trees_cover_their_datasets_and_match_the_pinned_orders() {
     let mut first: Vec<&str> = order[..20].iter().map(|&c| label_of[wnids[c].as_str()]).collect();
     first.sort();
     let mut t1 = vec![
-        "pembroke_welsh_corgi", "pomeranian", "italian_greyhound", "whippet", "skunk", "tiger", "iguana", "hammerhead", "puffer_fish", "stingray",
-        "hermit_crab", "Granny_Smith", "pizza", "beer_glass", "candle", "canoe", "fire_engine", "tennis_ball", "sandal", "scarf",
+        "pembroke_welsh_corgi",
+        "pomeranian",
+        "italian_greyhound",
+        "whippet",
+        "skunk",
+        "tiger",
+        "iguana",
+        "hammerhead",
+        "puffer_fish",
+        "stingray",
+        "hermit_crab",
+        "Granny_Smith",
+        "pizza",
+        "beer_glass",
+        "candle",
+        "canoe",
+        "fire_engine",
+        "tennis_ball",
+        "sandal",
+        "scarf",
     ];
     t1.sort();
     assert_eq!(first, t1);
@@ -192,9 +207,14 @@ fn hierarchical_ot_regularizer_composes_with_methods_from_config() {
     let out = tmp("hierc");
     let tree = repo().join("benchmarks/trees/cifar100_hierc_leaf_groups.json");
     let reg = "regularizers = [{ kind = \"hierarchical-ot\", statistics = \"variance\", ot_samples = 4, old_samples = 8, mahalanobis_eval = true }]";
-    for (method, params) in [("l2p", format!("pool_size = 6, top_k = 2, length = 3, head_input = \"token\", {reg}")), ("hide-prompt", format!("{}, {reg}", params("hide-prompt").replace('\n', ", ")))] {
-        let text = common::fixture_config("hierc", method, &params, 1, 16, 0.05, &out, "")
-            .replace(&format!("root = \"{}\" }}", repo().join("crates/stream/tests/fixtures").display()), &format!("root = \"{}\", hierarchy = \"{}\" }}", repo().join("crates/stream/tests/fixtures").display(), tree.display()));
+    for (method, params) in [
+        ("l2p", format!("pool_size = 6, top_k = 2, length = 3, head_input = \"token\", {reg}")),
+        ("hide-prompt", format!("{}, {reg}", params("hide-prompt").replace('\n', ", "))),
+    ] {
+        let text = common::fixture_config("hierc", method, &params, 1, 16, 0.05, &out, "").replace(
+            &format!("root = \"{}\" }}", repo().join("crates/stream/tests/fixtures").display()),
+            &format!("root = \"{}\", hierarchy = \"{}\" }}", repo().join("crates/stream/tests/fixtures").display(), tree.display()),
+        );
         assert!(text.contains("hierarchy"), "the fixture config changed shape");
         let cfg: RunConfig = toml::from_str(&text).unwrap();
         cfg.validate().unwrap();

@@ -2,10 +2,11 @@
 //! BERT for relation extraction — behind one small interface, so that one
 //! implementation of a method runs on both.
 
-use promptcl_model::{BertModel, ForwardOptions, Prompts, ViTConfig, VisionTransformer};
+use promptcl_model::{BertModel, ForwardOptions, Prompts, VisionTransformer};
 use tch::{nn, Kind, Tensor};
 
 use crate::error::{LearnerError, Result};
+use crate::method::Inputs;
 
 pub enum Encoder {
     Vit(VisionTransformer),
@@ -72,20 +73,13 @@ impl Backbone {
         }
     }
 
-    pub fn vit_config(&self) -> Option<&ViTConfig> {
-        match &self.encoder {
-            Encoder::Vit(m) => Some(m.config()),
-            Encoder::Bert(_) => None,
-        }
-    }
-
-    pub fn forward(&self, x: &Tensor, prompts: &Prompts) -> Result<Features> {
+    pub fn forward(&self, x: &Inputs, prompts: &Prompts) -> Result<Features> {
         self.encoder.forward(x, prompts)
     }
 
     /// The frozen, un-prompted feature without autograd: the "query" of
     /// L2P / DualPrompt / CODA / HiDe-Prompt / WAVE-CRE.
-    pub fn query(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn query(&self, x: &Inputs) -> Result<Tensor> {
         tch::no_grad(|| Ok(self.forward(x, &Prompts::none())?.feature))
     }
 
@@ -120,13 +114,13 @@ impl Backbone {
 }
 
 impl Encoder {
-    pub fn forward(&self, x: &Tensor, prompts: &Prompts) -> Result<Features> {
-        match self {
-            Self::Vit(m) => {
+    pub fn forward(&self, x: &Inputs, prompts: &Prompts) -> Result<Features> {
+        match (self, x) {
+            (Self::Vit(m), Inputs::Images(x)) => {
                 let out = m.forward(x, prompts)?;
                 Ok(Features { feature: out.cls, prompt_tokens: out.prompt_tokens })
             }
-            Self::Bert(m) => {
+            (Self::Bert(m), Inputs::Text(x)) => {
                 let batch = promptcl_stream::text::unpack(x).map_err(|e| LearnerError::Invalid(e.to_string()))?;
                 let out = m.forward(&batch.ids, Some(&batch.mask), prompts, &ForwardOptions::default())?;
                 let at = |pos: &Tensor| {
@@ -136,6 +130,9 @@ impl Encoder {
                 let feature = Tensor::cat(&[at(&batch.head), at(&batch.tail)], 1).to_kind(Kind::Float);
                 Ok(Features { feature, prompt_tokens: out.prompt_tokens })
             }
+            (_, Inputs::Features(_)) => Err(LearnerError::Invalid("generated features cannot go through the encoder".into())),
+            (Self::Vit(_), Inputs::Text(_)) => Err(LearnerError::Invalid("the ViT encoder reads images, not text".into())),
+            (Self::Bert(_), Inputs::Images(_)) => Err(LearnerError::Invalid("the BERT encoder reads text, not images".into())),
         }
     }
 }

@@ -3,25 +3,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LearnerError, Result};
+use crate::optim::{OptimizerKind, Schedule, StageOptim};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    Adam,
-    Sgd,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    Constant,
-    /// Cosine from `lr` to 0 over each task's epochs (per step).
-    Cosine,
-    /// `lr · rate^⌊epoch / every⌋` (timm `StepLRScheduler`, `--sched step`).
-    Step { every: usize, rate: f64 },
-}
-
-/// `[optim]` of a run config. The optimizer is rebuilt at every task
+/// `[optim]` of a run config: the optimizer of single-stage methods and of
+/// the stages that follow the run (a multi-stage method's own stages say
+/// theirs). An optimizer is rebuilt for every stage of every task
 /// (`reinit_optimizer = True` in the official code).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -59,53 +45,38 @@ impl Default for OptimConfig {
 
 impl OptimConfig {
     pub fn effective_lr(&self) -> f64 {
-        if self.scale_lr_by_batch { self.lr * self.batch_size as f64 / 256.0 } else { self.lr }
+        self.scaled(self.lr)
+    }
+
+    /// `lr · batch_size / 256` when the run scales learning rates, else `lr`.
+    pub fn scaled(&self, lr: f64) -> f64 {
+        if self.scale_lr_by_batch {
+            lr * self.batch_size as f64 / 256.0
+        } else {
+            lr
+        }
+    }
+
+    /// This section as a stage's optimizer.
+    pub fn stage_optim(&self) -> StageOptim {
+        StageOptim {
+            kind: self.kind,
+            lr: self.effective_lr(),
+            momentum: self.momentum,
+            betas: self.betas,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule,
+            clip_grad_norm: self.clip_grad_norm,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(LearnerError::Invalid(format!("optim.{m}")));
-        if !(self.lr > 0.0) {
-            return bad(format!("lr = {} must be positive", self.lr));
-        }
         if self.batch_size == 0 {
             return bad("batch_size must be positive".into());
         }
-        if !(self.weight_decay >= 0.0) || !(self.clip_grad_norm >= 0.0) {
-            return bad("weight_decay and clip_grad_norm must be >= 0".into());
-        }
-        if let Schedule::Step { every, rate } = self.schedule {
-            if every == 0 || !(rate > 0.0) {
-                return bad(format!("schedule.step: every = {every} must be >= 1 and rate = {rate} > 0"));
-            }
-        }
-        if !(0.0..1.0).contains(&self.betas[0]) || !(0.0..1.0).contains(&self.betas[1]) {
-            return bad(format!("betas {:?} must be in [0, 1)", self.betas));
-        }
-        Ok(())
+        self.stage_optim().validate().or_else(bad)
     }
-
-    /// Learning rate at `step` of a task with `per_epoch` steps per epoch and `total` steps.
-    pub fn lr_at(&self, step: usize, per_epoch: usize, total: usize) -> f64 {
-        let lr = self.effective_lr();
-        match self.schedule {
-            Schedule::Constant => lr,
-            Schedule::Cosine => {
-                let t = if total == 0 { 0.0 } else { step as f64 / total as f64 };
-                0.5 * lr * (1.0 + (std::f64::consts::PI * t).cos())
-            }
-            Schedule::Step { every, rate } => {
-                let epoch = step / per_epoch.max(1);
-                lr * rate.powi((epoch / every.max(1)) as i32)
-            }
-        }
-    }
-}
-
-/// Parses a method's `[method.params]` table into its typed parameters,
-/// rejecting unknown keys with the method's name in the message.
-pub fn parse_params<T: serde::de::DeserializeOwned>(method: &str, params: &toml::Table) -> Result<T> {
-    T::deserialize(toml::Value::Table(params.clone()))
-        .map_err(|e| LearnerError::Params { method: method.into(), reason: did_you_mean(&e.to_string()) })
 }
 
 /// Adds "did you mean `x`?" to serde's "unknown field `y`, expected one of …"
@@ -116,11 +87,16 @@ pub fn did_you_mean(message: &str) -> String {
     };
     let Some((typo, tail)) = rest.split_once('`') else { return message.to_string() };
     let candidates: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-    let best = candidates.iter().map(|c| (edit_distance(typo, c), *c)).min();
-    match best {
-        Some((d, c)) if d <= 2.max(typo.len() / 3) => format!("{message} (did you mean `{c}`?)"),
-        _ => message.to_string(),
+    match closest(typo, &candidates) {
+        Some(c) => format!("{message} (did you mean `{c}`?)"),
+        None => message.to_string(),
     }
+}
+
+/// The candidate within a few edits of `typo`, if any.
+pub fn closest<'a>(typo: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let best = candidates.iter().map(|c| (edit_distance(typo, c), *c)).min();
+    best.filter(|&(d, _)| d <= 2.max(typo.len() / 3)).map(|(_, c)| c)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

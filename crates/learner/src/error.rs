@@ -1,7 +1,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum LearnerError {
-    #[error("unknown method `{name}`; valid methods: {valid}")]
-    UnknownMethod { name: String, valid: String },
+    #[error("unknown method `{name}`{hint}; valid methods: {valid}")]
+    UnknownMethod { name: String, hint: String, valid: String },
     #[error("method `{method}`: bad parameters: {reason}")]
     Params { method: String, reason: String },
     #[error("{0}")]

@@ -1,21 +1,31 @@
 //! Continual-learning methods behind one small trait, a registry, and metrics.
 //!
-//! Owns: `ContinualMethod`, the method table, the methods, the metrics.
+//! Owns: `ContinualMethod` and its training stages, optimizers and
+//! schedules, the method table, the methods and their reusable parts, the metrics.
 //! Must not import: the harness (epochs, evaluation, checkpoints, files).
 
 mod backbone;
 mod config;
+pub mod drive;
 mod error;
+pub mod hierc;
 mod method;
 pub mod methods;
-pub mod hierc;
 pub mod metrics;
+pub mod optim;
 pub mod ot;
+pub mod params;
+pub mod parts;
 pub mod registry;
 pub mod regularizer;
+pub mod stage;
 pub mod stats;
 
 pub use backbone::{Encoder, Features};
-pub use config::{did_you_mean, parse_params, OptimConfig, OptimizerKind, Schedule};
+pub use config::{closest, did_you_mean, OptimConfig};
 pub use error::{LearnerError, Result};
-pub use method::{tasks_seen, Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, Prediction, Step, TaskInfo};
+pub use method::{tasks_seen, Backbone, BatchSource, ContinualMethod, DataScope, Inputs, MethodContext, Prediction, Step, TaskInfo};
+pub use methods::common::{ce_step, l2_normalize, mask_outside};
+pub use optim::{OptimizerKind, Schedule, StageOptim};
+pub use params::{parse_over, Documented};
+pub use stage::{ParamGroup, Stage, StageData};

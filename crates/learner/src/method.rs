@@ -7,7 +7,8 @@ use tch::{nn, Device, Tensor};
 
 pub use crate::backbone::Backbone;
 use crate::config::OptimConfig;
-use crate::error::Result;
+use crate::error::{LearnerError, Result};
+use crate::stage::Stage;
 
 /// What a method is built with.
 #[derive(Clone)]
@@ -37,15 +38,77 @@ impl MethodContext {
     }
 }
 
-/// The task being trained. Labels given to methods are *incremental* labels:
-/// task t owns `classes`, and `0..seen.end` are all classes seen so far.
+/// Where the harness is: the task being trained and, inside it, the stage
+/// and epoch. Labels given to methods are *incremental* labels: task t owns
+/// `classes`, and `0..seen.end` are all classes seen so far.
 #[derive(Debug, Clone)]
 pub struct TaskInfo {
     pub task: usize,
     pub num_tasks: usize,
     pub classes: Range<usize>,
     pub seen: Range<usize>,
+    /// The stage being run (`""` outside any: `begin_task`, `end_task`).
+    pub stage: &'static str,
+    /// Epoch within the stage, and the stage's number of epochs.
     pub epoch: usize,
+    pub epochs: usize,
+}
+
+impl TaskInfo {
+    pub fn new(task: usize, num_tasks: usize, classes: Range<usize>, seen: Range<usize>) -> Self {
+        Self { task, num_tasks, classes, seen, stage: "", epoch: 0, epochs: 0 }
+    }
+
+    /// The same task inside stage `stage` (`epochs` long), at its first epoch.
+    pub fn in_stage(&self, stage: &Stage) -> Self {
+        Self { stage: stage.name, epoch: 0, epochs: stage.epochs, ..self.clone() }
+    }
+
+    pub fn is_last_epoch(&self) -> bool {
+        self.epoch + 1 == self.epochs
+    }
+}
+
+/// A batch's inputs.
+///
+/// # Shapes
+/// - `Images`: `[B, 3, H, W]` float
+/// - `Text`: packed token ids `[B, 3 + T]` int64 (`promptcl_stream::text::pack`)
+/// - `Features`: `[B, D]`, made by the method itself (a [`crate::StageData::Generated`] stage)
+#[derive(Debug)]
+pub enum Inputs {
+    Images(Tensor),
+    Text(Tensor),
+    Features(Tensor),
+}
+
+impl Inputs {
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Self::Images(t) | Self::Text(t) | Self::Features(t) => t,
+        }
+    }
+
+    /// The batch size.
+    pub fn len(&self) -> i64 {
+        self.tensor().size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn device(&self) -> Device {
+        self.tensor().device()
+    }
+
+    /// The generated features of a `Generated` stage's batch.
+    pub fn features(&self) -> Result<&Tensor> {
+        match self {
+            Self::Features(t) => Ok(t),
+            _ => Err(LearnerError::Invalid("expected generated features, got an encoder's inputs (images or text)".into())),
+        }
+    }
 }
 
 /// A method's answer for a batch.
@@ -104,53 +167,72 @@ pub enum DataScope {
 }
 
 /// Test-transformed batches of the current task's training data, for
-/// consolidation at the end of a task (prototypes, statistics).
+/// consolidation after a stage or a task (prototypes, statistics).
 pub trait BatchSource {
     /// Calls `f(inputs, incremental_labels)` for every batch.
-    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>) -> Result<()>;
+    fn for_each(&mut self, f: &mut dyn FnMut(&Inputs, &Tensor) -> Result<()>) -> Result<()>;
 }
 
-/// A continual-learning method. The harness owns epochs, the optimizer,
-/// evaluation, checkpoints and results; a method only says how to compute its
-/// loss, how to consolidate after a task, and how to predict.
+/// A continual-learning method. The harness owns stages, epochs, the
+/// optimizers, the random generator's seeds, evaluation, checkpoints and
+/// results; a method says what it trains in which stage, how to compute its
+/// loss, how to consolidate, and how to predict.
+///
+/// Per task the harness calls `begin_task`, then for each of `stages` in
+/// order: for every epoch `begin_epoch`, (`generate`,) `train_step` per
+/// batch, `end_epoch`; then `end_stage`. Last `end_task`, and evaluation.
 ///
 /// Every tensor of state a method keeps lives in `vars()` (trainable or not),
 /// so a checkpoint of that store is a checkpoint of the method.
 pub trait ContinualMethod {
-    /// Parameters and state. The optimizer sees the trainable ones whose
-    /// `requires_grad` is set; freeze what must not change.
+    /// Parameters and state. A stage's optimizer sees the trainable ones the
+    /// stage names whose `requires_grad` is set; freeze what must not change.
     fn vars(&self) -> &nn::VarStore;
+
+    /// The stages of `task`, in order; `optim` is the run's `[optim]`.
+    /// Default: one stage, "train", of `[optim]` on the task's data.
+    fn stages(&self, _task: &TaskInfo, optim: &OptimConfig) -> Vec<Stage> {
+        vec![Stage::from_run("train", optim)]
+    }
+
+    /// Which data the `TrainTransform` / `TestTransform` stages read.
+    fn data_scope(&self) -> DataScope {
+        DataScope::CurrentTask
+    }
 
     fn begin_task(&mut self, _task: &TaskInfo) -> Result<()> {
         Ok(())
     }
 
-    /// The loss of one batch (the harness does backward and the step).
+    fn begin_epoch(&mut self, _task: &TaskInfo) -> Result<()> {
+        Ok(())
+    }
+
+    /// The batches of one epoch of a `Generated` stage, `(features [B, D], labels [B])`.
+    fn generate(&mut self, task: &TaskInfo) -> Result<Vec<(Tensor, Tensor)>> {
+        Err(LearnerError::Invalid(format!("stage `{}` generates its data, but the method has no generator", task.stage)))
+    }
+
+    /// The loss of one batch (the harness does backward, clipping and the step).
     /// # Shapes
-    /// - `inputs`: images `[B, 3, H, W]`, or packed text `[B, 3 + T]` int64
-    ///   (whatever the backbone reads); `labels`: `[B]` int64 incremental labels
-    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step>;
+    /// - `inputs`: see [`Inputs`]; `labels`: `[B]` int64 incremental labels
+    fn train_step(&mut self, inputs: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step>;
+
+    fn end_epoch(&mut self, _task: &TaskInfo) -> Result<()> {
+        Ok(())
+    }
+
+    /// After a stage's last epoch; `data` is the task's training data under the test transform.
+    fn end_stage(&mut self, _task: &TaskInfo, _data: &mut dyn BatchSource) -> Result<()> {
+        Ok(())
+    }
 
     fn end_task(&mut self, _task: &TaskInfo, _data: &mut dyn BatchSource) -> Result<()> {
         Ok(())
     }
 
     /// Scores over the `seen` classes, without knowing the task.
-    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction>;
-
-    /// How many epochs to train each task; `None` follows `[optim].epochs`.
-    fn epochs(&self) -> Option<usize> {
-        None
-    }
-
-    fn data_scope(&self) -> DataScope {
-        DataScope::CurrentTask
-    }
-
-    /// Per-group learning-rate multipliers (`nn::Path::set_group`), group 0 = 1.0.
-    fn lr_groups(&self) -> Vec<(usize, f64)> {
-        Vec::new()
-    }
+    fn predict(&self, inputs: &Inputs, seen: usize) -> Result<Prediction>;
 }
 
 /// How many tasks' classes make up the first `seen` incremental labels.

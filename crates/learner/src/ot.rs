@@ -29,9 +29,7 @@ pub fn sq_dist(x: &Tensor, y: &Tensor) -> Tensor {
 pub fn emd2(x: &Tensor, y: &Tensor) -> Result<f64> {
     let (n, m) = (x.size()[0], y.size()[0]);
     if n != m {
-        return Err(LearnerError::Invalid(format!(
-            "exact OT here needs equal sample counts (got {n} and {m}); use the Sinkhorn variant"
-        )));
+        return Err(LearnerError::Invalid(format!("exact OT here needs equal sample counts (got {n} and {m}); use the Sinkhorn variant")));
     }
     if n == 0 {
         return Ok(0.0);
@@ -255,10 +253,7 @@ mod tests {
         let x = Tensor::randn([1, 16, 4], (Kind::Float, Device::Cpu));
         let y = Tensor::randn([1, 16, 4], (Kind::Float, Device::Cpu)) + 0.7;
         let exact = emd2(&x.get(0), &y.get(0)).unwrap();
-        let errs: Vec<f64> = [1.0, 0.3, 0.05]
-            .iter()
-            .map(|&reg| (sinkhorn2(&x, &y, reg, 2000).double_value(&[0]) - exact).abs() / exact)
-            .collect();
+        let errs: Vec<f64> = [1.0, 0.3, 0.05].iter().map(|&reg| (sinkhorn2(&x, &y, reg, 2000).double_value(&[0]) - exact).abs() / exact).collect();
         assert!(errs[0] > errs[1] && errs[1] > errs[2], "{errs:?}");
         assert!(errs[2] < 0.02, "relative error at reg 0.05: {}", errs[2]);
     }

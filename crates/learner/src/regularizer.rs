@@ -13,9 +13,9 @@
 //!   cost) between `ot_samples` samples per centroid of every pair of seen
 //!   classes that involves a new class (`update_WSM` / `wsd_gmm_s`);
 //!   Γ = exp(−W/δ);
-//! - statistics of the method's own features per class (from the task's last
-//!   epoch that trained features, HierC's `_compute_mean` with the task's prompt), whose
-//!   samples stand in for earlier classes;
+//! - statistics of the method's own features per class (from the last epoch
+//!   of the task's last stage that produced features, HierC's `_compute_mean`
+//!   with the task's prompt), whose samples stand in for earlier classes;
 //! - loss: `reg_glob · SupCon(all) + reg_sub · mean over leaf groups of
 //!   SupCon(group, Γ)` on the batch's features joined with `old_samples`
 //!   pseudo-features of earlier classes (`hierc::cluster_loss`). The label
@@ -39,10 +39,12 @@ use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 use crate::hierc::{cluster_loss, HiercParams};
-use crate::method::{Backbone, BatchSource, ContinualMethod, DataScope, MethodContext, Prediction, Step, TaskInfo};
+use crate::method::{Backbone, BatchSource, ContinualMethod, DataScope, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::ot::{pair_distances, relative_sinkhorn, OtSolver};
+use crate::parts::alignment::fit_classes;
 use crate::stats::{ClassStats, StatsKind};
 use crate::{LearnerError, Result};
+use crate::{OptimConfig, Stage};
 
 /// One entry of `regularizers = [...]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,7 +77,7 @@ pub struct HierOtConfig {
     pub old_samples: i64,
     /// `exact` (Hungarian = `ot.emd2` for equal uniform sets; O(n³) per pair,
     /// for small sample sets) or `sinkhorn` (all pairs batched, on the GPU when there is one).
-    pub solver: String,
+    pub solver: SolverChoice,
     /// Entropic regularisation as a fraction of the mean squared distance between samples.
     pub sinkhorn_reg: f64,
     pub sinkhorn_iters: usize,
@@ -96,7 +98,7 @@ impl Default for HierOtConfig {
             n_centroids: 10,
             ot_samples: 0,
             old_samples: 0,
-            solver: "exact".into(),
+            solver: SolverChoice::Exact,
             sinkhorn_reg: 0.05,
             sinkhorn_iters: 200,
             mahalanobis_eval: false,
@@ -106,14 +108,25 @@ impl Default for HierOtConfig {
     }
 }
 
+/// `solver` of the hierarchical-OT regulariser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SolverChoice {
+    Exact,
+    Sinkhorn,
+}
+
 impl HierOtConfig {
     fn solver(&self) -> Result<OtSolver> {
-        match self.solver.as_str() {
-            "exact" => Ok(OtSolver::Exact),
-            "sinkhorn" if self.sinkhorn_reg > 0.0 && self.sinkhorn_iters > 0 => {
+        match self.solver {
+            SolverChoice::Exact => Ok(OtSolver::Exact),
+            SolverChoice::Sinkhorn if self.sinkhorn_reg > 0.0 && self.sinkhorn_iters > 0 => {
                 Ok(OtSolver::Sinkhorn { reg: self.sinkhorn_reg, iters: self.sinkhorn_iters })
             }
-            s => Err(LearnerError::Params { method: "hierarchical-ot".into(), reason: format!("solver `{s}`: exact or sinkhorn (with sinkhorn_reg, sinkhorn_iters > 0)") }),
+            SolverChoice::Sinkhorn => Err(LearnerError::Params {
+                method: "hierarchical-ot".into(),
+                reason: "solver = \"sinkhorn\" needs sinkhorn_reg > 0 and sinkhorn_iters > 0".into(),
+            }),
         }
     }
 }
@@ -135,6 +148,12 @@ pub fn split_params(params: &toml::Table) -> Result<(toml::Table, Vec<Regularize
 /// Something that adds a loss on a method's features.
 pub trait Regularizer {
     fn loss(&mut self, features: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Tensor>;
+    fn begin_epoch(&mut self, _task: &TaskInfo) -> Result<()> {
+        Ok(())
+    }
+    fn end_epoch(&mut self, _task: &TaskInfo) -> Result<()> {
+        Ok(())
+    }
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()>;
     fn rescore(&self, pred: Prediction, _seen: usize) -> Result<Prediction> {
         Ok(pred)
@@ -167,20 +186,46 @@ impl ContinualMethod for Regularized {
         self.inner.vars()
     }
 
+    fn stages(&self, task: &TaskInfo, optim: &OptimConfig) -> Vec<Stage> {
+        self.inner.stages(task, optim)
+    }
+
+    fn data_scope(&self) -> DataScope {
+        self.inner.data_scope()
+    }
+
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
         self.inner.begin_task(task)
     }
 
-    fn train_step(&mut self, x: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+    fn begin_epoch(&mut self, task: &TaskInfo) -> Result<()> {
+        self.inner.begin_epoch(task)?;
+        self.regs.iter_mut().try_for_each(|r| r.begin_epoch(task))
+    }
+
+    fn generate(&mut self, task: &TaskInfo) -> Result<Vec<(Tensor, Tensor)>> {
+        self.inner.generate(task)
+    }
+
+    fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let mut step = self.inner.train_step(x, labels, task)?;
         let Some(features) = step.features.as_ref().map(Tensor::shallow_clone) else {
-            // TII-only epochs of HiDe-style methods have no prompted features.
+            // Stages without encoder features (TII, alignment on pseudo-features).
             return Ok(step);
         };
         for r in &mut self.regs {
             step.loss = step.loss + r.loss(&features, labels, task)?;
         }
         Ok(step)
+    }
+
+    fn end_epoch(&mut self, task: &TaskInfo) -> Result<()> {
+        self.inner.end_epoch(task)?;
+        self.regs.iter_mut().try_for_each(|r| r.end_epoch(task))
+    }
+
+    fn end_stage(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        self.inner.end_stage(task, data)
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
@@ -191,24 +236,12 @@ impl ContinualMethod for Regularized {
         Ok(())
     }
 
-    fn predict(&self, x: &Tensor, seen: usize) -> Result<Prediction> {
+    fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
         let mut pred = self.inner.predict(x, seen)?;
         for r in &self.regs {
             pred = r.rescore(pred, seen)?;
         }
         Ok(pred)
-    }
-
-    fn epochs(&self) -> Option<usize> {
-        self.inner.epochs()
-    }
-
-    fn data_scope(&self) -> DataScope {
-        self.inner.data_scope()
-    }
-
-    fn lr_groups(&self) -> Vec<(usize, f64)> {
-        self.inner.lr_groups()
     }
 }
 
@@ -232,10 +265,11 @@ pub struct HierarchicalOt {
     delta: Tensor,
     batch: i64,
     seed: u64,
-    /// Features of the current task's latest epoch that produced any
-    /// (transient: cleared at each new epoch and at `end_task`).
+    /// Features of the current epoch (transient: cleared at each epoch's
+    /// start; turned into `feat_stats` at a stage's last epoch).
     buffer: Vec<(Tensor, Tensor)>,
-    buffer_epoch: Option<usize>,
+    /// Whether `feat_stats` were fitted in the current task.
+    fitted_this_task: Tensor,
 }
 
 impl HierarchicalOt {
@@ -258,7 +292,7 @@ impl HierarchicalOt {
             batch: ctx.optim.batch_size as i64,
             seed: ctx.seed,
             buffer: Vec::new(),
-            buffer_epoch: None,
+            fitted_this_task: p.zeros_no_train("feat_stats_task_fitted", &[1]),
             cfg,
         })
     }
@@ -275,13 +309,16 @@ impl HierarchicalOt {
 
     /// A sample count from the config, where 0 means HierC's `batch · 5`.
     fn or_five_batches(&self, n: i64) -> i64 {
-        if n > 0 { n } else { 5 * self.batch }
+        if n > 0 {
+            n
+        } else {
+            5 * self.batch
+        }
     }
 
     /// Fills `w` for every pair of seen classes that involves a class of `new`.
-    fn update_distances(&self, stats: &ClassStats, w: &Tensor, new: Range<usize>, seed: u64) -> Result<()> {
+    fn update_distances(&self, stats: &ClassStats, w: &Tensor, new: Range<usize>) -> Result<()> {
         let n = self.or_five_batches(self.cfg.ot_samples);
-        tch::manual_seed(seed as i64);
         let sets: Vec<Tensor> = (0..new.end).map(|c| stats.sample_per_component(c, n)).collect();
         let m = sets.iter().map(|s| s.size()[0]).min().unwrap_or(0);
         if m == 0 {
@@ -322,12 +359,6 @@ impl Regularizer for HierarchicalOt {
                 features.size()[1]
             )));
         }
-        // Statistics come from the last epoch that trains features (HiDe-style
-        // methods may run TII-only epochs after it).
-        if self.buffer_epoch != Some(task.epoch) {
-            self.buffer.clear();
-            self.buffer_epoch = Some(task.epoch);
-        }
         self.buffer.push((features.detach(), labels.shallow_clone()));
         let earlier = task.classes.start;
         let old = (earlier > 0).then(|| {
@@ -342,24 +373,39 @@ impl Regularizer for HierarchicalOt {
         Ok(cluster_loss(features, labels, old.as_ref().map(|(x, y)| (x, y)), &groups, Some(&self.w), &self.hierc_params()))
     }
 
-    fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        let (q, y) = self.backbone.queries(data)?;
-        let buffer = std::mem::take(&mut self.buffer);
-        self.buffer_epoch = None;
-        if buffer.is_empty() {
-            return Err(LearnerError::Invalid("hierarchical-ot: no features were seen in the task's last epoch".into()));
+    fn begin_epoch(&mut self, _task: &TaskInfo) -> Result<()> {
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// The last epoch of a stage that produced features fits the feature
+    /// statistics (kept in the store, so a resumed run has them); a later
+    /// such stage overwrites them.
+    fn end_epoch(&mut self, task: &TaskInfo) -> Result<()> {
+        if !task.is_last_epoch() || self.buffer.is_empty() {
+            return Ok(());
         }
+        let buffer = std::mem::take(&mut self.buffer);
         let f = Tensor::cat(&buffer.iter().map(|b| b.0.shallow_clone()).collect::<Vec<_>>(), 0);
         let fy = Tensor::cat(&buffer.iter().map(|b| b.1.shallow_clone()).collect::<Vec<_>>(), 0);
-        for c in task.classes.clone() {
-            let seed = self.seed ^ ((c as u64) << 20) ^ 0x4017;
-            self.org_stats.fit(c, &q.index_select(0, &y.eq(c as i64).nonzero().squeeze_dim(1)), seed)?;
-            self.feat_stats.fit(c, &f.index_select(0, &fy.eq(c as i64).nonzero().squeeze_dim(1)), seed ^ 1)?;
+        let seed = self.seed;
+        fit_classes(&mut self.feat_stats, task.classes.clone(), &f, &fy, |c| seed ^ ((c as u64) << 20) ^ 0x4017 ^ 1)?;
+        let _ = tch::no_grad(|| self.fitted_this_task.fill_(1.0));
+        Ok(())
+    }
+
+    fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        if self.fitted_this_task.double_value(&[0]) == 0.0 {
+            return Err(LearnerError::Invalid(format!("hierarchical-ot: the method produced no features in any stage of task {}", task.task + 1)));
         }
-        let seed = self.seed ^ ((task.task as u64) << 24);
-        self.update_distances(&self.org_stats, &self.w, task.classes.clone(), seed)?;
+        let _ = tch::no_grad(|| self.fitted_this_task.fill_(0.0));
+        let (q, y) = self.backbone.queries(data)?;
+        let seed = self.seed;
+        fit_classes(&mut self.org_stats, task.classes.clone(), &q, &y, |c| seed ^ ((c as u64) << 20) ^ 0x4017)?;
+        // Samples for OT come from libtorch's generator, which the harness seeds before `end_task`.
+        self.update_distances(&self.org_stats, &self.w, task.classes.clone())?;
         if self.cfg.mahalanobis_eval {
-            self.update_distances(&self.feat_stats, &self.w_eval, task.classes.clone(), seed ^ 2)?;
+            self.update_distances(&self.feat_stats, &self.w_eval, task.classes.clone())?;
         }
         // A scale-free δ: the median OT distance between distinct seen classes.
         let n = task.seen.end as i64;
@@ -381,11 +427,8 @@ impl Regularizer for HierarchicalOt {
         let logits = &pred.logits;
         let (b, dev) = (logits.size()[0], logits.device());
         let mut scores = Tensor::full([b, seen as i64], f64::NEG_INFINITY, (Kind::Float, dev));
-        let groups: Vec<Tensor> = self
-            .seen_groups(seen)
-            .iter()
-            .map(|g| Tensor::from_slice(&g.iter().map(|&c| c as i64).collect::<Vec<_>>()).to_device(dev))
-            .collect();
+        let groups: Vec<Tensor> =
+            self.seen_groups(seen).iter().map(|g| Tensor::from_slice(&g.iter().map(|&c| c as i64).collect::<Vec<_>>()).to_device(dev)).collect();
         let mut log_e = Vec::new();
         for idx in &groups {
             let (top, arg) = logits.index_select(1, idx).max_dim(1, false);

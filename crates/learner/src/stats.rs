@@ -223,11 +223,12 @@ fn kmeans(x: &Tensor, k: i64, seed: u64) -> Tensor {
             rng.below(n as u64) as usize
         } else {
             let mut r = rng.unit() * total;
-            w.iter().position(|&wi| {
-                r -= wi;
-                r <= 0.0
-            })
-            .unwrap_or(w.len() - 1)
+            w.iter()
+                .position(|&wi| {
+                    r -= wi;
+                    r <= 0.0
+                })
+                .unwrap_or(w.len() - 1)
         };
         centers.push(x.get(pick as i64));
     }

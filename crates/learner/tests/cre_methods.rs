@@ -5,16 +5,24 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, Encoder, MethodContext, OptimConfig, TaskInfo};
+use promptcl_learner::{drive, registry, Backbone, ContinualMethod, Encoder, Inputs, MethodContext, OptimConfig, TaskInfo};
 use promptcl_model::{frozen_bert, BertConfig};
 use promptcl_stream::text::{pack, EncodedText};
-use tch::{nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 const TASKS: usize = 3;
 const PER_TASK: usize = 2;
 
 fn ctx() -> MethodContext {
-    let cfg = BertConfig { vocab_size: 50, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_position_embeddings: 32, ..BertConfig::default() };
+    let cfg = BertConfig {
+        vocab_size: 50,
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        max_position_embeddings: 32,
+        ..BertConfig::default()
+    };
     tch::manual_seed(1);
     let (vars, bert) = frozen_bert(&cfg, None, Device::Cpu).unwrap();
     MethodContext {
@@ -36,11 +44,11 @@ fn build(name: &str, params: &str) -> Box<dyn ContinualMethod> {
 }
 
 fn task(t: usize) -> TaskInfo {
-    TaskInfo { task: t, num_tasks: TASKS, classes: t * PER_TASK..(t + 1) * PER_TASK, seen: 0..(t + 1) * PER_TASK, epoch: 0 }
+    TaskInfo::new(t, TASKS, t * PER_TASK..(t + 1) * PER_TASK, 0..(t + 1) * PER_TASK)
 }
 
 /// `n` random sentences of task `t` (labels alternate over its classes).
-fn batch(t: usize, n: usize, seed: u64) -> (Tensor, Tensor) {
+fn batch(t: usize, n: usize, seed: u64) -> (Inputs, Tensor) {
     let mut rng = promptcl_stream::SplitMix64::new(seed);
     let texts: Vec<EncodedText> = (0..n)
         .map(|_| {
@@ -53,31 +61,15 @@ fn batch(t: usize, n: usize, seed: u64) -> (Tensor, Tensor) {
         .collect();
     let refs: Vec<&EncodedText> = texts.iter().collect();
     let labels: Vec<i64> = (0..n).map(|i| (t * PER_TASK + i % PER_TASK) as i64).collect();
-    (pack(&refs, Device::Cpu), Tensor::from_slice(&labels))
+    (Inputs::Text(pack(&refs, Device::Cpu)), Tensor::from_slice(&labels))
 }
 
-struct Fixed(Vec<(Tensor, Tensor)>);
-
-impl BatchSource for Fixed {
-    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
-        for (x, y) in &self.0 {
-            f(x, y)?;
-        }
-        Ok(())
-    }
-}
-
+/// Every stage of task `t`: one epoch of `steps` batches; `n` examples for the statistics.
 fn train_task(m: &mut dyn ContinualMethod, t: usize, n: usize, steps: usize) {
-    let info = task(t);
-    m.begin_task(&info).unwrap();
-    let mut opt = tch::nn::Adam::default().build(m.vars(), 0.01).unwrap();
-    for s in 0..steps {
-        let (x, y) = batch(t, 8, (t * 100 + s) as u64);
-        let loss = m.train_step(&x, &y, &info).unwrap().loss;
-        opt.backward_step(&loss);
-    }
+    let train: Vec<_> = (0..steps).map(|s| batch(t, 8, (t * 100 + s) as u64)).collect();
     let data: Vec<_> = (0..n.div_ceil(8)).map(|i| batch(t, 8.min(n - 8 * i), 1000 + (t * 10 + i) as u64)).collect();
-    m.end_task(&info, &mut Fixed(data)).unwrap();
+    let optim = OptimConfig { epochs: 1, lr: 0.01, scale_lr_by_batch: false, ..OptimConfig::default() };
+    drive::run_task(m, &task(t), &optim, &train, &mut drive::Held(data)).unwrap();
 }
 
 fn shapes(m: &dyn ContinualMethod) -> BTreeMap<String, Vec<i64>> {
@@ -113,7 +105,8 @@ fn wave_cre_freezes_finished_pools_and_trains_only_the_current_one() {
     let info = task(1);
     m.begin_task(&info).unwrap();
     let (x, y) = batch(1, 8, 9);
-    m.train_step(&x, &y, &info).unwrap().loss.backward();
+    let prompt = m.stages(&info, &OptimConfig::default()).into_iter().find(|s| s.name == "prompt").unwrap();
+    m.train_step(&x, &y, &info.in_stage(&prompt)).unwrap().loss.backward();
     let grad = |name: &str| vars[name].grad().defined() && vars[name].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
     assert!(grad("e_prompt.1") && grad("e_key.1"), "the current pool learns");
     assert!(!grad("e_prompt.0") && !grad("e_key.0") && !grad("e_prompt.2"), "other pools get no gradient");

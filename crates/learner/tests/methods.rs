@@ -1,7 +1,6 @@
 //! The properties that make each method what it is, on the tiny timm-fixture ViT.
 
-
-use promptcl_learner::{registry, BatchSource, ContinualMethod, MethodContext, OptimConfig, TaskInfo};
+use promptcl_learner::{drive, registry, BatchSource, ContinualMethod, Inputs, MethodContext, OptimConfig, TaskInfo};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 const TASKS: usize = 5;
@@ -18,12 +17,12 @@ fn build(name: &str, params: &str) -> Box<dyn ContinualMethod> {
 }
 
 fn task(t: usize) -> TaskInfo {
-    TaskInfo { task: t, num_tasks: TASKS, classes: t * PER_TASK..(t + 1) * PER_TASK, seen: 0..(t + 1) * PER_TASK, epoch: 0 }
+    TaskInfo::new(t, TASKS, t * PER_TASK..(t + 1) * PER_TASK, 0..(t + 1) * PER_TASK)
 }
 
-fn images(seed: i64) -> Tensor {
+fn images(seed: i64) -> Inputs {
     tch::manual_seed(seed);
-    Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu))
+    Inputs::Images(Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu)))
 }
 
 fn labels(t: usize) -> Tensor {
@@ -198,10 +197,10 @@ fn finetune_full_trains_its_own_backbone_copy_only() {
     }
 }
 
-struct Fixed(Vec<(Tensor, Tensor)>);
+struct Fixed(Vec<(Inputs, Tensor)>);
 
 impl BatchSource for Fixed {
-    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
+    fn for_each(&mut self, f: &mut dyn FnMut(&Inputs, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
         self.0.iter().try_for_each(|(x, y)| f(x, y))
     }
 }
@@ -210,12 +209,12 @@ impl BatchSource for Fixed {
 fn prototypes_are_class_means_of_frozen_features() {
     let c = ctx();
     let mut m = build("prototype", "");
-    assert_eq!(m.epochs(), Some(0), "SimpleCIL does not train");
+    assert!(m.stages(&task(0), &OptimConfig::default()).is_empty(), "SimpleCIL does not train");
     let (x1, x2) = (images(11), images(12));
     let y1 = Tensor::from_slice(&[0i64, 1, 0, 1]);
     let y2 = Tensor::from_slice(&[1i64, 1, 0, 0]);
-    m.end_task(&task(0), &mut Fixed(vec![(x1.shallow_clone(), y1.shallow_clone()), (x2.shallow_clone(), y2.shallow_clone())])).unwrap();
     let f = Tensor::cat(&[c.backbone.query(&x1).unwrap(), c.backbone.query(&x2).unwrap()], 0);
+    m.end_task(&task(0), &mut Fixed(vec![(x1, y1.shallow_clone()), (x2, y2.shallow_clone())])).unwrap();
     let y = Tensor::cat(&[y1, y2], 0);
     let sums = var(&*m, "proto_sums");
     for class in 0..2i64 {
@@ -230,10 +229,10 @@ fn prototypes_are_class_means_of_frozen_features() {
 const HIDE: &str = "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 2\nalign_epochs = 2\nstatistics = \"covariance\"";
 
 /// A data source that counts how often it is read.
-struct Counting(Vec<(Tensor, Tensor)>, usize);
+struct Counting(Vec<(Inputs, Tensor)>, usize);
 
 impl BatchSource for Counting {
-    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
+    fn for_each(&mut self, f: &mut dyn FnMut(&Inputs, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
         self.1 += 1;
         self.0.iter().try_for_each(|(x, y)| f(x, y))
     }
@@ -243,54 +242,111 @@ fn task_data(t: usize) -> Counting {
     let l = (t * PER_TASK) as i64;
     let y = Tensor::from_slice(&[l, l + 1, l, l + 1, l, l + 1]);
     tch::manual_seed(100 + t as i64);
-    Counting(vec![(Tensor::randn([6, 3, 32, 32], (Kind::Float, Device::Cpu)), y)], 0)
+    Counting(vec![(Inputs::Images(Tensor::randn([6, 3, 32, 32], (Kind::Float, Device::Cpu))), y)], 0)
+}
+
+/// Task `t` in stage `stage` of its method.
+fn in_stage(m: &dyn ContinualMethod, t: usize, stage: &str) -> TaskInfo {
+    let info = task(t);
+    let stages = m.stages(&info, &OptimConfig::default());
+    let s = stages.iter().find(|s| s.name == stage).unwrap_or_else(|| panic!("no stage {stage}"));
+    info.in_stage(s)
+}
+
+/// One epoch of every stage of task `t` over two fixed batches (the harness's order of calls).
+fn run_task(m: &mut dyn ContinualMethod, t: usize, data: &mut Counting) {
+    let batches = vec![(images(10 + t as i64), labels(t)), (images(20 + t as i64), labels(t))];
+    let optim = OptimConfig { epochs: 1, lr: 0.01, scale_lr_by_batch: false, ..OptimConfig::default() };
+    drive::run_task(m, &task(t), &optim, &batches, data).unwrap();
 }
 
 #[test]
 fn norga_gate_and_current_prompt_get_gradient_and_gate_freezes_after_task_one() {
     let mut m = build("norga", HIDE);
-    let info = task(0);
-    m.begin_task(&info).unwrap();
-    m.train_step(&images(1), &labels(0), &info).unwrap().loss.backward();
+    m.begin_task(&task(0)).unwrap();
+    m.train_step(&images(1), &labels(0), &in_stage(&*m, 0, "prompt")).unwrap().loss.backward();
     assert!(has_grad(&var(&*m, "act_scale")), "alpha/tau learn in the first task");
     assert!(has_grad(&var(&*m, "e_prompt.0")));
-    for name in ["e_prompt.1", "e_prompt.2"] {
-        assert!(!has_grad(&var(&*m, name)), "{name}");
+    for name in ["e_prompt.1", "e_prompt.2", "tii.head.weight"] {
+        assert!(!has_grad(&var(&*m, name)), "{name}: the prompt stage trains prompts, gate and head only");
     }
-    assert!(has_grad(&var(&*m, "tii.head.weight")), "TII trains on the frozen query in its epochs");
-    m.end_task(&info, &mut task_data(0)).unwrap();
-    let info = task(1);
-    m.begin_task(&info).unwrap();
+    m.train_step(&images(1), &labels(0), &in_stage(&*m, 0, "tii")).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "tii.head.weight")), "TII trains on the frozen query in its own stage");
+    run_task(&mut *m, 0, &mut task_data(0));
+    m.begin_task(&task(1)).unwrap();
     let mut opt = nn::Adam::default().build(m.vars(), 0.01).unwrap();
     opt.zero_grad();
-    m.train_step(&images(2), &labels(1), &info).unwrap().loss.backward();
+    m.train_step(&images(2), &labels(1), &in_stage(&*m, 1, "prompt")).unwrap().loss.backward();
     assert!(!has_grad(&var(&*m, "act_scale")), "frozen from the second task (official act_scale.requires_grad_(False))");
     assert!(has_grad(&var(&*m, "e_prompt.1")) && !has_grad(&var(&*m, "e_prompt.0")));
     // HiDe-Prompt has no gate at all.
     assert!(build("hide-prompt", HIDE).vars().variables().get("act_scale").is_none());
 }
 
+/// The official recipe's stages, each over its own parameters with its own
+/// optimizer (so TII and prompts are clipped apart, as in the two official runs).
+#[test]
+fn hide_prompt_stages_follow_the_official_runs_and_train_their_own_parameters() {
+    use promptcl_learner::{optim::Optimizer, OptimizerKind, Schedule, StageData};
+    let m = build("norga", HIDE);
+    let names = |t: usize| m.stages(&task(t), &OptimConfig::default()).iter().map(|s| s.name).collect::<Vec<_>>();
+    assert_eq!(names(0), ["tii", "prompt"], "no alignment before there are old classes");
+    assert_eq!(names(1), ["tii", "tii-align", "prompt", "align"]);
+    let optim = OptimConfig { kind: OptimizerKind::Sgd, schedule: Schedule::Step { every: 30, rate: 0.1 }, ..OptimConfig::default() };
+    for s in m.stages(&task(1), &optim) {
+        let opt = Optimizer::new(m.vars(), &s.optim, &|n| s.lr_scale(n));
+        let trained = opt.names();
+        let only = |prefixes: &[&str]| trained.iter().all(|n| prefixes.iter().any(|p| n.starts_with(p)));
+        match s.name {
+            "tii" => {
+                assert!(only(&["tii."]), "{trained:?}");
+                assert_eq!(
+                    (s.optim.kind, s.optim.schedule, s.optim.clip_grad_norm),
+                    (OptimizerKind::Adam, Schedule::Constant, 1.0),
+                    "official TII run"
+                );
+            }
+            "tii-align" => assert!(only(&["tii."]) && s.data == StageData::Generated && s.optim.clip_grad_norm == 0.0),
+            "prompt" => {
+                assert!(only(&["e_prompt.", "act_scale", "head."]) && trained.contains(&"act_scale"), "{trained:?}");
+                assert_eq!(s.optim.kind, OptimizerKind::Sgd, "the prompt stage follows [optim]");
+                assert_eq!(s.lr_scale("head.weight"), Some(0.1), "--larger_prompt_lr");
+            }
+            "align" => assert!(only(&["head."]) && s.data == StageData::Generated && s.optim.schedule == Schedule::CosineEpoch),
+            other => panic!("unexpected stage {other}"),
+        }
+    }
+}
+
+#[test]
+fn task_prompts_mix_with_earlier_tasks_write_back_and_copy_forward() {
+    use promptcl_learner::parts::task_prompts::{PromptSetConfig, TaskPrompts};
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = PromptSetConfig { prompt_name: "p", key_name: "k", layers: vec![0, 1], length: 2, pool_size: 1, top_k: 1, seed_tag: 7 };
+    let mut p = TaskPrompts::new(&vs.root(), &ctx(), cfg).unwrap();
+    let (p0, p1) = (p.prompts[0].copy(), p.prompts[1].copy());
+    let want = &p1 * 0.99 + &p0 * 0.01;
+    assert!((p.mixed(1, 0.01) - &want).abs().max().double_value(&[]) < 1e-7);
+    p.write_mixed(1, 0.01);
+    assert!((&p.prompts[1] - &want).abs().max().double_value(&[]) < 1e-7 && p.prompts[0].equal(&p0));
+    p.begin_task(2, true);
+    assert!(p.prompts[2].equal(&p.prompts[1]), "shared_prompt_pool: task 2 starts from task 1");
+    let grads: Vec<bool> = p.prompts.iter().map(Tensor::requires_grad).collect();
+    assert_eq!(grads, [false, false, true, false, false]);
+}
+
 #[test]
 fn hide_prompt_pipeline_keeps_finished_prompts_and_consolidates_from_statistics() {
     let mut m = build("hide-prompt", HIDE);
-    train(&mut *m, 0, 2);
-    m.end_task(&task(0), &mut task_data(0)).unwrap();
+    run_task(&mut *m, 0, &mut task_data(0));
     let p0 = var(&*m, "e_prompt.0").copy();
     // begin_task(1) starts task 1's prompt from task 0's.
     m.begin_task(&task(1)).unwrap();
     assert!(var(&*m, "e_prompt.1").equal(&p0));
-    train(&mut *m, 1, 2);
-    let trained = var(&*m, "e_prompt.1").copy();
-    let tii_before = var(&*m, "tii.head.weight").copy();
-    let head_before = var(&*m, "head.weight").copy();
     let mut data = task_data(1);
-    m.end_task(&task(1), &mut data).unwrap();
-    assert_eq!(data.1, 1, "the task's data is read once, for statistics");
-    assert!(!var(&*m, "tii.head.weight").equal(&tii_before), "TII refined on pseudo-features");
-    assert!(!var(&*m, "head.weight").equal(&head_before), "TAP retrained the head on pseudo-features");
-    // Momentum write-back: P1 = (1 - m) P1 + m mean(P0), m = 0.01.
-    let expected = &trained * 0.99 + &p0 * 0.01;
-    assert!((var(&*m, "e_prompt.1") - expected).abs().max().double_value(&[]) < 1e-6);
+    run_task(&mut *m, 1, &mut data);
+    assert_eq!(data.1, 2, "the task's data is read twice: frozen queries after `tii`, prompted features after `prompt`");
+    assert!(!var(&*m, "e_prompt.1").equal(&p0), "task 1's prompt trained");
     assert!(var(&*m, "e_prompt.0").equal(&p0), "task 0's prompt never changes after task 0");
     // Statistics: per-class Cholesky factors of positive-definite covariances, for fitted classes only.
     let chol = var(&*m, "tap_stats.cov_cholesky");
@@ -300,7 +356,9 @@ fn hide_prompt_pipeline_keeps_finished_prompts_and_consolidates_from_statistics(
         let eig = l.matmul(&l.tr()).to_kind(Kind::Double).linalg_eigvalsh("L");
         assert!(eig.min().double_value(&[]) > 0.0, "class {c} covariance not PD");
     }
-    assert_eq!(var(&*m, "tap_stats.fitted").sum(Kind::Float).double_value(&[]), 4.0);
+    for stats in ["tap_stats.fitted", "tii_stats.fitted"] {
+        assert_eq!(var(&*m, stats).sum(Kind::Float).double_value(&[]), 4.0, "{stats}");
+    }
     // The method keeps parameters and statistics only: nothing image-shaped.
     for (name, t) in m.vars().variables() {
         assert!(t.dim() < 4 || name.starts_with("e_prompt"), "{name} {:?}", t.size());

@@ -3,9 +3,8 @@
 //! the label tree with the stream, and the Mahalanobis evaluation variant
 //! scores only classes of the tree.
 
-
-use promptcl_learner::{registry, BatchSource, ContinualMethod, MethodContext, OptimConfig, TaskInfo};
-use tch::{nn::OptimizerConfig, Device, Kind, Tensor};
+use promptcl_learner::{drive, registry, ContinualMethod, Inputs, MethodContext, OptimConfig, TaskInfo};
+use tch::{Device, Kind, Tensor};
 
 mod common;
 
@@ -14,7 +13,12 @@ const PER_TASK: usize = 4;
 
 /// Groups of incremental labels: {0, 4, 8}, {1, 5, 9}, {2, 6, 10}, {3, 7, 11}.
 fn ctx() -> MethodContext {
-    common::vit_ctx(TASKS, PER_TASK, OptimConfig { epochs: 1, batch_size: 8, ..OptimConfig::default() }, Some((0..TASKS * PER_TASK).map(|c| c % 4).collect()))
+    common::vit_ctx(
+        TASKS,
+        PER_TASK,
+        OptimConfig { epochs: 1, batch_size: 8, ..OptimConfig::default() },
+        Some((0..TASKS * PER_TASK).map(|c| c % 4).collect()),
+    )
 }
 
 const REG: &str = r#"
@@ -26,36 +30,24 @@ regularizers = [{ kind = "hierarchical-ot", statistics = "covariance", ot_sample
 "#;
 
 fn task(t: usize) -> TaskInfo {
-    TaskInfo { task: t, num_tasks: TASKS, classes: t * PER_TASK..(t + 1) * PER_TASK, seen: 0..(t + 1) * PER_TASK, epoch: 0 }
+    TaskInfo::new(t, TASKS, t * PER_TASK..(t + 1) * PER_TASK, 0..(t + 1) * PER_TASK)
 }
 
-fn batch(t: usize, seed: i64) -> (Tensor, Tensor) {
+fn batch(t: usize, seed: i64) -> (Inputs, Tensor) {
     tch::manual_seed(seed);
     let labels: Vec<i64> = (0..8).map(|i| (t * PER_TASK + i % PER_TASK) as i64).collect();
     // Class-dependent images so the statistics differ between classes.
     let y = Tensor::from_slice(&labels);
     let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.5 + y.to_kind(Kind::Float).view([8, 1, 1, 1]) * 0.3;
-    (x, y)
+    (Inputs::Images(x), y)
 }
 
-struct Fixed(Vec<(Tensor, Tensor)>);
-
-impl BatchSource for Fixed {
-    fn for_each(&mut self, f: &mut dyn FnMut(&Tensor, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
-        self.0.iter().try_for_each(|(x, y)| f(x, y))
-    }
-}
-
+/// Every stage of task `t`, one epoch over three batches.
 fn run_task(m: &mut dyn ContinualMethod, t: usize) {
-    let info = task(t);
-    m.begin_task(&info).unwrap();
-    let mut opt = tch::nn::Adam::default().build(m.vars(), 0.01).unwrap();
     let data: Vec<_> = (0..3).map(|s| batch(t, (10 * t + s) as i64)).collect();
-    for (x, y) in &data {
-        let loss = m.train_step(x, y, &info).unwrap().loss;
-        opt.backward_step(&loss);
-    }
-    m.end_task(&info, &mut Fixed(data)).unwrap();
+    let again: Vec<_> = (0..3).map(|s| batch(t, (10 * t + s) as i64)).collect();
+    let optim = OptimConfig { epochs: 1, lr: 0.01, scale_lr_by_batch: false, ..OptimConfig::default() };
+    drive::run_task(m, &task(t), &optim, &data, &mut drive::Held(again)).unwrap();
 }
 
 #[test]
@@ -63,8 +55,7 @@ fn regularizer_adds_its_loss_to_any_method() {
     let params: toml::Table = toml::from_str(REG).unwrap();
     let mut plain_params = params.clone();
     plain_params.remove("regularizers");
-    let (mut with, mut without) =
-        (registry::build("l2p", &ctx(), &params).unwrap(), registry::build("l2p", &ctx(), &plain_params).unwrap());
+    let (mut with, mut without) = (registry::build("l2p", &ctx(), &params).unwrap(), registry::build("l2p", &ctx(), &plain_params).unwrap());
     let (x, y) = batch(0, 1);
     let a = with.train_step(&x, &y, &task(0)).unwrap().loss.double_value(&[]);
     let b = without.train_step(&x, &y, &task(0)).unwrap().loss.double_value(&[]);
@@ -120,8 +111,9 @@ fn mahalanobis_distance_is_zero_at_the_mean_and_matches_the_covariance() {
     assert!((stats.mahalanobis(&x, 1).double_value(&[0, 0]) - want).abs() < 1e-4);
 }
 
-/// HiDe-style methods may train TII-only epochs after the prompt epochs; the
-/// regulariser's statistics come from the last epoch that had features.
+/// HiDe-style methods train TII (no encoder features) in a stage of its own;
+/// the regulariser acts in the stage that has features and takes its
+/// statistics from that stage's last epoch.
 #[test]
 fn statistics_come_from_the_last_epoch_with_features() {
     let params: toml::Table = toml::from_str(
@@ -129,18 +121,14 @@ fn statistics_come_from_the_last_epoch_with_features() {
     )
     .unwrap();
     let mut m = registry::build("hide-prompt", &ctx(), &params).unwrap();
-    assert_eq!(m.epochs(), Some(3), "prompt epochs 1, TII epochs 3");
-    let mut info = task(0);
+    let info = task(0);
     m.begin_task(&info).unwrap();
-    let data: Vec<_> = (0..2).map(|s| batch(0, s)).collect();
-    for epoch in 0..3 {
-        info.epoch = epoch;
-        for (x, y) in &data {
-            let step = m.train_step(x, y, &info).unwrap();
-            assert_eq!(step.features.is_some(), epoch == 0);
-        }
+    let (x, y) = batch(0, 1);
+    for stage in m.stages(&info, &ctx().optim) {
+        let step = m.train_step(&x, &y, &info.in_stage(&stage)).unwrap();
+        assert_eq!(step.features.is_some(), stage.name == "prompt", "{}", stage.name);
     }
-    m.end_task(&info, &mut Fixed(data)).unwrap();
+    run_task(&mut *m, 0);
     let fitted: Vec<f64> = Vec::try_from(&m.vars().variables()["reg0.feat_stats.fitted"]).unwrap();
     assert_eq!(&fitted[..PER_TASK], &[1.0; PER_TASK]);
 }

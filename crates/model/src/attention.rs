@@ -56,10 +56,7 @@ pub(crate) fn attend(
     let kind = q.kind();
     let prefix = prefix.map(|p| {
         let l = p.key.size()[2];
-        (
-            p.key.to_kind(kind).expand([b, h, l, d], false),
-            p.value.to_kind(kind).expand([b, h, l, d], false),
-        )
+        (p.key.to_kind(kind).expand([b, h, l, d], false), p.value.to_kind(kind).expand([b, h, l, d], false))
     });
     let full_mask = |prefix_len: i64| {
         mask.map(|m| {
@@ -67,10 +64,7 @@ pub(crate) fn attend(
                 return m.shallow_clone();
             }
             let ms = m.size();
-            let zeros = Tensor::zeros(
-                [ms[0], ms[1], ms[2], prefix_len],
-                (m.kind(), m.device()),
-            );
+            let zeros = Tensor::zeros([ms[0], ms[1], ms[2], prefix_len], (m.kind(), m.device()));
             Tensor::cat(&[&zeros, m], -1)
         })
     };

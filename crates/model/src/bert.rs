@@ -171,7 +171,8 @@ impl BertModel {
     pub fn from_safetensors(vs: &mut nn::VarStore, cfg: &BertConfig, path: &Path) -> Result<Self> {
         cfg.validate()?;
         let model = Self::new(vs.root(), cfg);
-        const SKIP: [&str; 6] = ["pooler.", "cls.", "embeddings.position_ids", "embeddings.token_type_ids", "bert.pooler.", "bert.embeddings.position_ids"];
+        const SKIP: [&str; 6] =
+            ["pooler.", "cls.", "embeddings.position_ids", "embeddings.token_type_ids", "bert.pooler.", "bert.embeddings.position_ids"];
         let mut file = crate::weights::read_safetensors_except(path, &SKIP)?;
         if file.keys().any(|k| k.starts_with("bert.")) {
             file = file.into_iter().map(|(k, v)| (k.strip_prefix("bert.").map(String::from).unwrap_or(k), v)).collect();

@@ -94,22 +94,13 @@ impl ViTConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
         if self.patch_size <= 0 || self.img_size <= 0 || self.in_chans <= 0 {
-            return bad(format!(
-                "img_size ({}), patch_size ({}) and in_chans ({}) must be positive",
-                self.img_size, self.patch_size, self.in_chans
-            ));
+            return bad(format!("img_size ({}), patch_size ({}) and in_chans ({}) must be positive", self.img_size, self.patch_size, self.in_chans));
         }
         if self.img_size % self.patch_size != 0 {
-            return bad(format!(
-                "img_size {} is not divisible by patch_size {}",
-                self.img_size, self.patch_size
-            ));
+            return bad(format!("img_size {} is not divisible by patch_size {}", self.img_size, self.patch_size));
         }
         if self.embed_dim <= 0 || self.num_heads <= 0 || self.embed_dim % self.num_heads != 0 {
-            return bad(format!(
-                "embed_dim {} must be a positive multiple of num_heads {}",
-                self.embed_dim, self.num_heads
-            ));
+            return bad(format!("embed_dim {} must be a positive multiple of num_heads {}", self.embed_dim, self.num_heads));
         }
         if self.depth == 0 {
             return bad("depth must be at least 1".into());

@@ -16,30 +16,13 @@ pub enum ModelError {
     #[error("{path}: not a valid safetensors file: {reason}")]
     BadFile { path: PathBuf, reason: String },
     #[error("{path}: missing tensor `{key}` (the model expects shape {expected:?})")]
-    MissingTensor {
-        path: PathBuf,
-        key: String,
-        expected: Vec<i64>,
-    },
+    MissingTensor { path: PathBuf, key: String, expected: Vec<i64> },
     #[error("{path}: tensor `{key}` has shape {found:?} but the model expects {expected:?}")]
-    ShapeMismatch {
-        path: PathBuf,
-        key: String,
-        found: Vec<i64>,
-        expected: Vec<i64>,
-    },
+    ShapeMismatch { path: PathBuf, key: String, found: Vec<i64>, expected: Vec<i64> },
     #[error("{path}: tensor `{key}` has dtype {dtype}; only F32, F64, F16 and BF16 weights are supported")]
-    BadDtype {
-        path: PathBuf,
-        key: String,
-        dtype: String,
-    },
+    BadDtype { path: PathBuf, key: String, dtype: String },
     #[error("{path}: {count} tensor(s) the model does not use, e.g. {examples}; pass them in `ignore_prefixes` if this is intended")]
-    UnexpectedTensors {
-        path: PathBuf,
-        count: usize,
-        examples: String,
-    },
+    UnexpectedTensors { path: PathBuf, count: usize, examples: String },
     #[error("invalid model config: {0}")]
     Config(String),
     #[error("bad input: {0}")]

@@ -14,24 +14,13 @@ pub(crate) struct LayerNorm {
 
 impl LayerNorm {
     pub(crate) fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
-        Self {
-            weight: p.ones("weight", &[dim]),
-            bias: p.zeros("bias", &[dim]),
-            dim,
-            eps,
-        }
+        Self { weight: p.ones("weight", &[dim]), bias: p.zeros("bias", &[dim]), dim, eps }
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         x.to_kind(Kind::Float)
-            .layer_norm(
-                [self.dim],
-                Some(self.weight.to_kind(Kind::Float)),
-                Some(self.bias.to_kind(Kind::Float)),
-                self.eps,
-                false,
-            )
+            .layer_norm([self.dim], Some(self.weight.to_kind(Kind::Float)), Some(self.bias.to_kind(Kind::Float)), self.eps, false)
             .to_kind(kind)
     }
 }

@@ -49,15 +49,7 @@ pub enum GateActivation {
 }
 
 impl GateActivation {
-    pub const ALL: [GateActivation; 7] = [
-        Self::Identity,
-        Self::Sigmoid,
-        Self::Tanh,
-        Self::Relu,
-        Self::Gelu,
-        Self::Softplus,
-        Self::Elu,
-    ];
+    pub const ALL: [GateActivation; 7] = [Self::Identity, Self::Sigmoid, Self::Tanh, Self::Relu, Self::Gelu, Self::Softplus, Self::Elu];
 
     /// Matches `torch.nn` defaults: exact (erf) GELU, softplus β=1, ELU α=1.
     pub fn apply(self, x: &Tensor) -> Tensor {
@@ -123,10 +115,7 @@ impl<'a> Prompts<'a> {
 
     /// Key/value prefixes for `layer`.
     pub fn with_prefix(mut self, layer: usize, key: &Tensor, value: &Tensor) -> Self {
-        self.layers.entry(layer).or_default().prefix = Some(Prefix {
-            key: key.shallow_clone(),
-            value: value.shallow_clone(),
-        });
+        self.layers.entry(layer).or_default().prefix = Some(Prefix { key: key.shallow_clone(), value: value.shallow_clone() });
         self
     }
 
@@ -160,9 +149,7 @@ impl<'a> Prompts<'a> {
             if let Some(t) = &p.tokens {
                 let s = t.size();
                 if s.len() != 3 || (s[0] != 1 && s[0] != batch) || s[2] != embed_dim {
-                    return bad(format!(
-                        "layer {layer}: prompt tokens must be [{batch} or 1, length, {embed_dim}], got {s:?}"
-                    ));
+                    return bad(format!("layer {layer}: prompt tokens must be [{batch} or 1, length, {embed_dim}], got {s:?}"));
                 }
                 check_float(t, layer, "prompt tokens")?;
             }
@@ -170,18 +157,12 @@ impl<'a> Prompts<'a> {
                 for (name, t) in [("key", &pre.key), ("value", &pre.value)] {
                     let s = t.size();
                     if s.len() != 4 || (s[0] != 1 && s[0] != batch) || s[1] != heads || s[3] != head_dim {
-                        return bad(format!(
-                            "layer {layer}: prefix {name} must be [{batch} or 1, {heads}, length, {head_dim}], got {s:?}"
-                        ));
+                        return bad(format!("layer {layer}: prefix {name} must be [{batch} or 1, {heads}, length, {head_dim}], got {s:?}"));
                     }
                     check_float(t, layer, name)?;
                 }
                 if pre.key.size()[2] != pre.value.size()[2] {
-                    return bad(format!(
-                        "layer {layer}: prefix key length {} differs from value length {}",
-                        pre.key.size()[2],
-                        pre.value.size()[2]
-                    ));
+                    return bad(format!("layer {layer}: prefix key length {} differs from value length {}", pre.key.size()[2], pre.value.size()[2]));
                 }
             } else if p.score_hook.is_some() {
                 return bad(format!("layer {layer}: a score hook needs a prefix on the same layer"));
@@ -195,10 +176,7 @@ fn check_float(t: &Tensor, layer: usize, what: &str) -> Result<()> {
     if matches!(t.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
         Ok(())
     } else {
-        Err(ModelError::Input(format!(
-            "layer {layer}: {what} must be a float tensor, got {:?}",
-            t.kind()
-        )))
+        Err(ModelError::Input(format!("layer {layer}: {what} must be a float tensor, got {:?}", t.kind())))
     }
 }
 

@@ -54,29 +54,15 @@ struct Attention {
 impl Attention {
     fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
         let d = cfg.embed_dim;
-        Self {
-            qkv: linear(&p / "qkv", d, 3 * d, cfg.qkv_bias),
-            proj: linear(&p / "proj", d, d, true),
-            num_heads: cfg.num_heads,
-        }
+        Self { qkv: linear(&p / "qkv", d, 3 * d, cfg.qkv_bias), proj: linear(&p / "proj", d, d, true), num_heads: cfg.num_heads }
     }
 
     /// # Shapes
     /// - `x`: `[B, N, D]` → `[B, N, D]`
-    fn forward(
-        &self,
-        x: &Tensor,
-        prefix: Option<&Prefix>,
-        hook: Option<&dyn PrefixScoreHook>,
-        imp: AttentionImpl,
-    ) -> Tensor {
+    fn forward(&self, x: &Tensor, prefix: Option<&Prefix>, hook: Option<&dyn PrefixScoreHook>, imp: AttentionImpl) -> Tensor {
         let s = x.size();
         let (b, n, c) = (s[0], s[1], s[2]);
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, n, 3, self.num_heads, c / self.num_heads])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = self.qkv.forward(x).reshape([b, n, 3, self.num_heads, c / self.num_heads]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let out = attend(&q, &k, &v, prefix, hook, None, imp);
         self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
@@ -91,10 +77,7 @@ struct Mlp {
 
 impl Mlp {
     fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
-        Self {
-            fc1: linear(&p / "fc1", cfg.embed_dim, cfg.mlp_hidden(), true),
-            fc2: linear(&p / "fc2", cfg.mlp_hidden(), cfg.embed_dim, true),
-        }
+        Self { fc1: linear(&p / "fc1", cfg.embed_dim, cfg.mlp_hidden(), true), fc2: linear(&p / "fc2", cfg.mlp_hidden(), cfg.embed_dim, true) }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -122,13 +105,7 @@ impl Block {
         }
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        prefix: Option<&Prefix>,
-        hook: Option<&dyn PrefixScoreHook>,
-        imp: AttentionImpl,
-    ) -> Tensor {
+    fn forward(&self, x: &Tensor, prefix: Option<&Prefix>, hook: Option<&dyn PrefixScoreHook>, imp: AttentionImpl) -> Tensor {
         let x = x + self.attn.forward(&self.norm1.forward(x), prefix, hook, imp);
         &x + self.mlp.forward(&self.norm2.forward(&x))
     }
@@ -152,10 +129,7 @@ impl VisionTransformer {
     pub fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
         debug_assert!(cfg.validate().is_ok(), "ViTConfig not validated");
         let d = cfg.embed_dim;
-        let conv = nn::ConvConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
+        let conv = nn::ConvConfig { stride: cfg.patch_size, ..Default::default() };
         // Init as timm's `init_weights`: small normal class token, trunc-normal(0.02)
         // position embedding; only matters for random-init runs (demo, benchmarks).
         let init_pos = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
@@ -181,11 +155,7 @@ impl VisionTransformer {
         let grid = cfg.grid_size();
         let adapt = |key: &str, t: Tensor, expected: &[i64]| -> Result<Tensor> {
             let s = t.size();
-            let resamplable = key == "pos_embed"
-                && s.len() == 3
-                && s[2] == expected[2]
-                && s != expected
-                && is_square(s[1] - 1);
+            let resamplable = key == "pos_embed" && s.len() == 3 && s[2] == expected[2] && s != expected && is_square(s[1] - 1);
             Ok(if resamplable { resample_pos_embed(&t, grid, grid) } else { t })
         };
         load_strict(vs, path, ignore, &adapt)?;
@@ -223,12 +193,7 @@ impl VisionTransformer {
     /// - `images`: `[B, in_chans, H, W]`, H and W multiples of the patch size
     ///   (another size than the config's resamples the position embedding)
     /// - see [`VitOutput`] for the outputs
-    pub fn forward_with(
-        &self,
-        images: &Tensor,
-        prompts: &Prompts,
-        opts: &ForwardOptions,
-    ) -> Result<VitOutput> {
+    pub fn forward_with(&self, images: &Tensor, prompts: &Prompts, opts: &ForwardOptions) -> Result<VitOutput> {
         let cfg = &self.cfg;
         let (b, gh, gw) = self.check_images(images)?;
         prompts.validate(cfg.depth, b, cfg.embed_dim, cfg.num_heads)?;
@@ -236,11 +201,8 @@ impl VisionTransformer {
         let d = cfg.embed_dim;
 
         let x = images.to_kind(kind).apply(&self.patch_embed).flatten(2, 3).transpose(1, 2);
-        let pos = if gh == cfg.grid_size() && gw == cfg.grid_size() {
-            self.pos_embed.shallow_clone()
-        } else {
-            resample_pos_embed(&self.pos_embed, gh, gw)
-        };
+        let pos =
+            if gh == cfg.grid_size() && gw == cfg.grid_size() { self.pos_embed.shallow_clone() } else { resample_pos_embed(&self.pos_embed, gh, gw) };
         let cls = self.cls_token.to_kind(kind).expand([b, 1, d], false);
         let mut x = Tensor::cat(&[&cls, &x], 1) + pos.to_kind(kind);
 
@@ -270,14 +232,8 @@ impl VisionTransformer {
         let patches = x.narrow(1, 1 + n_prompt, n - 1 - n_prompt);
         let patch_mean = patches.mean_dim(1, false, Kind::Float);
         let prompt_tokens = (n_prompt > 0).then(|| x.narrow(1, 1, n_prompt));
-        let tokens = if n_prompt == 0 || opts.keep_prompt_tokens {
-            x
-        } else {
-            Tensor::cat(&[x.narrow(1, 0, 1), patches], 1)
-        };
-        let logits = self.head.as_ref().map(|h| {
-            h.forward(&cls.to_kind(h.ws.kind())).to_kind(Kind::Float)
-        });
+        let tokens = if n_prompt == 0 || opts.keep_prompt_tokens { x } else { Tensor::cat(&[x.narrow(1, 0, 1), patches], 1) };
+        let logits = self.head.as_ref().map(|h| h.forward(&cls.to_kind(h.ws.kind())).to_kind(Kind::Float));
         Ok(VitOutput { tokens, cls, patch_mean, prompt_tokens, hidden, logits })
     }
 
@@ -285,26 +241,17 @@ impl VisionTransformer {
         let s = images.size();
         let cfg = &self.cfg;
         if s.len() != 4 || s[1] != cfg.in_chans {
-            return Err(ModelError::Input(format!(
-                "images must be [batch, {}, height, width], got {s:?}",
-                cfg.in_chans
-            )));
+            return Err(ModelError::Input(format!("images must be [batch, {}, height, width], got {s:?}", cfg.in_chans)));
         }
         if s[0] == 0 {
             return Err(ModelError::Input("empty batch".into()));
         }
         let p = cfg.patch_size;
         if s[2] % p != 0 || s[3] % p != 0 || s[2] == 0 || s[3] == 0 {
-            return Err(ModelError::Input(format!(
-                "image size {}x{} is not a positive multiple of the patch size {p}",
-                s[2], s[3]
-            )));
+            return Err(ModelError::Input(format!("image size {}x{} is not a positive multiple of the patch size {p}", s[2], s[3])));
         }
         if !matches!(images.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
-            return Err(ModelError::Input(format!(
-                "images must be a float tensor (normalised), got {:?}",
-                images.kind()
-            )));
+            return Err(ModelError::Input(format!("images must be a float tensor (normalised), got {:?}", images.kind())));
         }
         Ok((s[0], s[2] / p, s[3] / p))
     }
@@ -312,12 +259,7 @@ impl VisionTransformer {
 
 /// Builds a frozen ViT in its own `VarStore` on `device`, from a checkpoint or
 /// (with `path = None`) from a seeded random init, in the given precision.
-pub fn frozen_vit(
-    cfg: &ViTConfig,
-    path: Option<&Path>,
-    device: Device,
-    precision: Precision,
-) -> Result<(nn::VarStore, VisionTransformer)> {
+pub fn frozen_vit(cfg: &ViTConfig, path: Option<&Path>, device: Device, precision: Precision) -> Result<(nn::VarStore, VisionTransformer)> {
     cfg.validate()?;
     let mut vs = nn::VarStore::new(device);
     let model = match path {

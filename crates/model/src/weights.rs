@@ -27,14 +27,8 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// their dtype is checked: checkpoints carry integer buffers such as BERT's
 /// `embeddings.position_ids`).
 pub fn read_safetensors_except(path: &Path, skip: &[&str]) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::BadFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::BadFile { path: path.to_path_buf(), reason: e.to_string() })?;
     let mut out = HashMap::new();
     for (key, view) in st.tensors() {
         if skip.iter().any(|p| key.starts_with(p)) {
@@ -45,13 +39,7 @@ pub fn read_safetensors_except(path: &Path, skip: &[&str]) -> Result<HashMap<Str
             Dtype::F64 => Kind::Double,
             Dtype::F16 => Kind::Half,
             Dtype::BF16 => Kind::BFloat16,
-            other => {
-                return Err(ModelError::BadDtype {
-                    path: path.to_path_buf(),
-                    key,
-                    dtype: format!("{other:?}"),
-                })
-            }
+            other => return Err(ModelError::BadDtype { path: path.to_path_buf(), key, dtype: format!("{other:?}") }),
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
@@ -63,23 +51,12 @@ pub fn read_safetensors_except(path: &Path, skip: &[&str]) -> Result<HashMap<Str
 /// Copies the file's tensors into `vs`, requiring an exact match of names and
 /// shapes. Keys starting with any of `ignore_prefixes` may be absent from the
 /// model; `adapt` may reshape a tensor before the shape check.
-pub fn load_strict(
-    vs: &VarStore,
-    path: &Path,
-    ignore_prefixes: &[&str],
-    adapt: Adapt<'_>,
-) -> Result<()> {
+pub fn load_strict(vs: &VarStore, path: &Path, ignore_prefixes: &[&str], adapt: Adapt<'_>) -> Result<()> {
     load_map(vs, path, read_safetensors(path)?, ignore_prefixes, adapt)
 }
 
 /// [`load_strict`] on tensors already read (and possibly renamed) from `path`.
-pub fn load_map(
-    vs: &VarStore,
-    path: &Path,
-    mut file: HashMap<String, Tensor>,
-    ignore_prefixes: &[&str],
-    adapt: Adapt<'_>,
-) -> Result<()> {
+pub fn load_map(vs: &VarStore, path: &Path, mut file: HashMap<String, Tensor>, ignore_prefixes: &[&str], adapt: Adapt<'_>) -> Result<()> {
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
@@ -87,35 +64,19 @@ pub fn load_map(
         let var = &vars[name];
         let expected = var.size();
         let Some(src) = file.remove(name.as_str()) else {
-            return Err(ModelError::MissingTensor {
-                path: path.to_path_buf(),
-                key: name.clone(),
-                expected,
-            });
+            return Err(ModelError::MissingTensor { path: path.to_path_buf(), key: name.clone(), expected });
         };
         let src = adapt(name, src, &expected)?;
         if src.size() != expected {
-            return Err(ModelError::ShapeMismatch {
-                path: path.to_path_buf(),
-                key: name.clone(),
-                found: src.size(),
-                expected,
-            });
+            return Err(ModelError::ShapeMismatch { path: path.to_path_buf(), key: name.clone(), found: src.size(), expected });
         }
         let mut var = var.shallow_clone();
         tch::no_grad(|| var.f_copy_(&src.to_device(var.device()).to_kind(var.kind())))?;
     }
-    let unexpected: BTreeSet<String> = file
-        .into_keys()
-        .filter(|k| !ignore_prefixes.iter().any(|p| k.starts_with(p)))
-        .collect();
+    let unexpected: BTreeSet<String> = file.into_keys().filter(|k| !ignore_prefixes.iter().any(|p| k.starts_with(p))).collect();
     if !unexpected.is_empty() {
         let examples: Vec<_> = unexpected.iter().take(5).map(String::as_str).collect();
-        return Err(ModelError::UnexpectedTensors {
-            path: path.to_path_buf(),
-            count: unexpected.len(),
-            examples: examples.join(", "),
-        });
+        return Err(ModelError::UnexpectedTensors { path: path.to_path_buf(), count: unexpected.len(), examples: examples.join(", ") });
     }
     Ok(())
 }

@@ -18,8 +18,7 @@ fn tmp(name: &str) -> std::path::PathBuf {
 
 /// Writes the fixture checkpoint with `edit` applied to its tensor list.
 fn edited(name: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> std::path::PathBuf {
-    let mut tensors: Vec<(String, Tensor)> =
-        read_safetensors(&fixture("vit_tiny_test.safetensors")).unwrap().into_iter().collect();
+    let mut tensors: Vec<(String, Tensor)> = read_safetensors(&fixture("vit_tiny_test.safetensors")).unwrap().into_iter().collect();
     edit(&mut tensors);
     let path = tmp(name);
     Tensor::write_safetensors(&tensors, &path).unwrap();
@@ -94,8 +93,7 @@ fn half_precision_checkpoints_load() {
 
 #[test]
 fn bad_images_and_prompts_are_errors() {
-    let (_vs, vit) =
-        frozen_vit(&tiny_cfg(), Some(&fixture("vit_tiny_test.safetensors")), Device::Cpu, Precision::F32).unwrap();
+    let (_vs, vit) = frozen_vit(&tiny_cfg(), Some(&fixture("vit_tiny_test.safetensors")), Device::Cpu, Precision::F32).unwrap();
     let opts = (Kind::Float, Device::Cpu);
     let cases = [
         (Tensor::zeros([2, 3, 30, 32], opts), "multiple of the patch size"),

@@ -16,7 +16,15 @@ fn golden() -> HashMap<String, Tensor> {
 }
 
 fn cfg() -> BertConfig {
-    BertConfig { vocab_size: 100, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_position_embeddings: 40, ..BertConfig::default() }
+    BertConfig {
+        vocab_size: 100,
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        max_position_embeddings: 40,
+        ..BertConfig::default()
+    }
 }
 
 fn close(a: &Tensor, b: &Tensor, what: &str) {
@@ -121,4 +129,3 @@ fn added_tokens_grow_the_embedding() {
     let dist = (new - trained.mean_dim(0, true, Kind::Float)).abs().max().double_value(&[]);
     assert!(dist < 6.0 * spread, "new rows lie within the trained rows' spread ({dist} vs {spread})");
 }
-

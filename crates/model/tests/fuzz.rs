@@ -4,8 +4,8 @@
 mod common;
 
 use common::{fixture, tiny_cfg};
-use proptest::prelude::*;
 use promptcl_model::{frozen_vit, weights::read_safetensors, Precision};
+use proptest::prelude::*;
 use tch::Device;
 
 fn tmp(tag: usize) -> std::path::PathBuf {

@@ -4,17 +4,13 @@
 mod common;
 
 use common::{assert_close, fixture, tiny_cfg, Golden};
-use promptcl_model::{
-    frozen_vit, AttentionImpl, ForwardOptions, GateActivation, NoRGaGate, Precision, Prompts,
-    VisionTransformer, VitOutput,
-};
+use promptcl_model::{frozen_vit, AttentionImpl, ForwardOptions, GateActivation, NoRGaGate, Precision, Prompts, VisionTransformer, VitOutput};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;
 
 fn load() -> (nn::VarStore, VisionTransformer) {
-    frozen_vit(&tiny_cfg(), Some(&fixture("vit_tiny_test.safetensors")), Device::Cpu, Precision::F32)
-        .expect("load tiny ViT")
+    frozen_vit(&tiny_cfg(), Some(&fixture("vit_tiny_test.safetensors")), Device::Cpu, Precision::F32).expect("load tiny ViT")
 }
 
 /// The scalar loss of the fixture script.
@@ -88,17 +84,9 @@ fn norga_gate_matches_official_attention_with_gradients() {
     let g = Golden::load();
     let [k0, v0, k1, v1] = ["k0", "v0", "k1", "v1"].map(|n| g.leaf(&format!("prefix.{n}")));
     let gates: Vec<NoRGaGate> = (0..2)
-        .map(|i| NoRGaGate {
-            alpha: g.leaf(&format!("norga.alpha{i}")),
-            tau: g.leaf(&format!("norga.tau{i}")),
-            activation: GateActivation::Tanh,
-        })
+        .map(|i| NoRGaGate { alpha: g.leaf(&format!("norga.alpha{i}")), tau: g.leaf(&format!("norga.tau{i}")), activation: GateActivation::Tanh })
         .collect();
-    let prompts = Prompts::none()
-        .with_prefix(0, &k0, &v0)
-        .with_prefix(1, &k1, &v1)
-        .with_score_hook(0, &gates[0])
-        .with_score_hook(1, &gates[1]);
+    let prompts = Prompts::none().with_prefix(0, &k0, &v0).with_prefix(1, &k1, &v1).with_score_hook(0, &gates[0]).with_score_hook(1, &gates[1]);
     // A score hook forces the explicit path even when fused is asked for.
     let opts = ForwardOptions { attention: AttentionImpl::Fused, ..Default::default() };
     let out = vit.forward_with(&g.get("input"), &prompts, &opts).unwrap();
@@ -131,11 +119,7 @@ fn identity_gate_with_zero_alpha_is_plain_prefix_tuning() {
 }
 
 fn base_with_hooks<'a>(k0: &Tensor, v0: &Tensor, k1: &Tensor, v1: &Tensor, gate: &'a NoRGaGate) -> Prompts<'a> {
-    Prompts::none()
-        .with_prefix(0, k0, v0)
-        .with_prefix(1, k1, v1)
-        .with_score_hook(0, gate)
-        .with_score_hook(1, gate)
+    Prompts::none().with_prefix(0, k0, v0).with_prefix(1, k1, v1).with_score_hook(0, gate).with_score_hook(1, gate)
 }
 
 #[test]
@@ -143,8 +127,7 @@ fn position_embedding_resampling_matches_timm() {
     let g = Golden::load();
     // At load time: a 32px checkpoint into a 48px model, as timm's checkpoint_filter_fn.
     let cfg48 = promptcl_model::ViTConfig { img_size: 48, ..tiny_cfg() };
-    let (vs, vit48) =
-        frozen_vit(&cfg48, Some(&fixture("vit_tiny_test.safetensors")), Device::Cpu, Precision::F32).unwrap();
+    let (vs, vit48) = frozen_vit(&cfg48, Some(&fixture("vit_tiny_test.safetensors")), Device::Cpu, Precision::F32).unwrap();
     let pos = vs.variables()["pos_embed"].shallow_clone();
     assert_close(&pos, &g.get("resample.pos_embed"), TOL, "resampled pos_embed");
     let out = vit48.forward(&g.get("resample.input"), &Prompts::none()).unwrap();
@@ -225,9 +208,7 @@ fn cuda_bf16_fused_agrees_with_fp32_cpu() {
     let cpu_out = cpu.forward(&g.get("input"), &Prompts::none().with_prefix(0, &k0, &v0)).unwrap();
     let (k0g, v0g) = (k0.to_device(Device::Cuda(0)), v0.to_device(Device::Cuda(0)));
     let opts = ForwardOptions { attention: AttentionImpl::Fused, ..Default::default() };
-    let gpu_out = gpu
-        .forward_with(&g.get("input").to_device(Device::Cuda(0)), &Prompts::none().with_prefix(0, &k0g, &v0g), &opts)
-        .unwrap();
+    let gpu_out = gpu.forward_with(&g.get("input").to_device(Device::Cuda(0)), &Prompts::none().with_prefix(0, &k0g, &v0g), &opts).unwrap();
     let err = common::max_abs(&cpu_out.tokens, &gpu_out.tokens.to_device(Device::Cpu));
     let scale = cpu_out.tokens.abs().max().double_value(&[]);
     eprintln!("CUDA bf16+fused vs CPU fp32 tokens: max abs {err:.2e}, relative {:.2e}", err / scale);

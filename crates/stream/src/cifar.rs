@@ -73,8 +73,7 @@ fn finish(fine_names: Vec<String>, coarse_names: Vec<String>, train: Part, test:
     if let Some(missing) = parent.iter().position(|&p| p == usize::MAX) {
         return Err(StreamError::format(dir, format!("class {missing} has no samples")));
     }
-    let hierarchy = LabelTree::from_parents(&parent, coarse_names)
-        .map_err(|e| StreamError::format(dir, e))?;
+    let hierarchy = LabelTree::from_parents(&parent, coarse_names).map_err(|e| StreamError::format(dir, e))?;
     Ok(Dataset {
         name: "cifar100".into(),
         class_names: fine_names,
@@ -92,10 +91,7 @@ fn read_pickle(path: &Path) -> Result<Value> {
 }
 
 fn names(meta: &Value, key: &str, n: usize, path: &Path) -> Result<Vec<String>> {
-    let list = meta
-        .get(key)
-        .and_then(Value::as_seq)
-        .ok_or_else(|| StreamError::format(path, format!("no `{key}` list")))?;
+    let list = meta.get(key).and_then(Value::as_seq).ok_or_else(|| StreamError::format(path, format!("no `{key}` list")))?;
     let names: Option<Vec<String>> = list.iter().map(Value::as_str).collect();
     match names {
         Some(names) if names.len() == n => Ok(names),
@@ -105,10 +101,7 @@ fn names(meta: &Value, key: &str, n: usize, path: &Path) -> Result<Vec<String>> 
 }
 
 fn labels(d: &Value, key: &str, n: usize, max: usize, path: &Path) -> Result<Vec<usize>> {
-    let list = d
-        .get(key)
-        .and_then(Value::as_seq)
-        .ok_or_else(|| StreamError::format(path, format!("no `{key}` list")))?;
+    let list = d.get(key).and_then(Value::as_seq).ok_or_else(|| StreamError::format(path, format!("no `{key}` list")))?;
     if list.len() != n {
         return Err(StreamError::format(path, format!("`{key}` has {} entries but `data` has {n} rows", list.len())));
     }
@@ -123,10 +116,7 @@ fn labels(d: &Value, key: &str, n: usize, max: usize, path: &Path) -> Result<Vec
 
 fn python_part(path: &Path) -> Result<Part> {
     let d = read_pickle(path)?;
-    let (dtype, shape, data) = d
-        .get("data")
-        .and_then(Value::as_ndarray)
-        .ok_or_else(|| StreamError::format(path, "no `data` numpy array"))?;
+    let (dtype, shape, data) = d.get("data").and_then(Value::as_ndarray).ok_or_else(|| StreamError::format(path, "no `data` numpy array"))?;
     if !matches!(dtype.as_str(), "u1" | "|u1") || shape.len() != 2 || shape[1] != PIXELS {
         return Err(StreamError::format(path, format!("`data` is {dtype} {shape:?}, expected uint8 [N, {PIXELS}]")));
     }
@@ -170,4 +160,3 @@ fn text_names(path: &Path, n: usize) -> Result<Vec<String>> {
     }
     Ok(names)
 }
-

@@ -43,10 +43,7 @@ impl TaskPlan {
         match self {
             Self::Clusters(clusters) => {
                 if clusters.len() != num_tasks {
-                    return Err(StreamError::Config(format!(
-                        "the protocol defines {} tasks, stream.num_tasks = {num_tasks}",
-                        clusters.len()
-                    )));
+                    return Err(StreamError::Config(format!("the protocol defines {} tasks, stream.num_tasks = {num_tasks}", clusters.len())));
                 }
                 let n = clusters.len() - 1;
                 let order = argsort_shuffle(seed, n);
@@ -119,8 +116,8 @@ struct JsonSample {
 /// Reads a FewRel-style JSON file: relation → examples, in file order.
 pub fn read_relation_json(path: &Path) -> Result<Vec<(String, Vec<RelationExample>)>> {
     let text = std::fs::read_to_string(path).map_err(|e| StreamError::io(path, e))?;
-    let data: IndexMap<String, Vec<JsonSample>> = serde_json::from_str(&text)
-        .map_err(|e| StreamError::format(path, format!("expected {{relation: [{{tokens, h, t}}]}}: {e}")))?;
+    let data: IndexMap<String, Vec<JsonSample>> =
+        serde_json::from_str(&text).map_err(|e| StreamError::format(path, format!("expected {{relation: [{{tokens, h, t}}]}}: {e}")))?;
     data.into_iter()
         .map(|(rel, samples)| {
             let examples = samples
@@ -174,13 +171,20 @@ pub fn read_npy_ints(path: &Path) -> Result<Vec<i64>> {
     }
     Ok(data
         .chunks_exact(width)
-        .map(|c| if width == 8 { i64::from_le_bytes(c.try_into().expect("8 bytes")) } else { i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64 })
+        .map(
+            |c| {
+                if width == 8 {
+                    i64::from_le_bytes(c.try_into().expect("8 bytes"))
+                } else {
+                    i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64
+                }
+            },
+        )
         .collect())
 }
 
 fn tokenize_split(tok: &RelationTokenizer, samples: Vec<(usize, RelationExample)>, what: &Path) -> Result<Split> {
-    let encoded: Vec<(usize, Option<EncodedText>)> =
-        samples.par_iter().map(|(l, ex)| Ok((*l, tok.encode(ex)?))).collect::<Result<_>>()?;
+    let encoded: Vec<(usize, Option<EncodedText>)> = samples.par_iter().map(|(l, ex)| Ok((*l, tok.encode(ex)?))).collect::<Result<_>>()?;
     let dropped = encoded.iter().filter(|(_, e)| e.is_none()).count();
     if dropped > 0 {
         tracing::warn!("{}: {dropped} examples dropped: their entities lie more than max_length = {} tokens apart", what.display(), tok.max_length);
@@ -247,7 +251,10 @@ fn cfrl_dir(root: &Path, shots: usize) -> Result<PathBuf> {
     let found: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| StreamError::io(root, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("CFRLdata_") && n.to_string_lossy().ends_with(&format!("_{shots}"))))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("CFRLdata_") && n.to_string_lossy().ends_with(&format!("_{shots}")))
+        })
         .collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),

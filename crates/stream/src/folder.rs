@@ -171,10 +171,7 @@ pub fn load(root: &Path, name: &str, opts: &FolderOptions) -> Result<Dataset> {
             if path.is_file() {
                 let existing = SplitFile::read(&path)?;
                 if existing != computed {
-                    tracing::warn!(
-                        "{}: differs from the split of the files now present (files added or removed?); using the file",
-                        path.display()
-                    );
+                    tracing::warn!("{}: differs from the split of the files now present (files added or removed?); using the file", path.display());
                 }
                 existing
             } else {
@@ -185,13 +182,9 @@ pub fn load(root: &Path, name: &str, opts: &FolderOptions) -> Result<Dataset> {
             }
         }
         FolderSplit::File { path } => SplitFile::read(path)?,
-        FolderSplit::Lists { train, test } => SplitFile {
-            format: SPLIT_FORMAT.into(),
-            seed: None,
-            train_fraction: None,
-            train: read_list(train)?,
-            test: read_list(test)?,
-        },
+        FolderSplit::Lists { train, test } => {
+            SplitFile { format: SPLIT_FORMAT.into(), seed: None, train_fraction: None, train: read_list(train)?, test: read_list(test)? }
+        }
     };
     let class_names: Vec<String> = classes.into_iter().map(|(n, _)| n).collect();
     let train = decode_side(root, &split.train, &class_names, opts)?;
@@ -204,9 +197,9 @@ fn decode_side(root: &Path, rel: &[String], class_names: &[String], opts: &Folde
         .iter()
         .map(|r| {
             let class = r.split('/').next().unwrap_or_default();
-            class_names.binary_search_by(|n| n.as_str().cmp(class)).map_err(|_| {
-                StreamError::format(root.join(r), format!("listed image is not under a class folder of {}", root.display()))
-            })
+            class_names
+                .binary_search_by(|n| n.as_str().cmp(class))
+                .map_err(|_| StreamError::format(root.join(r), format!("listed image is not under a class folder of {}", root.display())))
         })
         .collect::<Result<_>>()?;
     let decoded: Vec<Result<Option<Image>>> = rel
@@ -237,8 +230,7 @@ fn decode_side(root: &Path, rel: &[String], class_names: &[String], opts: &Folde
 /// Decodes one JPEG/PNG to RGB, shrinking its shorter side to `short_side`.
 pub fn decode(path: &Path, short_side: Option<usize>) -> Result<Image> {
     let bytes = std::fs::read(path).map_err(|e| StreamError::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| StreamError::Image { path: path.to_path_buf(), reason: e.to_string() })?;
+    let img = image::load_from_memory(&bytes).map_err(|e| StreamError::Image { path: path.to_path_buf(), reason: e.to_string() })?;
     let mut rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     if let Some(s) = short_side {

@@ -20,17 +20,32 @@ pub struct LabelTree {
 /// index; the dataset's own `coarse_labels` define it, this copy lets
 /// configs and tests use it without the data.
 pub const CIFAR100_SUPERCLASS: [usize; 100] = [
-    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10,
-    12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17, 10, 3, 2, 12, 12, 16,
-    12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14,
-    13,
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19,
+    8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17, 10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19,
+    2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
 ];
 
 pub const CIFAR100_SUPERCLASS_NAMES: [&str; 20] = [
-    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
-    "household_furniture", "insects", "large_carnivores", "large_man-made_outdoor_things",
-    "large_natural_outdoor_scenes", "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates",
-    "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+    "aquatic_mammals",
+    "fish",
+    "flowers",
+    "food_containers",
+    "fruit_and_vegetables",
+    "household_electrical_devices",
+    "household_furniture",
+    "insects",
+    "large_carnivores",
+    "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores",
+    "medium_mammals",
+    "non-insect_invertebrates",
+    "people",
+    "reptiles",
+    "small_mammals",
+    "trees",
+    "vehicles_1",
+    "vehicles_2",
 ];
 
 #[derive(Deserialize)]
@@ -54,10 +69,7 @@ impl LabelTree {
 
     /// CIFAR-100's 20 superclasses.
     pub fn cifar100() -> Self {
-        Self {
-            group_names: CIFAR100_SUPERCLASS_NAMES.iter().map(|s| s.to_string()).collect(),
-            parent: CIFAR100_SUPERCLASS.to_vec(),
-        }
+        Self { group_names: CIFAR100_SUPERCLASS_NAMES.iter().map(|s| s.to_string()).collect(), parent: CIFAR100_SUPERCLASS.to_vec() }
     }
 
     /// Reads `{"groups": {"group name": ["class name", ...], ...}}` (with an
@@ -65,8 +77,7 @@ impl LabelTree {
     /// class of the dataset appears exactly once.
     pub fn from_json(path: &Path, class_names: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| StreamError::io(path, e))?;
-        let file: TreeFile =
-            serde_json::from_str(&text).map_err(|e| StreamError::format(path, format!("bad taxonomy JSON: {e}")))?;
+        let file: TreeFile = serde_json::from_str(&text).map_err(|e| StreamError::format(path, format!("bad taxonomy JSON: {e}")))?;
         let index: HashMap<&str, usize> = class_names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         for (label, class) in &file.aliases {
             if !index.contains_key(class.as_str()) {

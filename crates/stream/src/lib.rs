@@ -23,20 +23,20 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use cre::{FullDataProtocol, TaskPlan};
-pub use text::{EncodedText, RelationExample, RelationTokenizer};
 pub use cifar::{load as load_cifar100, load_binary as load_cifar100_binary, load_python as load_cifar100_python};
+pub use cre::{FullDataProtocol, TaskPlan};
 pub use dataset::{Dataset, Image, Split};
 pub use error::{Result, StreamError};
 pub use folder::{
-    decode as decode_image, load as load_image_folder, scan as scan_image_folder, seeded_split, split_file_path,
-    FolderOptions, FolderSplit, OnCorrupt, SplitFile,
+    decode as decode_image, load as load_image_folder, scan as scan_image_folder, seeded_split, split_file_path, FolderOptions, FolderSplit,
+    OnCorrupt, SplitFile,
 };
 pub use hierarchy::{LabelTree, CIFAR100_SUPERCLASS, CIFAR100_SUPERCLASS_NAMES};
 pub use loader::{Batch, Loader, LoaderOptions};
 pub use order::ClassOrder;
 pub use rng::SplitMix64;
 pub use tasks::{Remainder, SplitConfig, Task, TaskStream};
+pub use text::{EncodedText, RelationExample, RelationTokenizer};
 pub use transform::{random_resized_crop, render, resize_center_crop, Interpolation, Normalize, TransformConfig, View};
 
 /// Which dataset a stream reads.
@@ -151,10 +151,7 @@ impl DatasetConfig {
     pub fn validate(&self) -> Result<()> {
         let root = self.root();
         if !root.exists() {
-            return Err(StreamError::Config(format!(
-                "dataset root {} does not exist (data-scripts/ has download scripts)",
-                root.display()
-            )));
+            return Err(StreamError::Config(format!("dataset root {} does not exist (data-scripts/ has download scripts)", root.display())));
         }
         Ok(())
     }
@@ -162,9 +159,7 @@ impl DatasetConfig {
     /// The tokenizer of a text dataset.
     pub fn tokenizer(&self) -> Option<(&Path, usize)> {
         match self {
-            Self::CfrlFewShot { tokenizer, max_length, .. } | Self::RelationJson { tokenizer, max_length, .. } => {
-                Some((tokenizer, *max_length))
-            }
+            Self::CfrlFewShot { tokenizer, max_length, .. } | Self::RelationJson { tokenizer, max_length, .. } => Some((tokenizer, *max_length)),
             _ => None,
         }
     }

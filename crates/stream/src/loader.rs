@@ -43,14 +43,7 @@ pub struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     /// Batches over `indices` of `split` for `epoch`.
-    pub fn new(
-        split: &'a Split,
-        mut indices: Vec<usize>,
-        opts: LoaderOptions,
-        epoch: u64,
-        transform: &'a TransformConfig,
-        device: Device,
-    ) -> Self {
+    pub fn new(split: &'a Split, mut indices: Vec<usize>, opts: LoaderOptions, epoch: u64, transform: &'a TransformConfig, device: Device) -> Self {
         if opts.shuffle {
             SplitMix64::derive(opts.seed, &[epoch, 0x5EED_0F0D]).shuffle(&mut indices);
         }
@@ -59,7 +52,11 @@ impl<'a> Loader<'a> {
 
     pub fn num_batches(&self) -> usize {
         let (n, b) = (self.order.len(), self.opts.batch_size.max(1));
-        if self.opts.drop_last { n / b } else { n.div_ceil(b) }
+        if self.opts.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
     }
 }
 

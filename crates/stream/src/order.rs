@@ -14,7 +14,9 @@ pub enum ClassOrder {
     #[default]
     #[serde(with = "natural")]
     Natural,
-    Seeded { seed: u64 },
+    Seeded {
+        seed: u64,
+    },
     Explicit(Vec<usize>),
 }
 
@@ -25,7 +27,11 @@ mod natural {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
         let s = String::deserialize(d)?;
-        if s == "natural" { Ok(()) } else { Err(D::Error::custom(format!("unknown class order `{s}`"))) }
+        if s == "natural" {
+            Ok(())
+        } else {
+            Err(D::Error::custom(format!("unknown class order `{s}`")))
+        }
     }
 }
 
@@ -58,10 +64,7 @@ fn check_permutation(order: &[usize], n: usize) -> Result<()> {
         }
     }
     if let Some(missing) = seen.iter().position(|s| !s) {
-        return Err(StreamError::Config(format!(
-            "class order is not a permutation: {} of {n} classes given, class {missing} missing",
-            order.len()
-        )));
+        return Err(StreamError::Config(format!("class order is not a permutation: {} of {n} classes given, class {missing} missing", order.len())));
     }
     Ok(())
 }

@@ -87,11 +87,7 @@ impl Value {
         if fortran {
             return None;
         }
-        let shape = shape
-            .as_seq()?
-            .iter()
-            .map(|d| d.as_int().and_then(|d| usize::try_from(d).ok()))
-            .collect::<Option<Vec<_>>>()?;
+        let shape = shape.as_seq()?.iter().map(|d| d.as_int().and_then(|d| usize::try_from(d).ok())).collect::<Option<Vec<_>>>()?;
         let Value::Object { args, .. } = dtype else { return None };
         let descr = args.as_seq()?.first()?.as_str()?;
         let Value::Bytes(data) = data else { return None };

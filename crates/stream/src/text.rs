@@ -191,10 +191,7 @@ pub struct TextBatch {
 pub fn unpack(x: &Tensor) -> Result<TextBatch> {
     let s = x.size();
     if s.len() != 2 || s[1] <= PACK_HEADER || x.kind() != Kind::Int64 {
-        return Err(StreamError::Config(format!(
-            "a text batch is int64 [batch, 3 + tokens] (see stream::text::pack), got {:?} {s:?}",
-            x.kind()
-        )));
+        return Err(StreamError::Config(format!("a text batch is int64 [batch, 3 + tokens] (see stream::text::pack), got {:?} {s:?}", x.kind())));
     }
     let t = s[1] - PACK_HEADER;
     let (head, tail, len) = (x.select(1, 0), x.select(1, 1), x.select(1, 2));

@@ -35,7 +35,10 @@ pub enum Normalize {
     Imagenet,
     /// mean = std = (0.5, 0.5, 0.5) (timm's augreg / inception weights).
     Inception,
-    Custom { mean: [f64; 3], std: [f64; 3] },
+    Custom {
+        mean: [f64; 3],
+        std: [f64; 3],
+    },
 }
 
 impl Normalize {
@@ -206,11 +209,7 @@ pub fn render(images: &[&Image], boxes: &[View], cfg: &TransformConfig, interpol
     let hm = images.iter().map(|i| i.height).max().unwrap_or(1);
     let wm = images.iter().map(|i| i.width).max().unwrap_or(1);
     let canvas = pack(images, hm, wm);
-    let input = Tensor::f_from_slice(&canvas)?
-        .f_view([b as i64, 3, hm as i64, wm as i64])?
-        .f_to_device(device)?
-        .f_to_kind(Kind::Float)?
-        / 255.0;
+    let input = Tensor::f_from_slice(&canvas)?.f_view([b as i64, 3, hm as i64, wm as i64])?.f_to_device(device)?.f_to_kind(Kind::Float)? / 255.0;
     // Affine map from output normalised coords to canvas normalised coords
     // (align_corners = false): x_n = (w/W)·u_n + (2·left + w)/W − 1.
     let mut theta = Vec::with_capacity(b * 6);
@@ -306,8 +305,8 @@ mod tests {
         let img = Image::from_chw(20, 24, data.clone());
         let cfg = TransformConfig { size: 56, ..Default::default() };
         let out = render(&[&img], &[View::full(&img)], &cfg, Interpolation::Bilinear, Device::Cpu).unwrap();
-        let reference = (Tensor::from_slice(&data).view([1, 3, 20, 24]).to_kind(Kind::Float) / 255.0)
-            .upsample_bilinear2d([56, 56], false, None, None);
+        let reference =
+            (Tensor::from_slice(&data).view([1, 3, 20, 24]).to_kind(Kind::Float) / 255.0).upsample_bilinear2d([56, 56], false, None, None);
         let err = (&out - &reference).abs().max().double_value(&[]);
         assert!(err < 1e-5, "grid_sample vs interpolate: {err}");
         let flipped = render(&[&img], &[View { flip: true, ..View::full(&img) }], &cfg, Interpolation::Bilinear, Device::Cpu).unwrap();

@@ -3,9 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use promptcl_stream::{
-    load_cifar100, load_cifar100_binary, load_cifar100_python, load_image_folder, pickle, ClassOrder,
-    DatasetConfig, FolderOptions, FolderSplit, LabelTree, OnCorrupt, SplitConfig, SplitFile, StreamError,
-    TaskStream,
+    load_cifar100, load_cifar100_binary, load_cifar100_python, load_image_folder, pickle, ClassOrder, DatasetConfig, FolderOptions, FolderSplit,
+    LabelTree, OnCorrupt, SplitConfig, SplitFile, StreamError, TaskStream,
 };
 
 fn fixtures() -> PathBuf {
@@ -150,10 +149,7 @@ fn explicit_lists_and_split_files_are_honoured() {
     let root = copy_of("imagenet-r-mini");
     std::fs::write(root.join("train.txt"), "n01443537/n01443537_0.jpg 0\n./n01484850/n01484850_1.png 1\n# comment\n\n").unwrap();
     std::fs::write(root.join("test.txt"), "n01498041/n01498041_4.jpg\n").unwrap();
-    let opts = FolderOptions {
-        split: FolderSplit::Lists { train: root.join("train.txt"), test: root.join("test.txt") },
-        ..seeded(0)
-    };
+    let opts = FolderOptions { split: FolderSplit::Lists { train: root.join("train.txt"), test: root.join("test.txt") }, ..seeded(0) };
     let ds = load_image_folder(&root, "inr", &opts).unwrap();
     assert_eq!(ds.train.labels, [0, 1]);
     assert_eq!(ds.test.labels, [3]);

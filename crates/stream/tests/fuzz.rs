@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use proptest::prelude::*;
 use promptcl_stream::{decode_image, load_cifar100_binary, load_cifar100_python, pickle, LabelTree, SplitFile};
+use proptest::prelude::*;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

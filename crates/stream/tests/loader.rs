@@ -12,14 +12,11 @@ fn opts(augment: bool) -> LoaderOptions {
 #[test]
 fn same_seed_same_batches_and_epochs_differ() {
     let ds = load_cifar100_python(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cifar-100-python")).unwrap();
-    let stream = TaskStream::new(100, &ClassOrder::Natural, &SplitConfig { num_tasks: 10, first_task_classes: None, remainder: Default::default() }).unwrap();
+    let stream =
+        TaskStream::new(100, &ClassOrder::Natural, &SplitConfig { num_tasks: 10, first_task_classes: None, remainder: Default::default() }).unwrap();
     let idx = stream.indices(&ds.train, 0);
     let tf = TransformConfig { size: 48, ..Default::default() };
-    let run = |epoch| {
-        Loader::new(&ds.train, idx.clone(), opts(true), epoch, &tf, Device::Cpu)
-            .map(|b| b.unwrap())
-            .collect::<Vec<_>>()
-    };
+    let run = |epoch| Loader::new(&ds.train, idx.clone(), opts(true), epoch, &tf, Device::Cpu).map(|b| b.unwrap()).collect::<Vec<_>>();
     let (a, b, c) = (run(0), run(0), run(1));
     assert_eq!(a.len(), 3, "20 samples in batches of 8");
     for (x, y) in a.iter().zip(&b) {

@@ -51,7 +51,7 @@ eval_batch_size = 50
 
 /// Accuracy matrices (and per-epoch training losses) of tiny fixture runs,
 /// recorded before a refactor and asserted after it
-/// (`tests/golden/matrices.json`). `PROMPTCL_BLESS=1` rewrites an entry.
+/// (`tests/golden/matrices.json`). `PROMPTCL_BLESS=1` rewrites every entry, `PROMPTCL_BLESS=key,key` only those.
 pub mod golden {
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
@@ -67,12 +67,8 @@ pub mod golden {
     pub fn record(dir: &Path) -> Value {
         let m = promptcl_harness::results::load_metrics(dir).unwrap();
         let log = std::fs::read_to_string(dir.join(promptcl_harness::results::LOG)).unwrap();
-        let losses: Vec<Value> = log
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|v| v.get("epoch").is_some())
-            .map(|v| v["loss"].clone())
-            .collect();
+        let losses: Vec<Value> =
+            log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v.get("epoch").is_some()).map(|v| v["loss"].clone()).collect();
         serde_json::json!({ "matrix": m.matrix.rows, "losses": losses })
     }
 
@@ -81,10 +77,10 @@ pub mod golden {
     pub fn check(key: &str, dir: &Path) {
         let got = record(dir);
         let path = file();
-        let read = || -> BTreeMap<String, Value> {
-            std::fs::read_to_string(&path).ok().map(|t| serde_json::from_str(&t).unwrap()).unwrap_or_default()
-        };
-        if std::env::var_os("PROMPTCL_BLESS").is_some() {
+        let read =
+            || -> BTreeMap<String, Value> { std::fs::read_to_string(&path).ok().map(|t| serde_json::from_str(&t).unwrap()).unwrap_or_default() };
+        let bless = std::env::var("PROMPTCL_BLESS").unwrap_or_default();
+        if bless == "1" || bless.split(',').any(|k| k == key) {
             // Tests run in parallel threads: serialise the read-modify-write.
             let _guard = LOCK.lock().unwrap();
             let mut all = read();

@@ -14,27 +14,26 @@ use std::rc::Rc;
 
 use promptcl_model::Prompts;
 use promptcl_stream::SplitMix64;
-use serde::Deserialize;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, gaussian, head, l2_normalize, seeded_uniform, train_classes, var_from};
-use crate::method::{tasks_seen, Backbone, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
+use crate::method::{tasks_seen, Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::parts::train_only;
 use crate::{LearnerError, Result};
 
-/// Defaults: CODA-Prompt `configs/cifar-100_prompt.yaml` (`prompt_param: [100, 8, 0.0]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    pub pool_size: usize,
-    pub length: i64,
-    pub layers: Vec<usize>,
-    pub ortho_mu: f64,
-    pub train_mask: bool,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Self { pool_size: 100, length: 8, layers: vec![0, 1, 2, 3, 4], ortho_mu: 0.0, train_mask: true }
+crate::method_params! {
+    /// Defaults: CODA-Prompt `configs/cifar-100_prompt.yaml` (`prompt_param: [100, 8, 0.0]`).
+    pub struct Params {
+        /// Prompt components in all, split evenly across tasks.
+        pub pool_size: usize = 100,
+        /// Component length (even: halves become key and value prefixes).
+        pub length: i64 = 8,
+        /// Blocks that get the prefix.
+        pub layers: Vec<usize> = vec![0, 1, 2, 3, 4],
+        /// Weight of the orthogonality penalty (0: none).
+        pub ortho_mu: f64 = 0.0,
+        /// Score only the task's classes while training (`train_mask`).
+        pub train_mask: bool = true,
     }
 }
 
@@ -180,36 +179,29 @@ impl ContinualMethod for CodaPrompt {
     }
 
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
-        if task.epoch == 0 {
-            self.orthogonalise(task.task);
-        }
+        self.orthogonalise(task.task);
         for (_, layer) in &mut self.layers {
             for set in [&mut layer.p, &mut layer.k, &mut layer.a] {
-                for (t, x) in set.iter_mut().enumerate() {
-                    if t != task.task {
-                        x.zero_grad();
-                    }
-                    let _ = x.set_requires_grad(t == task.task);
-                }
+                train_only(set, task.task);
             }
         }
         Ok(())
     }
 
-    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let query = self.backbone.query(images)?;
+    fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+        let query = self.backbone.query(x)?;
         let (prompts, ortho) = self.prompts(&query, task.task + 1, true);
-        let out = self.backbone.forward(images, &prompts)?;
+        let out = self.backbone.forward(x, &prompts)?;
         let logits = self.head.forward(&out.feature);
         let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask)).with_features(&out.feature);
         step.loss = step.loss + ortho;
         Ok(step)
     }
 
-    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let query = self.backbone.query(images)?;
+    fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
+        let query = self.backbone.query(x)?;
         let (prompts, _) = self.prompts(&query, tasks_seen(&self.task_sizes, seen), false);
-        let out = self.backbone.forward(images, &prompts)?;
+        let out = self.backbone.forward(x, &prompts)?;
         Ok(Prediction::new(self.head.forward(&out.feature).narrow(1, 0, seen as i64), None).with_features(&out.feature))
     }
 }

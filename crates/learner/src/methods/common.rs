@@ -40,20 +40,15 @@ pub(crate) fn head(p: &nn::Path, dim: i64, classes: usize, seed: u64) -> nn::Lin
 }
 
 /// Logits outside `allowed` set to −∞.
-pub(crate) fn mask_outside(logits: &Tensor, allowed: Range<usize>) -> Tensor {
+pub fn mask_outside(logits: &Tensor, allowed: Range<usize>) -> Tensor {
     let c = logits.size()[1];
     let idx = Tensor::arange(c, (Kind::Int64, logits.device()));
     let keep = idx.ge(allowed.start as i64).logical_and(&idx.lt(allowed.end as i64));
     logits.masked_fill(&keep.logical_not(), f64::NEG_INFINITY)
 }
 
-/// Cross-entropy of `labels` with logits outside `allowed` masked.
-pub(crate) fn masked_ce(logits: &Tensor, labels: &Tensor, allowed: Range<usize>) -> Tensor {
-    mask_outside(logits, allowed).cross_entropy_for_logits(labels)
-}
-
 /// A training step scored by masked cross-entropy, keeping the masked logits for the log.
-pub(crate) fn ce_step(logits: &Tensor, labels: &Tensor, allowed: Range<usize>) -> Step {
+pub fn ce_step(logits: &Tensor, labels: &Tensor, allowed: Range<usize>) -> Step {
     let masked = mask_outside(logits, allowed);
     Step { loss: masked.cross_entropy_for_logits(labels), logits: Some(masked.detach()), features: None }
 }
@@ -61,11 +56,15 @@ pub(crate) fn ce_step(logits: &Tensor, labels: &Tensor, allowed: Range<usize>) -
 /// The classes a training batch is scored over: the task's own (official
 /// `train_mask = True`) or every class seen so far.
 pub(crate) fn train_classes(task: &crate::TaskInfo, task_mask: bool) -> Range<usize> {
-    if task_mask { task.classes.clone() } else { 0..task.seen.end }
+    if task_mask {
+        task.classes.clone()
+    } else {
+        0..task.seen.end
+    }
 }
 
 /// `x / max(‖x‖, 1e-12)` along `dim` (`F.normalize`).
-pub(crate) fn l2_normalize(x: &Tensor, dim: i64) -> Tensor {
+pub fn l2_normalize(x: &Tensor, dim: i64) -> Tensor {
     let n = x.norm_scalaropt_dim(2, [dim], true).clamp_min(1e-12);
     x / n
 }

@@ -12,28 +12,27 @@
 use std::rc::Rc;
 
 use promptcl_model::Prompts;
-use serde::Deserialize;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{ce_step, head, l2_normalize, seeded_uniform, split_prefix, train_classes, var_from};
-use crate::method::{tasks_seen, Backbone, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
+use super::common::{ce_step, head, l2_normalize, seeded_uniform, train_classes, var_from};
+use crate::method::{tasks_seen, Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::parts::task_prompts::prefix_prompts;
+use crate::parts::train_only;
 use crate::{LearnerError, Result};
 
-/// Defaults: dualprompt-pytorch `configs/cifar100_dualprompt.py`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    pub g_layers: Vec<usize>,
-    pub g_length: i64,
-    pub e_layers: Vec<usize>,
-    pub e_length: i64,
-    pub pull_constraint_coeff: f64,
-    pub train_mask: bool,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Self { g_layers: vec![0, 1], g_length: 5, e_layers: vec![2, 3, 4], e_length: 5, pull_constraint_coeff: 1.0, train_mask: true }
+crate::method_params! {
+    /// Defaults: dualprompt-pytorch `configs/cifar100_dualprompt.py`.
+    pub struct Params {
+        /// Blocks that get the G(eneral)-prompt prefix (none: no G-prompt).
+        pub g_layers: Vec<usize> = vec![0, 1],
+        pub g_length: i64 = 5,
+        /// Blocks that get the task's E(xpert)-prompt prefix.
+        pub e_layers: Vec<usize> = vec![2, 3, 4],
+        pub e_length: i64 = 5,
+        /// Weight of the key–query pull (`pull_constraint_coeff`).
+        pub pull_constraint_coeff: f64 = 1.0,
+        /// Score only the task's classes while training (`train_mask`).
+        pub train_mask: bool = true,
     }
 }
 
@@ -52,7 +51,10 @@ impl DualPrompt {
     pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
         let depth = ctx.backbone.depth();
         if let Some(l) = params.g_layers.iter().chain(&params.e_layers).find(|&&l| l >= depth) {
-            return Err(LearnerError::Params { method: "dualprompt".into(), reason: format!("prompt layer {l} beyond the backbone's depth {depth}") });
+            return Err(LearnerError::Params {
+                method: "dualprompt".into(),
+                reason: format!("prompt layer {l} beyond the backbone's depth {depth}"),
+            });
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
@@ -78,16 +80,9 @@ impl DualPrompt {
     fn prompts(&self, e: &Tensor) -> Prompts<'static> {
         let mut prompts = Prompts::none();
         if let Some(g) = &self.g_prompt {
-            for (i, &l) in self.params.g_layers.iter().enumerate() {
-                let (k, v) = split_prefix(&g.select(0, i as i64).unsqueeze(0));
-                prompts = prompts.with_prefix(l, &k, &v);
-            }
+            prompts = prefix_prompts(prompts, &self.params.g_layers, &g.unsqueeze(0), &[]);
         }
-        for (i, &l) in self.params.e_layers.iter().enumerate() {
-            let (k, v) = split_prefix(&e.select(1, i as i64));
-            prompts = prompts.with_prefix(l, &k, &v);
-        }
-        prompts
+        prefix_prompts(prompts, &self.params.e_layers, e, &[])
     }
 
     /// Nearest key among the first `n_tasks` tasks' keys: `[B]` task ids.
@@ -103,36 +98,29 @@ impl ContinualMethod for DualPrompt {
     }
 
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
-        for (t, (p, k)) in self.e_prompts.iter_mut().zip(self.e_keys.iter_mut()).enumerate() {
-            let on = t == task.task;
-            for x in [&mut *p, &mut *k] {
-                if !on {
-                    x.zero_grad();
-                }
-                let _ = x.set_requires_grad(on);
-            }
-        }
+        train_only(&mut self.e_prompts, task.task);
+        train_only(&mut self.e_keys, task.task);
         Ok(())
     }
 
-    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let query = self.backbone.query(images)?;
+    fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+        let query = self.backbone.query(x)?;
         let t = task.task;
-        let out = self.backbone.forward(images, &self.prompts(&self.e_prompts[t].unsqueeze(0)))?;
+        let out = self.backbone.forward(x, &self.prompts(&self.e_prompts[t].unsqueeze(0)))?;
         let logits = self.head.forward(&out.feature);
         let key = l2_normalize(&self.e_keys[t].unsqueeze(0), 1);
-        let reduce_sim = (l2_normalize(&query, 1) * key).sum(Kind::Float) / images.size()[0] as f64;
+        let reduce_sim = (l2_normalize(&query, 1) * key).sum(Kind::Float) / x.len() as f64;
         let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask)).with_features(&out.feature);
         step.loss = step.loss - reduce_sim * self.params.pull_constraint_coeff;
         Ok(step)
     }
 
-    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let query = self.backbone.query(images)?;
+    fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
+        let query = self.backbone.query(x)?;
         let n_tasks = tasks_seen(&self.task_sizes, seen);
         let ids = self.match_task(&query, n_tasks);
         let e = Tensor::stack(&self.e_prompts[..n_tasks], 0).index_select(0, &ids);
-        let out = self.backbone.forward(images, &self.prompts(&e))?;
+        let out = self.backbone.forward(x, &self.prompts(&e))?;
         let logits = self.head.forward(&out.feature).narrow(1, 0, seen as i64);
         Ok(Prediction::new(logits, Some(ids)).with_features(&out.feature))
     }

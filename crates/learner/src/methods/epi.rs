@@ -5,38 +5,35 @@
 //! frozen query to the class means, under one covariance pooled over all
 //! seen classes; the identified task's prompt and its classes' logits answer.
 //!
-//! State: the prompts, the head, per-class query means, and the pooled
-//! within-class scatter (with its inverse refreshed after every task).
+//! Composed of per-task prompts ([`crate::parts::task_prompts`]) and its own
+//! task identification. State: the prompts, the head, per-class query means,
+//! and the pooled within-class scatter (with its inverse refreshed after
+//! every task).
 
 use std::rc::Rc;
 
-use serde::Deserialize;
+use promptcl_model::Prompts;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{ce_step, head, seeded_uniform, split_prefix, var_from};
-use crate::method::{Backbone, BatchSource, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
+use super::common::{ce_step, head};
+use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::parts::task_prompts::{prefix_prompts, PromptSetConfig, TaskPrompts};
 use crate::{LearnerError, Result};
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    /// Prefixed layers (EPI prefixes every layer).
-    pub layers: Vec<usize>,
-    pub length: i64,
-    /// Added to the pooled covariance's diagonal before inversion.
-    pub shrinkage: f64,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Self { layers: (0..12).collect(), length: 16, shrinkage: 1e-2 }
+crate::method_params! {
+    pub struct Params {
+        /// Prefixed layers (EPI prefixes every layer; those beyond the backbone's depth are dropped).
+        pub layers: Vec<usize> = (0..12).collect(),
+        /// Prefix length.
+        pub length: i64 = 16,
+        /// Added to the pooled covariance's diagonal before inversion.
+        pub shrinkage: f64 = 1e-2,
     }
 }
 
 pub struct Epi {
     vs: nn::VarStore,
-    /// Per task `[layers, 2, L, H, hd]`.
-    prompts: Vec<Tensor>,
+    prompts: TaskPrompts,
     head: nn::Linear,
     /// `[C, D]` frozen-query class means.
     means: Tensor,
@@ -59,10 +56,17 @@ impl Epi {
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let (h, hd, f) = (ctx.backbone.num_heads(), ctx.backbone.head_dim(), ctx.feature_dim());
-        let dims = [params.layers.len() as i64, 2, params.length, h, hd];
-        let prompts =
-            (0..ctx.num_tasks).map(|t| var_from(&(&root / "prompt"), &t.to_string(), seeded_uniform(ctx.seed, &[60, t as u64], &dims, -1.0, 1.0))).collect();
+        let f = ctx.feature_dim();
+        let set = PromptSetConfig {
+            prompt_name: "prompt",
+            key_name: "key",
+            layers: params.layers.clone(),
+            length: params.length,
+            pool_size: 1,
+            top_k: 1,
+            seed_tag: 60,
+        };
+        let prompts = TaskPrompts::new(&root, ctx, set).map_err(|e| LearnerError::Params { method: "epi".into(), reason: e.to_string() })?;
         let c = ctx.num_classes as i64;
         Ok(Self {
             head: head(&root, f, ctx.num_classes, ctx.seed),
@@ -78,13 +82,10 @@ impl Epi {
         })
     }
 
-    fn prompted(&self, x: &Tensor, e: &Tensor) -> Result<Tensor> {
-        let mut prompts = promptcl_model::Prompts::none();
-        for (i, &l) in self.params.layers.iter().enumerate() {
-            let (k, v) = split_prefix(&e.select(1, i as i64));
-            prompts = prompts.with_prefix(l, &k, &v);
-        }
-        Ok(self.backbone.forward(x, &prompts)?.feature)
+    /// Prompted features for pools `[B or 1, 1, layers, 2, L, H, hd]`.
+    fn prompted(&self, x: &Inputs, pools: &Tensor) -> Result<Tensor> {
+        let (e, _) = self.prompts.choose(pools, None, None)?;
+        Ok(self.backbone.forward(x, &prefix_prompts(Prompts::none(), self.prompts.layers(), &e, &[]))?.feature)
     }
 
     /// The task each sample's query is nearest to (Mahalanobis, class means of `0..seen`).
@@ -103,14 +104,12 @@ impl ContinualMethod for Epi {
     }
 
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
-        for (i, p) in self.prompts.iter_mut().enumerate() {
-            let _ = p.set_requires_grad(i == task.task);
-        }
+        self.prompts.begin_task(task.task, false);
         Ok(())
     }
 
-    fn train_step(&mut self, x: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let feats = self.prompted(x, &self.prompts[task.task].unsqueeze(0))?;
+    fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+        let feats = self.prompted(x, &self.prompts.prompts[task.task].unsqueeze(0))?;
         Ok(ce_step(&self.head.forward(&feats), labels, task.classes.clone()).with_features(&feats))
     }
 
@@ -135,19 +134,20 @@ impl ContinualMethod for Epi {
         Ok(())
     }
 
-    fn predict(&self, x: &Tensor, seen: usize) -> Result<Prediction> {
+    fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
         let q = self.backbone.query(x)?;
         let tasks = self.identify(&q, seen);
         let task_ids = Tensor::from_slice(&tasks.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(x.device());
         let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
-        let e = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, &task_ids);
-        let feats = self.prompted(x, &e)?;
+        let (pools, _) = self.prompts.for_tasks(&task_ids, n_tasks);
+        let feats = self.prompted(x, &pools)?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         // Only the identified task's classes compete.
         let c = Tensor::arange(seen as i64, (Kind::Int64, x.device())).unsqueeze(0);
         let starts: Vec<i64> = tasks.iter().map(|&t| self.task_sizes[..t].iter().sum::<usize>() as i64).collect();
         let start = Tensor::from_slice(&starts).to_device(x.device()).unsqueeze(1);
-        let end = &start + Tensor::from_slice(&tasks.iter().map(|&t| self.task_sizes[t] as i64).collect::<Vec<_>>()).to_device(x.device()).unsqueeze(1);
+        let end =
+            &start + Tensor::from_slice(&tasks.iter().map(|&t| self.task_sizes[t] as i64).collect::<Vec<_>>()).to_device(x.device()).unsqueeze(1);
         let keep = c.ge_tensor(&start).logical_and(&c.lt_tensor(&end));
         Ok(Prediction::new(logits.masked_fill(&keep.logical_not(), f64::NEG_INFINITY), Some(task_ids)).with_features(&feats))
     }

@@ -1,23 +1,20 @@
 //! Joint training (upper bound): at every task, train on all data seen so far.
 //! Same model as fine-tuning (`train_backbone = true` for the full upper bound).
 
-use serde::Deserialize;
-
-use super::finetune::{Finetune, Params as FinetuneParams};
+use super::finetune::{Finetune, Params as FinetuneParams, Trains};
 use crate::method::{DataScope, MethodContext};
 use crate::Result;
 
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    pub train_backbone: bool,
-    pub backbone_lr_scale: Option<f64>,
+crate::method_params! {
+    pub struct Params {
+        /// Train a copy of the backbone too (the full upper bound), not only the head.
+        pub train_backbone: bool = false,
+        /// Learning-rate multiplier of the backbone (with `train_backbone`).
+        pub backbone_lr_scale: f64 = 0.1,
+    }
 }
 
 pub fn new(ctx: &MethodContext, params: Params) -> Result<Finetune> {
-    let mut ft = FinetuneParams::default();
-    if let Some(s) = params.backbone_lr_scale {
-        ft.backbone_lr_scale = s;
-    }
-    Finetune::new(ctx, ft, params.train_backbone, DataScope::AllSeen)
+    let ft = FinetuneParams { backbone_lr_scale: params.backbone_lr_scale, ..FinetuneParams::default() };
+    Finetune::new(ctx, ft, if params.train_backbone { Trains::Backbone } else { Trains::Head }, DataScope::AllSeen)
 }

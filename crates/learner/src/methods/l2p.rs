@@ -12,14 +12,14 @@
 
 use std::rc::Rc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, head, l2_normalize, mask_outside, seeded_uniform, train_classes, var_from};
-use crate::method::{Backbone, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
+use crate::method::{Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::{LearnerError, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeadInput {
     /// Mean of the prompt tokens' outputs (`head_type = 'prompt'`, the L2P paper).
@@ -28,30 +28,23 @@ pub enum HeadInput {
     Token,
 }
 
-/// Defaults: l2p-pytorch `configs/cifar100_l2p.py`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    pub pool_size: usize,
-    pub length: i64,
-    pub top_k: usize,
-    pub pull_constraint_coeff: f64,
-    pub batchwise_prompt: bool,
-    pub head_input: HeadInput,
-    pub train_mask: bool,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Self {
-            pool_size: 10,
-            length: 5,
-            top_k: 5,
-            pull_constraint_coeff: 0.1,
-            batchwise_prompt: true,
-            head_input: HeadInput::Prompt,
-            train_mask: true,
-        }
+crate::method_params! {
+    /// Defaults: l2p-pytorch `configs/cifar100_l2p.py`.
+    pub struct Params {
+        /// Prompts in the pool.
+        pub pool_size: usize = 10,
+        /// Tokens per prompt.
+        pub length: i64 = 5,
+        /// Prompts chosen per sample.
+        pub top_k: usize = 5,
+        /// Weight of the key–query pull (surrogate loss).
+        pub pull_constraint_coeff: f64 = 0.1,
+        /// Every sample uses the batch's most chosen prompts (official `batchwise_prompt`).
+        pub batchwise_prompt: bool = true,
+        /// What the head reads: `prompt` (mean of the prompt tokens' outputs) or `token` (class token).
+        pub head_input: HeadInput = HeadInput::Prompt,
+        /// Score only the task's classes while training (`train_mask`).
+        pub train_mask: bool = true,
     }
 }
 
@@ -108,12 +101,12 @@ impl L2P {
     }
 
     /// Logits, the matching term, and the feature the head read.
-    fn logits(&self, images: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let query = self.backbone.query(images)?;
+    fn logits(&self, x: &Inputs) -> Result<(Tensor, Tensor, Tensor)> {
+        let query = self.backbone.query(x)?;
         let (idx, reduce_sim) = self.select(&query);
-        let b = images.size()[0];
+        let b = x.len();
         let tokens = self.prompts.index_select(0, &idx.flatten(0, -1)).view([b, -1, self.prompts.size()[2]]);
-        let out = self.backbone.forward(images, &promptcl_model::Prompts::none().with_tokens(0, &tokens))?;
+        let out = self.backbone.forward(x, &promptcl_model::Prompts::none().with_tokens(0, &tokens))?;
         let feat = match self.params.head_input {
             HeadInput::Prompt => out.prompt_tokens.expect("prompt tokens were inserted").mean_dim(1, false, Kind::Float),
             HeadInput::Token => out.feature,
@@ -127,15 +120,15 @@ impl ContinualMethod for L2P {
         &self.vs
     }
 
-    fn train_step(&mut self, images: &Tensor, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let (logits, reduce_sim, feat) = self.logits(images)?;
+    fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+        let (logits, reduce_sim, feat) = self.logits(x)?;
         let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask)).with_features(&feat);
         step.loss = step.loss - reduce_sim * self.params.pull_constraint_coeff;
         Ok(step)
     }
 
-    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let (logits, _, feat) = self.logits(images)?;
+    fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
+        let (logits, _, feat) = self.logits(x)?;
         Ok(Prediction::new(mask_outside(&logits, 0..seen).narrow(1, 0, seen as i64), None).with_features(&feat))
     }
 }

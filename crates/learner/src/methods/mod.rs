@@ -1,7 +1,7 @@
 //! One method per file; the registry (`crate::registry`) lists them.
 
-mod common;
 pub mod coda_prompt;
+pub(crate) mod common;
 pub mod dualprompt;
 pub mod epi;
 pub mod finetune;

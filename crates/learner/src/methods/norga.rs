@@ -1,19 +1,19 @@
-//! NoRGa: HiDe-Prompt with the non-linear residual gate on the prefix
-//! attention logits (see `hide_prompt.rs`). The official scripts use
-//! `--gate_act sigmoid` for Sup-21K, `gelu` for MoCo v3 and `tanh`
-//! (the config default) otherwise.
+//! NoRGa (Le et al., 2024, arXiv 2405.14124; Minhchuyentoancbn/MoE_PromptCL):
+//! HiDe-Prompt's stages (`hide_prompt.rs`) with the non-linear residual gate
+//! ([`crate::parts::gate`]) on every prompted layer. The official scripts use
+//! `--gate_act sigmoid` for Sup-21K (the default here), `gelu` for MoCo v3
+//! and `tanh` (the config default) otherwise.
 
-use super::hide_prompt::{HidePrompt, Params as HideParams};
-use crate::method::MethodContext;
-use crate::Result;
 use promptcl_model::GateActivation;
 
-/// HiDe-Prompt's parameters with `gate` required (default sigmoid, the Sup-21K script).
-pub fn new(ctx: &MethodContext, params: &toml::Table) -> Result<HidePrompt> {
-    let mut p: HideParams = crate::parse_params("norga", params)?;
-    if p.gate.is_none() {
-        p.gate = Some(GateActivation::Sigmoid);
-    }
-    HidePrompt::new(ctx, p, "norga")
+use super::hide_prompt::{HidePrompt, Params};
+use crate::{MethodContext, Result};
+
+/// HiDe-Prompt's defaults with the Sup-21K script's gate.
+pub fn defaults() -> Params {
+    Params { gate: Some(GateActivation::Sigmoid), ..Params::default() }
 }
 
+pub fn new(ctx: &MethodContext, params: Params) -> Result<HidePrompt> {
+    HidePrompt::new(ctx, params, "norga")
+}

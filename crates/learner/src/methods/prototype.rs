@@ -4,16 +4,16 @@
 
 use std::rc::Rc;
 
-use serde::Deserialize;
 use tch::{nn, Kind, Tensor};
 
 use super::common::l2_normalize;
-use crate::method::{Backbone, BatchSource, ContinualMethod, MethodContext, Prediction, Step, TaskInfo};
-use crate::Result;
+use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::{OptimConfig, Result, Stage};
 
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Params {}
+crate::method_params! {
+    /// No parameters.
+    pub struct Params {}
+}
 
 pub struct Prototype {
     vs: nn::VarStore,
@@ -38,19 +38,20 @@ impl ContinualMethod for Prototype {
         &self.vs
     }
 
-    fn epochs(&self) -> Option<usize> {
-        Some(0)
+    /// No training: prototypes only.
+    fn stages(&self, _task: &TaskInfo, _optim: &OptimConfig) -> Vec<Stage> {
+        Vec::new()
     }
 
-    fn train_step(&mut self, images: &Tensor, _labels: &Tensor, _task: &TaskInfo) -> Result<Step> {
-        // Never called with epochs = 0; a zero loss keeps the contract if it is.
-        Ok(Tensor::zeros([], (Kind::Float, images.device())).into())
+    fn train_step(&mut self, x: &Inputs, _labels: &Tensor, _task: &TaskInfo) -> Result<Step> {
+        // Never called without stages; a zero loss keeps the contract if it is.
+        Ok(Tensor::zeros([], (Kind::Float, x.device())).into())
     }
 
     fn end_task(&mut self, _task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         let (sums, counts, vit) = (&mut self.sums, &mut self.counts, &self.backbone);
-        data.for_each(&mut |images, labels| {
-            let f = vit.query(images)?;
+        data.for_each(&mut |x, labels| {
+            let f = vit.query(x)?;
             tch::no_grad(|| {
                 let _ = sums.index_add_(0, labels, &f);
                 let _ = counts.index_add_(0, labels, &Tensor::ones([labels.size()[0]], (Kind::Float, f.device())));
@@ -59,8 +60,8 @@ impl ContinualMethod for Prototype {
         })
     }
 
-    fn predict(&self, images: &Tensor, seen: usize) -> Result<Prediction> {
-        let f = l2_normalize(&self.backbone.query(images)?, 1);
+    fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
+        let f = l2_normalize(&self.backbone.query(x)?, 1);
         let n = seen as i64;
         let protos = self.sums.narrow(0, 0, n) / self.counts.narrow(0, 0, n).clamp_min(1.0).unsqueeze(1);
         let logits = f.matmul(&l2_normalize(&protos, 1).tr());

@@ -1,0 +1,44 @@
+//! Classifier alignment on Gaussian pseudo-features (HiDe-Prompt's TAP and
+//! TII refinement, WAVE-CRE's replay, HierC's statistics): fit per-class
+//! statistics without keeping any example, then retrain a head on samples of
+//! every seen class, as the official `train_task_adaptive_prediction`.
+
+use std::ops::Range;
+
+use tch::{Kind, Tensor};
+
+use crate::optim::{Schedule, StageOptim};
+use crate::stage::{Stage, StageData};
+use crate::stats::ClassStats;
+use crate::Result;
+
+/// Fits each class of `classes` from its rows of `x` (`[N, D]`, labels `y` `[N]`).
+pub fn fit_classes(stats: &mut ClassStats, classes: Range<usize>, x: &Tensor, y: &Tensor, seed: impl Fn(usize) -> u64) -> Result<()> {
+    for c in classes {
+        let idx = y.eq(c as i64).nonzero().squeeze_dim(1);
+        stats.fit(c, &x.index_select(0, &idx), seed(c))?;
+    }
+    Ok(())
+}
+
+/// One epoch of alignment data: `per_class` samples of every class of
+/// `seen`, shuffled, cut into `steps` batches of `per_class` (the official
+/// code takes `#old classes` steps, so the tail of the draw goes unused).
+pub fn pseudo_batches(stats: &ClassStats, seen: Range<usize>, per_class: i64, steps: usize) -> Vec<(Tensor, Tensor)> {
+    let (x, y) = stats.sample_classes(seen, per_class);
+    let perm = Tensor::randperm(x.size()[0], (Kind::Int64, x.device()));
+    let (x, y) = (x.index_select(0, &perm), y.index_select(0, &perm));
+    (0..steps as i64)
+        .map_while(|s| {
+            let (start, len) = (s * per_class, per_class.min(x.size()[0] - s * per_class));
+            (len > 0).then(|| (x.narrow(0, start, len), y.narrow(0, start, len)))
+        })
+        .collect()
+}
+
+/// The alignment stage over the variables under `trains`: SGD (momentum
+/// 0.9, weight decay 5e-4), cosine per epoch, no gradient clipping.
+pub fn stage(name: &'static str, epochs: usize, lr: f64, trains: &str) -> Stage {
+    let optim = StageOptim::sgd(lr, 0.9).weight_decay(5e-4).schedule(Schedule::CosineEpoch);
+    Stage::new(name, epochs, optim, StageData::Generated).only(&[(trains, 1.0)])
+}

@@ -1,0 +1,29 @@
+//! Reusable pieces of methods: what HiDe-Prompt, NoRGa, WAVE-CRE, EPI and
+//! HierC are composed of, and what later methods compose.
+//!
+//! - [`task_prompts`]: per-task prefix prompts (or keyed pools), trained only
+//!   in their own task, copy-initialised, momentum-mixed; written into
+//!   `Prompts` once for every prefix method.
+//! - [`tii`]: task-identity inference from the frozen query (an MLP + head
+//!   trained on the task, refined on Gaussian pseudo-queries).
+//! - [`alignment`]: Gaussian class statistics as a generator of pseudo-feature
+//!   batches, and the stage that retrains a head on them.
+//! - [`gate`]: NoRGa's non-linear residual gate on the prefix logits.
+
+pub mod alignment;
+pub mod gate;
+pub mod task_prompts;
+pub mod tii;
+
+use tch::Tensor;
+
+/// Trains only `vars[current]`: the others stop taking gradients (and lose
+/// any they have), so a finished task's parameters stay bit-identical.
+pub fn train_only(vars: &mut [Tensor], current: usize) {
+    for (i, v) in vars.iter_mut().enumerate() {
+        if i != current {
+            v.zero_grad();
+        }
+        let _ = v.set_requires_grad(i == current);
+    }
+}

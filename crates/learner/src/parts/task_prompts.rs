@@ -1,0 +1,153 @@
+//! Per-task prefix prompts (HiDe-Prompt's, NoRGa's and EPI's task prompts,
+//! WAVE-CRE's task pools): task t owns M prompts `[M, layers, 2, L, H, hd]`
+//! (official layout: key/value, length, heads, head dim) and, with M > 1,
+//! keys `[M, D]`; a sample uses the `top_k` prompts of its task's pool whose
+//! keys are nearest (cosine) to its frozen query, concatenated along the
+//! prefix length. Only the current task's prompts train.
+
+use promptcl_model::{NoRGaGate, PrefixScoreHook, Prompts};
+use tch::{nn, Kind, Tensor};
+
+use crate::methods::common::{l2_normalize, seeded_uniform, split_prefix, var_from};
+use crate::{LearnerError, MethodContext, Result};
+
+/// How a task prompt set is laid out.
+#[derive(Debug, Clone)]
+pub struct PromptSetConfig {
+    /// Variable names: `<prompt_name>.<task>`, `<key_name>.<task>`.
+    pub prompt_name: &'static str,
+    pub key_name: &'static str,
+    pub layers: Vec<usize>,
+    pub length: i64,
+    /// Prompts per task (1: one task prompt, no keys).
+    pub pool_size: usize,
+    pub top_k: usize,
+    /// Tags the seeded U(−1, 1) initialisation (prompts; keys use `seed_tag + 1`).
+    pub seed_tag: u64,
+}
+
+pub struct TaskPrompts {
+    /// Per task `[M, layers, 2, L, H, hd]`.
+    pub prompts: Vec<Tensor>,
+    /// Per task `[M, D]` when M > 1.
+    pub keys: Vec<Tensor>,
+    cfg: PromptSetConfig,
+}
+
+impl TaskPrompts {
+    pub fn new(p: &nn::Path, ctx: &MethodContext, cfg: PromptSetConfig) -> Result<Self> {
+        let depth = ctx.backbone.depth();
+        let bad = |reason: String| Err(LearnerError::Invalid(reason));
+        if let Some(l) = cfg.layers.iter().find(|&&l| l >= depth) {
+            return bad(format!("prompt layer {l} beyond the backbone's depth {depth}"));
+        }
+        if cfg.length < 1 || cfg.layers.is_empty() {
+            return bad("need at least one prompt layer and length >= 1".into());
+        }
+        if cfg.pool_size == 0 || cfg.top_k == 0 || cfg.top_k > cfg.pool_size {
+            return bad(format!("need 1 <= top_k ({}) <= pool_size ({})", cfg.top_k, cfg.pool_size));
+        }
+        let (h, hd, d) = (ctx.backbone.num_heads(), ctx.backbone.head_dim(), ctx.feature_dim());
+        let m = cfg.pool_size as i64;
+        let dims = [m, cfg.layers.len() as i64, 2, cfg.length, h, hd];
+        let init = |name: &str, tag: u64, t: usize, dims: &[i64]| {
+            var_from(&(p / name), &t.to_string(), seeded_uniform(ctx.seed, &[tag, t as u64], dims, -1.0, 1.0))
+        };
+        let prompts = (0..ctx.num_tasks).map(|t| init(cfg.prompt_name, cfg.seed_tag, t, &dims)).collect();
+        let keys = if m > 1 { (0..ctx.num_tasks).map(|t| init(cfg.key_name, cfg.seed_tag + 1, t, &[m, d])).collect() } else { Vec::new() };
+        Ok(Self { prompts, keys, cfg })
+    }
+
+    pub fn layers(&self) -> &[usize] {
+        &self.cfg.layers
+    }
+
+    pub fn keyed(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The names of the variables that train with the current task.
+    pub fn names(&self) -> Vec<&'static str> {
+        if self.keyed() {
+            vec![self.cfg.prompt_name, self.cfg.key_name]
+        } else {
+            vec![self.cfg.prompt_name]
+        }
+    }
+
+    /// Trains task `t`'s prompts (and keys) only; with `copy_previous`
+    /// (official `shared_prompt_pool`) they start as a copy of task t−1's.
+    pub fn begin_task(&mut self, t: usize, copy_previous: bool) {
+        if t > 0 && copy_previous {
+            tch::no_grad(|| {
+                let prev = self.prompts[t - 1].copy();
+                self.prompts[t].copy_(&prev);
+            });
+        }
+        super::train_only(&mut self.prompts, t);
+        if self.keyed() {
+            super::train_only(&mut self.keys, t);
+        }
+    }
+
+    /// Task t's prompts as HiDe-Prompt trains them: `(1−m)·P_t + m·mean(P_<t)`,
+    /// the mean detached.
+    pub fn mixed(&self, t: usize, momentum: f64) -> Tensor {
+        let own = &self.prompts[t];
+        if t == 0 || momentum == 0.0 {
+            return own.shallow_clone();
+        }
+        let earlier = Tensor::stack(&self.prompts[..t], 0).mean_dim(0, false, Kind::Float).detach();
+        own * (1.0 - momentum) + earlier * momentum
+    }
+
+    /// Writes the mix into P_t (after the task's prompt training).
+    pub fn write_mixed(&mut self, t: usize, momentum: f64) {
+        if t > 0 && momentum > 0.0 {
+            let mixed = tch::no_grad(|| self.mixed(t, momentum));
+            tch::no_grad(|| self.prompts[t].copy_(&mixed));
+        }
+    }
+
+    /// Each sample's task pool and keys: `[B, M, ...]`, `[B, M, D]`.
+    pub fn for_tasks(&self, task_ids: &Tensor, n_tasks: usize) -> (Tensor, Option<Tensor>) {
+        let pools = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, task_ids);
+        let keys = self.keyed().then(|| Tensor::stack(&self.keys[..n_tasks], 0).index_select(0, task_ids));
+        (pools, keys)
+    }
+
+    /// Each sample's prefix from its pool: `pools` `[B or 1, M, layers, 2, L, H, hd]`,
+    /// `keys` `[B or 1, M, D]`, `q` `[B, D]` → `[B or 1, layers, 2, K·L, H, hd]`
+    /// and the matching term `mean(1 − cos)` over the chosen keys (zero without keys).
+    pub fn choose(&self, pools: &Tensor, keys: Option<&Tensor>, q: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let (Some(keys), Some(q)) = (keys, q) else {
+            if keys.is_some() {
+                return Err(LearnerError::Invalid("keyed prompt pools need the frozen query".into()));
+            }
+            return Ok((pools.select(1, 0), Tensor::zeros([], (Kind::Float, pools.device()))));
+        };
+        let b = q.size()[0];
+        let s = pools.size();
+        let k = self.cfg.top_k as i64;
+        let cos = l2_normalize(keys, 2).matmul(&l2_normalize(q, 1).unsqueeze(2)).squeeze_dim(2);
+        let cos = cos.expand([b, s[1]], false);
+        let (sim, idx) = cos.topk(k, 1, true, true);
+        let pools = pools.expand(&[b, s[1], s[2], s[3], s[4], s[5], s[6]][..], false);
+        let gather = idx.view(&[b, k, 1, 1, 1, 1, 1][..]).expand(&[b, k, s[2], s[3], s[4], s[5], s[6]][..], false);
+        let chosen = pools.gather(1, &gather, false).permute(&[0, 2, 3, 1, 4, 5, 6][..]).reshape([b, s[2], s[3], k * s[4], s[5], s[6]]);
+        Ok((chosen, (sim.ones_like() - sim).mean(Kind::Float)))
+    }
+}
+
+/// Adds prefixes `e` (`[B or 1, layers, 2, L, H, hd]`, official layout) at
+/// `layers`, each with its gate when `gates` has one.
+pub fn prefix_prompts<'a>(mut prompts: Prompts<'a>, layers: &[usize], e: &Tensor, gates: &'a [NoRGaGate]) -> Prompts<'a> {
+    for (i, &l) in layers.iter().enumerate() {
+        let (k, v) = split_prefix(&e.select(1, i as i64));
+        prompts = prompts.with_prefix(l, &k, &v);
+        if let Some(g) = gates.get(i) {
+            prompts = prompts.with_score_hook(l, g as &dyn PrefixScoreHook);
+        }
+    }
+    prompts
+}
