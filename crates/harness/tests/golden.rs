@@ -47,45 +47,6 @@ fn run_vision(key: &str, method: &str, params: &str, out: &std::path::Path, data
     golden::check(key, &dir);
 }
 
-fn cre_config(method: &str, params: &str, out: &std::path::Path) -> RunConfig {
-    let fixtures = repo().join("crates/stream/tests/fixtures/cre");
-    let text = format!(
-        r#"
-name = "golden-cre"
-seeds = [2021]
-
-[stream]
-num_tasks = 3
-dataset = {{ kind = "cfrl-few-shot", root = "{root}", shots = 2, tokenizer = "{tok}", max_length = 32 }}
-
-[model]
-preset = "custom"
-bert = {{ vocab_size = 64, hidden_size = 32, num_hidden_layers = 2, num_attention_heads = 4, intermediate_size = 64, max_position_embeddings = 64, type_vocab_size = 2, layer_norm_eps = 1e-12, hidden_act = "gelu" }}
-
-[method]
-name = "{method}"
-params = {{ {params} }}
-
-[optim]
-epochs = 2
-batch_size = 4
-lr = 0.01
-scale_lr_by_batch = false
-
-[run]
-device = "cpu"
-results_dir = "{out}"
-eval_batch_size = 8
-"#,
-        root = fixtures.join("cfrl").display(),
-        tok = fixtures.join("tokenizer.json").display(),
-        out = out.display(),
-    );
-    let cfg: RunConfig = toml::from_str(&text).unwrap();
-    cfg.validate().unwrap();
-    cfg
-}
-
 #[test]
 fn fixture_runs_match_their_goldens() {
     let out = std::env::temp_dir().join(format!("promptcl-golden-{}", std::process::id()));
@@ -108,7 +69,7 @@ fn fixture_runs_match_their_goldens() {
         ("epi", "length = 2"),
         ("wave-cre", "layers = [0, 1], pool_size = 3, top_k = 2, tii_epochs = 1, tii_align_epochs = 1, align_epochs = 2"),
     ] {
-        let cfg = cre_config(method, params, &out);
+        let cfg = common::cre_config(method, params, &out);
         let dir = run::run(&cfg, 2021, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap_or_else(|e| panic!("cre/{method}: {e:#}"));
         golden::check(&format!("cre/{method}"), &dir);
     }

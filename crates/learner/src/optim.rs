@@ -332,9 +332,9 @@ mod tests {
     #[test]
     fn only_selected_variables_are_updated_at_their_scale() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let a = vs.root().var_copy("a.w", &Tensor::from_slice(&[1.0f32]));
-        let b = vs.root().var_copy("b.w", &Tensor::from_slice(&[1.0f32]));
-        let c = vs.root().var_copy("c.w", &Tensor::from_slice(&[1.0f32]));
+        let a = (vs.root() / "a").var_copy("w", &Tensor::from_slice(&[1.0f32]));
+        let b = (vs.root() / "b").var_copy("w", &Tensor::from_slice(&[1.0f32]));
+        let c = (vs.root() / "c").var_copy("w", &Tensor::from_slice(&[1.0f32]));
         let scale = |n: &str| match n {
             "a.w" => Some(1.0),
             "b.w" => Some(0.5),

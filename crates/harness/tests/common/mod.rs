@@ -49,6 +49,46 @@ eval_batch_size = 50
     )
 }
 
+/// A run config over the CFRL fixture (3 tasks, 2 shots) with a tiny random-init BERT.
+pub fn cre_config(method: &str, params: &str, out: &std::path::Path) -> promptcl_harness::config::RunConfig {
+    let fixtures = repo().join("crates/stream/tests/fixtures/cre");
+    let text = format!(
+        r#"
+name = "cre-fixture"
+seeds = [2021]
+
+[stream]
+num_tasks = 3
+dataset = {{ kind = "cfrl-few-shot", root = "{root}", shots = 2, tokenizer = "{tok}", max_length = 32 }}
+
+[model]
+preset = "custom"
+bert = {{ vocab_size = 64, hidden_size = 32, num_hidden_layers = 2, num_attention_heads = 4, intermediate_size = 64, max_position_embeddings = 64, type_vocab_size = 2, layer_norm_eps = 1e-12, hidden_act = "gelu" }}
+
+[method]
+name = "{method}"
+params = {{ {params} }}
+
+[optim]
+epochs = 2
+batch_size = 4
+lr = 0.01
+scale_lr_by_batch = false
+
+[run]
+device = "cpu"
+results_dir = "{out}"
+eval_batch_size = 8
+"#,
+        root = fixtures.join("cfrl").display(),
+        tok = fixtures.join("tokenizer.json").display(),
+        out = out.display(),
+    );
+    let cfg: promptcl_harness::config::RunConfig = toml::from_str(&text).unwrap();
+    cfg.validate().unwrap();
+    cfg
+}
+
 /// Accuracy matrices (and per-epoch training losses) of tiny fixture runs,
 /// recorded before a refactor and asserted after it
 /// (`tests/golden/matrices.json`). `PROMPTCL_BLESS=1` rewrites every entry, `PROMPTCL_BLESS=key,key` only those.
