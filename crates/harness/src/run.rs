@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use promptcl_learner::metrics::AccuracyMatrix;
-use promptcl_learner::optim::Optimizer;
+use promptcl_learner::optim::{self, Optimizer};
 use promptcl_learner::{registry, Backbone, BatchSource, ContinualMethod, DataScope, Encoder, Inputs, MethodContext, Stage, StageData, TaskInfo};
 use promptcl_model::{frozen_bert, frozen_vit};
 use promptcl_stream::{ClassOrder, Dataset, Loader, LoaderOptions, Split, SplitMix64, TaskStream, TransformConfig};
@@ -189,7 +189,7 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
         let info = TaskInfo::new(t, stream.num_tasks(), classes.clone(), 0..seen_end);
         method.begin_task(&info)?;
         let stages = method.stages(&info, &cfg.optim);
-        let trainable: Vec<String> = method.vars().trainable_variables().iter().filter_map(|v| var_name(method.vars(), v)).collect();
+        let trainable: Vec<String> = optim::trainable(method.vars()).into_iter().map(|(name, _)| name).collect();
         Stage::validate_all(&cfg.method.name, &stages, &trainable)?;
         let indices = match method.data_scope() {
             DataScope::CurrentTask => stream.indices(&dataset.train, t),
@@ -247,6 +247,7 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
                 last_stage: s + 1 == stages.len(),
             };
             job.run(&mut *method, &mut at, s, stage, resumed)?;
+            // `end_stage` sees the stage finished, also when a resume found it so.
             at.epoch = stage.epochs;
             seed_torch(seed, &[t as u64, s as u64, END_STAGE]);
             method.end_stage(&at, &mut source)?;
@@ -254,8 +255,7 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
         seed_torch(seed, &[t as u64, END_TASK]);
         method.end_task(&info, &mut source)?;
 
-        let (row, seen_acc, tid) =
-            evaluate(&*method, stream, &dataset.test, t, seen_end, tf, cfg.run.eval_batch_size, device, dataset.is_text(), quiet)?;
+        let (row, seen_acc, tid) = evaluate(&*method, stream, &dataset.test, t, seen_end, tf, cfg.run.eval_batch_size, device, text, quiet)?;
         matrix.push(row.clone(), seen_acc, tid.clone());
 
         // Checkpoint first, then the state that points at it: a crash between
@@ -397,8 +397,12 @@ impl TrainJob<'_> {
             let t0 = Instant::now();
             seed_torch(self.seed, &[t as u64, s as u64, epoch as u64]);
             method.begin_epoch(info)?;
-            let batches: Vec<(Inputs, Tensor)> = if from_data {
-                Vec::new()
+            let batches: Box<dyn Iterator<Item = Result<(Inputs, Tensor)>>> = if from_data {
+                // Distinct loader stream per (task, stage, epoch); stage 0 keeps the single-stage stream.
+                let loader_epoch = ((t as u64) << 20) | ((s as u64) << 16) | epoch as u64;
+                let (stream, text, device) = (self.stream, self.text, self.device);
+                let loader = Loader::new(self.split, self.indices.to_vec(), loader_opts, loader_epoch, &self.cfg.stream.transform, device);
+                Box::new(loader.map(move |b| b.map(|b| (wrap(b.inputs, text), incremental(stream, &b.labels, device))).map_err(Into::into)))
             } else {
                 let generated = method.generate(info)?;
                 if epoch == start_epoch {
@@ -406,31 +410,12 @@ impl TrainJob<'_> {
                     pb.set_length((per_epoch * stage.epochs) as u64);
                     pb.set_position((per_epoch * start_epoch) as u64);
                 }
-                generated.into_iter().map(|(x, y)| (Inputs::Features(x), y)).collect()
+                Box::new(generated.into_iter().map(|(x, y)| Ok((Inputs::Features(x), y))))
             };
-            // Distinct loader stream per (task, stage, epoch); stage 0 keeps the single-stage stream.
-            let loader_epoch = ((t as u64) << 20) | ((s as u64) << 16) | epoch as u64;
-            let mut loaded =
-                from_data.then(|| Loader::new(self.split, self.indices.to_vec(), loader_opts, loader_epoch, &self.cfg.stream.transform, self.device));
-            let mut generated = batches.into_iter();
-            let pb_msg = format!("task {} {} epoch {}/{}", t + 1, stage.name, epoch + 1, stage.epochs);
-            pb.set_message(pb_msg);
+            pb.set_message(format!("task {} {} epoch {}/{}", t + 1, stage.name, epoch + 1, stage.epochs));
             let (mut loss_sum, mut n, mut correct, mut scored, mut skipped) = (0.0, 0usize, 0i64, 0i64, 0usize);
-            let mut i = 0;
-            loop {
-                let (inputs, labels) = match &mut loaded {
-                    Some(loader) => match loader.next() {
-                        Some(batch) => {
-                            let batch = batch?;
-                            (wrap(batch.inputs, self.text), incremental(self.stream, &batch.labels, self.device))
-                        }
-                        None => break,
-                    },
-                    None => match generated.next() {
-                        Some(b) => b,
-                        None => break,
-                    },
-                };
+            for (i, batch) in batches.enumerate() {
+                let (inputs, labels) = batch?;
                 let size = inputs.len() as usize;
                 opt.set_lr(stage.optim.schedule.lr(lr, epoch, i, per_epoch, stage.epochs));
                 let global = STEPS_TAKEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -481,7 +466,6 @@ impl TrainJob<'_> {
                         skipped += 1;
                     }
                 }
-                i += 1;
                 pb.inc(1);
             }
             method.end_epoch(info)?;
@@ -489,7 +473,7 @@ impl TrainJob<'_> {
                 "task": t, "stage": stage.name, "epoch": epoch, "loss": loss_sum / n.max(1) as f64,
                 "train_accuracy": (scored > 0).then(|| 100.0 * correct as f64 / scored as f64),
                 "skipped_batches": skipped,
-                "lr": stage.optim.schedule.lr(lr, epoch, i.saturating_sub(1), per_epoch, stage.epochs), "seconds": t0.elapsed().as_secs_f64(),
+                "lr": stage.optim.schedule.lr(lr, epoch, per_epoch.saturating_sub(1), per_epoch, stage.epochs), "seconds": t0.elapsed().as_secs_f64(),
             }))?;
             let task_done = self.last_stage && epoch + 1 == stage.epochs;
             if self.cfg.run.checkpoint_every_epoch && !task_done {
@@ -517,11 +501,6 @@ fn wrap(inputs: Tensor, text: bool) -> Inputs {
     } else {
         Inputs::Images(inputs)
     }
-}
-
-/// The name of a trainable variable of `vs`.
-fn var_name(vs: &nn::VarStore, v: &Tensor) -> Option<String> {
-    vs.variables().into_iter().find(|(_, t)| t.data_ptr() == v.data_ptr()).map(|(n, _)| n)
 }
 
 /// Accuracy (%) on each seen task's test data, on all seen test data, and the

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 mod common;
 
-use common::repo;
 use promptcl_harness::{results, run};
 
 #[test]

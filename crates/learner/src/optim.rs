@@ -150,22 +150,12 @@ impl Optimizer {
     /// (`None`: not this optimizer's). Those with `requires_grad` off or no
     /// gradient are skipped at each step, as in libtorch.
     pub fn new(vs: &nn::VarStore, cfg: &StageOptim, lr_scale: &dyn Fn(&str) -> Option<f64>) -> Self {
-        let names: HashMap<usize, String> = vs.variables().into_iter().map(|(n, t)| (t.data_ptr() as usize, n)).collect();
-        let vars = vs.variables_.lock().expect("var store lock");
-        let params = vars
-            .trainable_variables
-            .iter()
-            .filter_map(|var| {
-                let name = names.get(&(var.tensor.data_ptr() as usize)).cloned().unwrap_or_default();
+        let params = trainable(vs)
+            .into_iter()
+            .filter_map(|(name, tensor)| {
                 let scale = lr_scale(&name)?;
-                Some(Param {
-                    name,
-                    tensor: var.tensor.shallow_clone(),
-                    lr_scale: scale,
-                    m: var.tensor.zeros_like().detach(),
-                    v: var.tensor.zeros_like().detach(),
-                    steps: 0,
-                })
+                let (m, v) = (tensor.zeros_like().detach(), tensor.zeros_like().detach());
+                Some(Param { name, tensor, lr_scale: scale, m, v, steps: 0 })
             })
             .collect();
         Self { cfg: cfg.clone(), params, lr: cfg.lr }
@@ -275,6 +265,17 @@ impl Optimizer {
             Ok(())
         })
     }
+}
+
+/// The trainable variables of `vs` with their names, in the store's order
+/// (whether or not `requires_grad` is set now).
+pub fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let names: HashMap<usize, String> = vs.variables().into_iter().map(|(n, t)| (t.data_ptr() as usize, n)).collect();
+    let vars = vs.variables_.lock().expect("var store lock");
+    vars.trainable_variables
+        .iter()
+        .map(|var| (names.get(&(var.tensor.data_ptr() as usize)).cloned().unwrap_or_default(), var.tensor.shallow_clone()))
+        .collect()
 }
 
 /// `torch.nn.utils.clip_grad_norm_` over `grads`.

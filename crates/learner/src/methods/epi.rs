@@ -137,9 +137,7 @@ impl ContinualMethod for Epi {
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
         let q = self.backbone.query(x)?;
         let tasks = self.identify(&q, seen);
-        let task_ids = Tensor::from_slice(&tasks.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(x.device());
-        let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
-        let (pools, _) = self.prompts.for_tasks(&task_ids, n_tasks);
+        let (task_ids, pools, _) = self.prompts.for_tasks(&tasks, x.device());
         let feats = self.prompted(x, &pools)?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         // Only the identified task's classes compete.

@@ -277,10 +277,7 @@ impl ContinualMethod for HidePrompt {
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
         let q = self.backbone.query(x)?;
-        let tasks: Vec<i64> = self.tii.predict_tasks(&q, seen).into_iter().map(|t| t as i64).collect();
-        let task_ids = Tensor::from_slice(&tasks).to_device(x.device());
-        let n_tasks = tasks.iter().max().map_or(1, |&m| m as usize + 1);
-        let (pools, keys) = self.prompts.for_tasks(&task_ids, n_tasks);
+        let (task_ids, pools, keys) = self.prompts.for_tasks(&self.tii.predict_tasks(&q, seen), x.device());
         let (e, _) = self.prompts.choose(&pools, keys.as_ref(), Some(&q))?;
         let feats = self.prompted(x, &e)?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);

@@ -6,7 +6,7 @@
 //! prefix length. Only the current task's prompts train.
 
 use promptcl_model::{NoRGaGate, PrefixScoreHook, Prompts};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::methods::common::{l2_normalize, seeded_uniform, split_prefix, var_from};
 use crate::{LearnerError, MethodContext, Result};
@@ -109,11 +109,15 @@ impl TaskPrompts {
         }
     }
 
-    /// Each sample's task pool and keys: `[B, M, ...]`, `[B, M, D]`.
-    pub fn for_tasks(&self, task_ids: &Tensor, n_tasks: usize) -> (Tensor, Option<Tensor>) {
-        let pools = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, task_ids);
-        let keys = self.keyed().then(|| Tensor::stack(&self.keys[..n_tasks], 0).index_select(0, task_ids));
-        (pools, keys)
+    /// Routes each sample to its task's pool: the task ids `[B]` (int64 on
+    /// `device`), the pools `[B, M, ...]` and keys `[B, M, D]`.
+    pub fn for_tasks(&self, tasks: &[usize], device: Device) -> (Tensor, Tensor, Option<Tensor>) {
+        let ids: Vec<i64> = tasks.iter().map(|&t| t as i64).collect();
+        let task_ids = Tensor::from_slice(&ids).to_device(device);
+        let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
+        let pools = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, &task_ids);
+        let keys = self.keyed().then(|| Tensor::stack(&self.keys[..n_tasks], 0).index_select(0, &task_ids));
+        (task_ids, pools, keys)
     }
 
     /// Each sample's prefix from its pool: `pools` `[B or 1, M, layers, 2, L, H, hd]`,
