@@ -268,8 +268,6 @@ pub struct HierarchicalOt {
     /// Features of the current epoch (transient: cleared at each epoch's
     /// start; turned into `feat_stats` at a stage's last epoch).
     buffer: Vec<(Tensor, Tensor)>,
-    /// Whether `feat_stats` were fitted in the current task.
-    fitted_this_task: Tensor,
 }
 
 impl HierarchicalOt {
@@ -292,7 +290,6 @@ impl HierarchicalOt {
             batch: ctx.optim.batch_size as i64,
             seed: ctx.seed,
             buffer: Vec::new(),
-            fitted_this_task: p.zeros_no_train("feat_stats_task_fitted", &[1]),
             cfg,
         })
     }
@@ -389,16 +386,14 @@ impl Regularizer for HierarchicalOt {
         let f = Tensor::cat(&buffer.iter().map(|b| b.0.shallow_clone()).collect::<Vec<_>>(), 0);
         let fy = Tensor::cat(&buffer.iter().map(|b| b.1.shallow_clone()).collect::<Vec<_>>(), 0);
         let seed = self.seed;
-        fit_classes(&mut self.feat_stats, task.classes.clone(), &f, &fy, |c| seed ^ ((c as u64) << 20) ^ 0x4017 ^ 1)?;
-        let _ = tch::no_grad(|| self.fitted_this_task.fill_(1.0));
-        Ok(())
+        fit_classes(&mut self.feat_stats, task.classes.clone(), &f, &fy, |c| seed ^ ((c as u64) << 20) ^ 0x4017 ^ 1)
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        if self.fitted_this_task.double_value(&[0]) == 0.0 {
+        // The task's classes are new: fitted means fitted in this task.
+        if !task.classes.clone().all(|c| self.feat_stats.is_fitted(c)) {
             return Err(LearnerError::Invalid(format!("hierarchical-ot: the method produced no features in any stage of task {}", task.task + 1)));
         }
-        let _ = tch::no_grad(|| self.fitted_this_task.fill_(0.0));
         let (q, y) = self.backbone.queries(data)?;
         let seed = self.seed;
         fit_classes(&mut self.org_stats, task.classes.clone(), &q, &y, |c| seed ^ ((c as u64) << 20) ^ 0x4017)?;
