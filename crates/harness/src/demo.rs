@@ -44,7 +44,7 @@ pub fn demo_vit() -> ViTConfig {
 /// Base classes the backbone is pretrained on; the rest arrive continually.
 fn is_base(class: usize) -> bool {
     let scheme = class / 8;
-    scheme < 2 || (scheme == 2 && class % 2 == 0)
+    scheme < 2 || (scheme == 2 && class.is_multiple_of(2))
 }
 
 fn hsv(h: f64, s: f64, v: f64) -> [f64; 3] {

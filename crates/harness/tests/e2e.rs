@@ -76,7 +76,7 @@ fn every_registered_method_runs_end_to_end() {
         }
     }
     // compare over all of them
-    let dirs = promptcl_harness::run_dirs(&[out.clone()]);
+    let dirs = promptcl_harness::run_dirs(std::slice::from_ref(&out));
     assert_eq!(dirs.len(), promptcl_learner::registry::METHODS.len());
     let metrics: Vec<_> = dirs.iter().map(|d| results::load_metrics(d).unwrap()).collect();
     let rows = promptcl_harness::compare::rows(&metrics);

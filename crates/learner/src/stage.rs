@@ -110,7 +110,7 @@ mod tests {
         let all = Stage::new("s", 1, StageOptim::adam(0.1), StageData::TrainTransform).scale_lr("backbone", 0.1);
         assert_eq!((all.lr_scale("backbone.blocks.0.w"), all.lr_scale("head.weight")), (Some(0.1), Some(1.0)));
         let names = vec!["head.weight".to_string()];
-        assert!(Stage::validate_all("m", &[s.clone()], &names).is_err(), "e_prompt names nothing");
+        assert!(Stage::validate_all("m", std::slice::from_ref(&s), &names).is_err(), "e_prompt names nothing");
         assert!(Stage::validate_all("m", &[all.clone(), all], &names).is_err(), "duplicate names");
     }
 }

@@ -24,7 +24,8 @@ fn supcon_matches_the_official_loss_with_and_without_gamma() {
     let labels = &g["labels"];
     let gamma = affinity(&g["w"], 0.5);
     let groups = vec![vec![0, 1, 2], vec![3, 4], vec![5, 6]];
-    let cases: [(&str, Box<dyn Fn(&Tensor) -> Tensor>); 3] = [
+    type Loss<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
+    let cases: [(&str, Loss); 3] = [
         ("plain", Box::new(|f: &Tensor| supcon(f, labels, 0.1, None))),
         ("weighted", Box::new(|f: &Tensor| supcon(f, labels, 0.1, Some(&gamma)))),
         ("subgroup", Box::new(|f: &Tensor| subgroup_supcon(f, labels, &groups, 0.1, Some(&gamma)))),

@@ -50,7 +50,7 @@ impl TaskPlan {
                 Ok(std::iter::once(clusters[n].clone()).chain(order.iter().map(|&c| clusters[c].clone())).collect())
             }
             Self::Shuffled => {
-                if num_tasks == 0 || num_classes % num_tasks != 0 {
+                if num_tasks == 0 || !num_classes.is_multiple_of(num_tasks) {
                     return Err(StreamError::Config(format!("{num_classes} relations do not divide into {num_tasks} tasks")));
                 }
                 let order = argsort_shuffle(seed, num_classes);

@@ -250,7 +250,7 @@ impl<'a> Vm<'a> {
         match (target, dict) {
             (Value::List(l), false) => l.extend(children),
             (Value::Dict(d), true) => {
-                if children.len() % 2 != 0 {
+                if !children.len().is_multiple_of(2) {
                     return fail("odd number of dict items");
                 }
                 let mut it = children.into_iter();
@@ -521,12 +521,8 @@ mod tests {
     fn deep_nesting_and_copy_bombs_are_refused() {
         // 5000 nested lists (MARK … LIST): dropping them recursively would overflow the stack.
         let mut chain = vec![0x80, 2];
-        for _ in 0..5000 {
-            chain.push(b'(');
-        }
-        for _ in 0..5000 {
-            chain.push(b'l');
-        }
+        chain.extend(std::iter::repeat_n(b'(', 5000));
+        chain.extend(std::iter::repeat_n(b'l', 5000));
         chain.push(b'.');
         let e = parse(&chain).unwrap_err();
         assert!(e.reason.contains("nested"), "{e}");

@@ -150,8 +150,8 @@ fn task_sizes(n: usize, cfg: &SplitConfig) -> Result<Vec<usize>> {
     if rest_tasks > 0 && rest_classes < rest_tasks {
         return bad(format!("{rest_classes} classes cannot fill {rest_tasks} tasks"));
     }
-    let base = if rest_tasks == 0 { 0 } else { rest_classes / rest_tasks };
-    let extra = if rest_tasks == 0 { 0 } else { rest_classes % rest_tasks };
+    let base = rest_classes.checked_div(rest_tasks).unwrap_or(0);
+    let extra = rest_classes.checked_rem(rest_tasks).unwrap_or(0);
     let mut sizes = vec![base; rest_tasks];
     if extra > 0 {
         match cfg.remainder {

@@ -57,7 +57,7 @@ pub struct CodaPrompt {
 impl CodaPrompt {
     pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
         let bad = |reason: String| Err(LearnerError::Params { method: "coda-prompt".into(), reason });
-        if params.pool_size % ctx.num_tasks != 0 || params.pool_size == 0 {
+        if !params.pool_size.is_multiple_of(ctx.num_tasks) || params.pool_size == 0 {
             return bad(format!("pool_size {} must be a positive multiple of the number of tasks {}", params.pool_size, ctx.num_tasks));
         }
         if params.length < 2 || params.length % 2 != 0 {
