@@ -374,7 +374,7 @@ impl TrainJob<'_> {
         stage: &Stage,
         resumed: Option<(usize, &std::collections::HashMap<String, Tensor>)>,
     ) -> Result<()> {
-        let mut opt = Optimizer::new(method.vars(), &stage.optim, &|name| stage.lr_scale(name));
+        let mut opt = stage.optimizer(method.vars());
         let start_epoch = match resumed {
             Some((done, saved)) => {
                 opt.load_state(saved)?;
@@ -391,7 +391,7 @@ impl TrainJob<'_> {
         pb.set_position((per_epoch * start_epoch) as u64);
         let fault = injected_fault();
         let mut bad_in_a_row = 0;
-        let (t, lr) = (info.task, stage.optim.lr);
+        let t = info.task;
         for epoch in start_epoch..stage.epochs {
             info.epoch = epoch;
             let t0 = Instant::now();
@@ -417,7 +417,7 @@ impl TrainJob<'_> {
             for (i, batch) in batches.enumerate() {
                 let (inputs, labels) = batch?;
                 let size = inputs.len() as usize;
-                opt.set_lr(stage.optim.schedule.lr(lr, epoch, i, per_epoch, stage.epochs));
+                opt.set_lr(stage.lr_at(epoch, i, per_epoch));
                 let global = STEPS_TAKEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let run_step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Option<(f64, Option<Tensor>)>> {
                     if fault.as_ref().is_some_and(|(k, s)| k == "oom" && *s == global) {
@@ -473,7 +473,7 @@ impl TrainJob<'_> {
                 "task": t, "stage": stage.name, "epoch": epoch, "loss": loss_sum / n.max(1) as f64,
                 "train_accuracy": (scored > 0).then(|| 100.0 * correct as f64 / scored as f64),
                 "skipped_batches": skipped,
-                "lr": stage.optim.schedule.lr(lr, epoch, per_epoch.saturating_sub(1), per_epoch, stage.epochs), "seconds": t0.elapsed().as_secs_f64(),
+                "lr": stage.lr_at(epoch, per_epoch.saturating_sub(1), per_epoch), "seconds": t0.elapsed().as_secs_f64(),
             }))?;
             let task_done = self.last_stage && epoch + 1 == stage.epochs;
             if self.cfg.run.checkpoint_every_epoch && !task_done {

@@ -75,6 +75,10 @@ impl OptimConfig {
         if self.batch_size == 0 {
             return bad("batch_size must be positive".into());
         }
+        // Named with the value as written (the stage sees it batch-scaled).
+        if !(self.lr > 0.0) {
+            return bad(format!("lr = {} must be positive", self.lr));
+        }
         self.stage_optim().validate().or_else(bad)
     }
 }

@@ -4,7 +4,6 @@
 
 use tch::Tensor;
 
-use crate::optim::Optimizer;
 use crate::{BatchSource, ContinualMethod, Inputs, OptimConfig, Result, StageData, TaskInfo};
 
 /// Runs `task` on `method`: `begin_task`, every stage (data stages over
@@ -22,7 +21,7 @@ pub fn run_task(
     let mut losses = Vec::new();
     for stage in method.stages(task, optim) {
         let mut at = task.in_stage(&stage);
-        let mut opt = Optimizer::new(method.vars(), &stage.optim, &|n| stage.lr_scale(n));
+        let mut opt = stage.optimizer(method.vars());
         for epoch in 0..stage.epochs {
             at.epoch = epoch;
             method.begin_epoch(&at)?;
@@ -32,7 +31,7 @@ pub fn run_task(
             };
             let batches = if stage.data == StageData::Generated { &generated[..] } else { train };
             for (i, (x, y)) in batches.iter().enumerate() {
-                opt.set_lr(stage.optim.schedule.lr(stage.optim.lr, epoch, i, batches.len(), stage.epochs));
+                opt.set_lr(stage.lr_at(epoch, i, batches.len()));
                 let loss = method.train_step(x, y, &at)?.loss;
                 opt.zero_grad();
                 loss.backward();

@@ -43,8 +43,7 @@ use crate::method::{Backbone, BatchSource, ContinualMethod, DataScope, Inputs, M
 use crate::ot::{pair_distances, relative_sinkhorn, OtSolver};
 use crate::parts::alignment::fit_classes;
 use crate::stats::{ClassStats, StatsKind};
-use crate::{LearnerError, Result};
-use crate::{OptimConfig, Stage};
+use crate::{LearnerError, OptimConfig, Result, Stage};
 
 /// One entry of `regularizers = [...]`.
 #[derive(Debug, Clone, Deserialize)]

@@ -8,7 +8,7 @@
 //! epoch and hook so that a resumed run draws what an uninterrupted one did.
 
 use crate::config::OptimConfig;
-use crate::optim::StageOptim;
+use crate::optim::{Optimizer, StageOptim};
 use crate::{LearnerError, Result};
 
 /// Where a stage's batches come from.
@@ -74,6 +74,16 @@ impl Stage {
     /// The learning-rate scale of variable `name`, or `None` when the stage does not train it.
     pub fn lr_scale(&self, name: &str) -> Option<f64> {
         self.trains.iter().find(|g| g.matches(name)).map(|g| g.lr_scale)
+    }
+
+    /// A fresh optimizer over the variables of `vs` this stage trains.
+    pub fn optimizer(&self, vs: &tch::nn::VarStore) -> Optimizer {
+        Optimizer::new(vs, &self.optim, &|name| self.lr_scale(name))
+    }
+
+    /// The learning rate at step `step` of epoch `epoch`, epochs of `per_epoch` steps.
+    pub fn lr_at(&self, epoch: usize, step: usize, per_epoch: usize) -> f64 {
+        self.optim.schedule.lr(self.optim.lr, epoch, step, per_epoch, self.epochs)
     }
 
     /// Checks a task's stage list against the method's trainable variables.

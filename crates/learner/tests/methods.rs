@@ -287,14 +287,14 @@ fn norga_gate_and_current_prompt_get_gradient_and_gate_freezes_after_task_one() 
 /// optimizer (so TII and prompts are clipped apart, as in the two official runs).
 #[test]
 fn hide_prompt_stages_follow_the_official_runs_and_train_their_own_parameters() {
-    use promptcl_learner::{optim::Optimizer, OptimizerKind, Schedule, StageData};
+    use promptcl_learner::{OptimizerKind, Schedule, StageData};
     let m = build("norga", HIDE);
     let names = |t: usize| m.stages(&task(t), &OptimConfig::default()).iter().map(|s| s.name).collect::<Vec<_>>();
     assert_eq!(names(0), ["tii", "prompt"], "no alignment before there are old classes");
     assert_eq!(names(1), ["tii", "tii-align", "prompt", "align"]);
     let optim = OptimConfig { kind: OptimizerKind::Sgd, schedule: Schedule::Step { every: 30, rate: 0.1 }, ..OptimConfig::default() };
     for s in m.stages(&task(1), &optim) {
-        let opt = Optimizer::new(m.vars(), &s.optim, &|n| s.lr_scale(n));
+        let opt = s.optimizer(m.vars());
         let trained = opt.names();
         let only = |prefixes: &[&str]| trained.iter().all(|n| prefixes.iter().any(|p| n.starts_with(p)));
         match s.name {
