@@ -70,21 +70,17 @@ pub fn markdown(rows: &[Row]) -> String {
     out
 }
 
-pub fn csv(rows: &[Row]) -> String {
-    let mut out = String::from("run,seeds,tasks");
-    for c in COLUMNS {
-        let c = c.replace(' ', "_");
-        let _ = write!(out, ",{c}_mean,{c}_std");
-    }
-    out.push('\n');
+/// One row per run key: `run,seeds,tasks,<metric>_mean,<metric>_std,…`.
+/// Run names are quoted as CSV needs (a name may hold commas or quotes).
+pub fn csv(rows: &[Row]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let metrics = COLUMNS.iter().map(|c| c.replace(' ', "_")).flat_map(|c| [format!("{c}_mean"), format!("{c}_std")]);
+    w.write_record(["run", "seeds", "tasks"].map(String::from).into_iter().chain(metrics))?;
     for r in rows {
-        let _ = write!(out, "\"{}\",{},{}", r.key, r.seeds, r.tasks);
-        for (m, s) in &r.values {
-            let _ = write!(out, ",{m:.4},{s:.4}");
-        }
-        out.push('\n');
+        let values = r.values.iter().flat_map(|(m, s)| [format!("{m:.4}"), format!("{s:.4}")]);
+        w.write_record([r.key.clone(), r.seeds.to_string(), r.tasks.to_string()].into_iter().chain(values))?;
     }
-    out
+    w.into_inner().map_err(|e| anyhow::anyhow!("{}", e.error()))
 }
 
 /// A plain aligned table for the terminal.
@@ -137,4 +133,27 @@ pub fn matrix_table(m: &Metrics) -> String {
         let _ = writeln!(out, "| {:.1}", m.matrix.seen_accuracy[i]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run name with a comma and quotes survives the round trip through a
+    /// CSV reader, and every row has as many cells as the header.
+    #[test]
+    fn csv_quotes_awkward_run_names() {
+        let key = r#"lr "0.1", warm / l2p / cifar100"#.to_string();
+        let rows = [Row { key: key.clone(), seeds: 2, tasks: 10, values: vec![(81.25, 0.5); COLUMNS.len()] }];
+        let bytes = csv(&rows).unwrap();
+        let mut r = ::csv::Reader::from_reader(bytes.as_slice());
+        let header = r.headers().unwrap().clone();
+        assert_eq!(header.len(), 3 + 2 * COLUMNS.len());
+        assert_eq!(&header[3], "final_acc_mean");
+        let records: Vec<_> = r.records().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 1);
+        assert_eq!(&records[0][0], key);
+        assert_eq!(records[0].len(), header.len());
+        assert_eq!(&records[0][3], "81.2500");
+    }
 }

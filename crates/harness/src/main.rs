@@ -151,7 +151,7 @@ fn try_main() -> Result<()> {
             print!("{}", compare::terminal(&rows));
             std::fs::create_dir_all(&out)?;
             results::atomic_write(&out.join("compare.md"), compare::markdown(&rows).as_bytes())?;
-            results::atomic_write(&out.join("compare.csv"), compare::csv(&rows).as_bytes())?;
+            results::atomic_write(&out.join("compare.csv"), &compare::csv(&rows)?)?;
             println!("wrote {} and {}", out.join("compare.md").display(), out.join("compare.csv").display());
         }
         Command::Methods { params: None } => {

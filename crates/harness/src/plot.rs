@@ -113,5 +113,5 @@ pub fn write_svg_png(svg_text: &str, stem: &Path) -> Result<()> {
     let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).context("allocating PNG")?;
     resvg::render(&tree, resvg::tiny_skia::Transform::default(), &mut pixmap.as_mut());
     let png = pixmap.encode_png().context("encoding PNG")?;
-    atomic_write(&stem.with_extension("png"), &png)
+    Ok(atomic_write(&stem.with_extension("png"), &png)?)
 }

@@ -61,30 +61,11 @@ pub struct RunDir {
     locked: bool,
 }
 
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    promptcl_stream::atomic_write(path, bytes).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Writes a file through `write(tmp)` so readers see the old or the new file,
-/// never a torn one: temp file beside it, fsync, rename, fsync the directory
-/// (as `atomic_write`, for writers that need a path, like libtorch's).
-pub fn atomic_save(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // The extension stays last so writers that choose a format by it still do.
-    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
-    write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
+/// The one atomic writer, shared with the stream crate's caches.
+pub use promptcl_stream::{atomic_write, atomic_write_with};
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
+    Ok(atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())?)
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -178,24 +159,20 @@ impl RunDir {
     }
 
     pub fn write_matrix_csv(&self, m: &AccuracyMatrix) -> Result<()> {
-        let t = m.num_tasks();
-        let mut out = String::from("after_task");
-        for j in 0..t {
-            out.push_str(&format!(",task_{j}"));
-        }
-        out.push_str(",seen_accuracy\n");
-        for (i, row) in m.rows.iter().enumerate() {
-            out.push_str(&i.to_string());
-            for j in 0..t {
-                out.push(',');
-                if let Some(v) = row.get(j) {
-                    out.push_str(&format!("{v:.4}"));
-                }
-            }
-            out.push_str(&format!(",{:.4}\n", m.seen_accuracy[i]));
-        }
-        atomic_write(&self.file(MATRIX_CSV), out.as_bytes())
+        Ok(atomic_write(&self.file(MATRIX_CSV), &matrix_csv(m)?)?)
     }
+}
+
+/// `after_task,task_0,…,seen_accuracy`; a task not yet seen is an empty cell.
+pub fn matrix_csv(m: &AccuracyMatrix) -> Result<Vec<u8>> {
+    let t = m.num_tasks();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(std::iter::once("after_task".to_string()).chain((0..t).map(|j| format!("task_{j}"))).chain(["seen_accuracy".to_string()]))?;
+    for (i, row) in m.rows.iter().enumerate() {
+        let cells = (0..t).map(|j| row.get(j).map_or_else(String::new, |v| format!("{v:.4}")));
+        w.write_record(std::iter::once(i.to_string()).chain(cells).chain([format!("{:.4}", m.seen_accuracy[i])]))?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("{}", e.error()))
 }
 
 impl Drop for RunDir {
@@ -209,4 +186,20 @@ impl Drop for RunDir {
 /// Loads `metrics.json` of a run folder (for plot / compare).
 pub fn load_metrics(dir: &Path) -> Result<Metrics> {
     read_json(&dir.join(METRICS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Row i holds tasks 0..=i; the cells of tasks not yet seen are empty.
+    #[test]
+    fn matrix_csv_reads_back_with_empty_cells_for_unseen_tasks() {
+        let m = AccuracyMatrix { rows: vec![vec![90.0], vec![80.0, 70.5]], seen_accuracy: vec![90.0, 75.25], task_id_accuracy: vec![None, None] };
+        let bytes = matrix_csv(&m).unwrap();
+        let mut r = csv::Reader::from_reader(bytes.as_slice());
+        assert_eq!(r.headers().unwrap().iter().collect::<Vec<_>>(), ["after_task", "task_0", "task_1", "seen_accuracy"]);
+        let rows: Vec<Vec<String>> = r.records().map(|x| x.unwrap().iter().map(String::from).collect()).collect();
+        assert_eq!(rows, [["0", "90.0000", "", "90.0000"], ["1", "80.0000", "70.5000", "75.2500"]]);
+    }
 }

@@ -260,7 +260,7 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
 
         // Checkpoint first, then the state that points at it: a crash between
         // the two leaves the previous, consistent state.
-        results::atomic_save(&dir.checkpoint(t), |tmp| Ok(method.vars().save(tmp)?))?;
+        results::atomic_write_with(&dir.checkpoint(t), |tmp| method.vars().save(tmp))?;
         let metrics = Metrics {
             name: cfg.name.clone(),
             method: cfg.method.name.clone(),
@@ -488,7 +488,7 @@ impl TrainJob<'_> {
     fn checkpoint_epoch(&mut self, method: &dyn ContinualMethod, opt: &Optimizer, mark: EpochMark) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = method.vars().variables().into_iter().map(|(k, v)| (format!("method.{k}"), v)).collect();
         tensors.extend(opt.state());
-        results::atomic_save(&self.dir.file(results::EPOCH_CHECKPOINT), |tmp| Ok(Tensor::write_safetensors(&tensors, tmp)?))?;
+        results::atomic_write_with(&self.dir.file(results::EPOCH_CHECKPOINT), |tmp| Tensor::write_safetensors(&tensors, tmp))?;
         self.state.epoch_checkpoint = Some(mark);
         results::write_json(&self.dir.file(results::STATE), &*self.state)
     }

@@ -10,7 +10,7 @@ use tch::{nn, nn::Module, Device, Kind, Tensor};
 use crate::attention::attend;
 use crate::error::{ModelError, Result};
 use crate::layers::{linear, LayerNorm};
-use crate::prompt::{Prefix, PrefixScoreHook, Prompts};
+use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, Prefix, PrefixScoreHook, Prompts};
 use crate::vit::ForwardOptions;
 
 /// The subset of a Hugging Face `config.json` the encoder needs.
@@ -232,12 +232,9 @@ impl BertModel {
         for (i, layer) in self.layers.iter().enumerate() {
             let lp = prompts.layer(i);
             if let Some(tokens) = lp.and_then(|lp| lp.tokens.as_ref()) {
-                // After [CLS], as for the ViT; later layers' tokens replace earlier ones.
                 let p = tokens.size()[1];
-                let rest = x.size()[1] - 1 - n_prompt;
-                x = Tensor::cat(&[x.narrow(1, 0, 1), tokens.to_kind(x.kind()).expand([b, p, d], false), x.narrow(1, 1 + n_prompt, rest)], 1);
-                let ones = Tensor::ones([b, p], (Kind::Float, device));
-                mask = Tensor::cat(&[mask.narrow(1, 0, 1), ones, mask.narrow(1, 1 + n_prompt, rest)], 1);
+                x = splice_prompt_tokens(&x, &tokens.to_kind(x.kind()).expand([b, p, d], false), n_prompt);
+                mask = splice_prompt_tokens(&mask, &Tensor::ones([b, p], (Kind::Float, device)), n_prompt);
                 n_prompt = p;
             }
             // transformers' extended mask: (1 − m) · finfo(float32).min.
@@ -245,13 +242,8 @@ impl BertModel {
             x = layer.forward(&x, &additive, lp.and_then(|lp| lp.prefix.as_ref()), lp.and_then(|lp| lp.score_hook), opts);
         }
         let x = x.to_kind(Kind::Float);
-        let n = x.size()[1];
-        let prompt_tokens = (n_prompt > 0).then(|| x.narrow(1, 1, n_prompt));
-        let hidden = if n_prompt == 0 || opts.keep_prompt_tokens {
-            x
-        } else {
-            Tensor::cat(&[x.narrow(1, 0, 1), x.narrow(1, 1 + n_prompt, n - 1 - n_prompt)], 1)
-        };
+        let (without_prompts, prompt_tokens) = split_prompt_tokens(&x, n_prompt);
+        let hidden = if opts.keep_prompt_tokens { x } else { without_prompts };
         Ok(BertOutput { hidden, prompt_tokens })
     }
 }

@@ -172,6 +172,28 @@ impl<'a> Prompts<'a> {
     }
 }
 
+/// Prompt-token insertion shared by the ViT and BERT: tokens go right after the
+/// class token, and a later layer's tokens replace those an earlier layer put
+/// there (VPT-deep), so `inserted` is how many sit there now.
+///
+/// # Shapes
+/// - `x`: `[B, 1 + inserted + N, …]`; `tokens`: `[B, P, …]` (same trailing dims)
+/// - returns `[B, 1 + P + N, …]`
+pub(crate) fn splice_prompt_tokens(x: &Tensor, tokens: &Tensor, inserted: i64) -> Tensor {
+    let rest = x.size()[1] - 1 - inserted;
+    Tensor::cat(&[x.narrow(1, 0, 1), tokens.shallow_clone(), x.narrow(1, 1 + inserted, rest)], 1)
+}
+
+/// The sequence of a prompted call without its `inserted` prompt tokens, and
+/// those tokens (`None` when there were none).
+pub(crate) fn split_prompt_tokens(x: &Tensor, inserted: i64) -> (Tensor, Option<Tensor>) {
+    if inserted == 0 {
+        return (x.shallow_clone(), None);
+    }
+    let rest = x.size()[1] - 1 - inserted;
+    (Tensor::cat(&[x.narrow(1, 0, 1), x.narrow(1, 1 + inserted, rest)], 1), Some(x.narrow(1, 1, inserted)))
+}
+
 fn check_float(t: &Tensor, layer: usize, what: &str) -> Result<()> {
     if matches!(t.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
         Ok(())

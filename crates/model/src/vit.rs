@@ -9,7 +9,7 @@ use crate::attention::{attend, AttentionImpl};
 use crate::config::ViTConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{linear, LayerNorm};
-use crate::prompt::{Prefix, PrefixScoreHook, Prompts};
+use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, Prefix, PrefixScoreHook, Prompts};
 use crate::weights::load_strict;
 use crate::Precision;
 
@@ -211,11 +211,8 @@ impl VisionTransformer {
         for (i, block) in self.blocks.iter().enumerate() {
             let lp = prompts.layer(i);
             if let Some(tokens) = lp.and_then(|lp| lp.tokens.as_ref()) {
-                // VPT-deep semantics: a later layer's prompt replaces the earlier one.
                 let p = tokens.size()[1];
-                let t = tokens.to_kind(kind).expand([b, p, d], false);
-                let rest = x.size()[1] - 1 - n_prompt;
-                x = Tensor::cat(&[x.narrow(1, 0, 1), t, x.narrow(1, 1 + n_prompt, rest)], 1);
+                x = splice_prompt_tokens(&x, &tokens.to_kind(kind).expand([b, p, d], false), n_prompt);
                 n_prompt = p;
             }
             let prefix = lp.and_then(|lp| lp.prefix.as_ref());
@@ -227,12 +224,10 @@ impl VisionTransformer {
         }
 
         let x = self.norm.forward(&x).to_kind(Kind::Float);
-        let n = x.size()[1];
         let cls = x.select(1, 0);
-        let patches = x.narrow(1, 1 + n_prompt, n - 1 - n_prompt);
-        let patch_mean = patches.mean_dim(1, false, Kind::Float);
-        let prompt_tokens = (n_prompt > 0).then(|| x.narrow(1, 1, n_prompt));
-        let tokens = if n_prompt == 0 || opts.keep_prompt_tokens { x } else { Tensor::cat(&[x.narrow(1, 0, 1), patches], 1) };
+        let (without_prompts, prompt_tokens) = split_prompt_tokens(&x, n_prompt);
+        let patch_mean = x.narrow(1, 1 + n_prompt, x.size()[1] - 1 - n_prompt).mean_dim(1, false, Kind::Float);
+        let tokens = if opts.keep_prompt_tokens { x } else { without_prompts };
         let logits = self.head.as_ref().map(|h| h.forward(&cls.to_kind(h.ws.kind())).to_kind(Kind::Float));
         Ok(VitOutput { tokens, cls, patch_mean, prompt_tokens, hidden, logits })
     }

@@ -139,48 +139,18 @@ pub fn read_relation_json(path: &Path) -> Result<Vec<(String, Vec<RelationExampl
         .collect()
 }
 
-/// Reads a 1-D little-endian integer `.npy` array (what the CFRL files hold).
+/// Reads a 1-D integer `.npy` array (the CFRL files hold `<i8`; `<i4` is
+/// accepted as well, as numpy writes it on some platforms).
 pub fn read_npy_ints(path: &Path) -> Result<Vec<i64>> {
-    let bytes = std::fs::read(path).map_err(|e| StreamError::io(path, e))?;
-    let bad = |r: &str| StreamError::format(path, format!("not a 1-D integer .npy array: {r}"));
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("missing the NUMPY magic"));
+    use ndarray::Array1;
+    use ndarray_npy::{ReadNpyError, ReadNpyExt};
+    let open = || std::fs::File::open(path).map_err(|e| StreamError::io(path, e));
+    let bad = |e: ReadNpyError| StreamError::format(path, format!("not a 1-D integer .npy array: {e}"));
+    match Array1::<i64>::read_npy(open()?) {
+        Ok(a) => Ok(a.to_vec()),
+        Err(ReadNpyError::WrongDescriptor(_)) => Ok(Array1::<i32>::read_npy(open()?).map_err(bad)?.iter().map(|&v| i64::from(v)).collect()),
+        Err(e) => Err(bad(e)),
     }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        v => return Err(bad(&format!("format version {v}"))),
-    };
-    let header = bytes.get(start..start + header_len).ok_or_else(|| bad("truncated header"))?;
-    let header = String::from_utf8_lossy(header);
-    let width = if header.contains("'<i8'") {
-        8
-    } else if header.contains("'<i4'") {
-        4
-    } else {
-        return Err(bad(&format!("dtype in {header} (need <i8 or <i4)")));
-    };
-    if header.contains("'fortran_order': True") {
-        return Err(bad("fortran order"));
-    }
-    let data = &bytes[start + header_len..];
-    let shape = header.split("'shape':").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
-    let dims: Vec<usize> = shape.trim_start_matches([' ', '(']).split(',').filter_map(|d| d.trim().parse().ok()).collect();
-    if dims.len() != 1 || data.len() != dims[0] * width {
-        return Err(bad(&format!("shape {shape}) with {} data bytes", data.len())));
-    }
-    Ok(data
-        .chunks_exact(width)
-        .map(
-            |c| {
-                if width == 8 {
-                    i64::from_le_bytes(c.try_into().expect("8 bytes"))
-                } else {
-                    i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64
-                }
-            },
-        )
-        .collect())
 }
 
 fn tokenize_split(tok: &RelationTokenizer, samples: Vec<(usize, RelationExample)>, what: &Path) -> Result<Split> {
@@ -312,6 +282,46 @@ pub fn load_full(path: &Path, protocol: FullDataProtocol, seed: u64, tok: &Relat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A version-1 `.npy` file laid out as numpy writes it: magic, header
+    /// padded with spaces to a multiple of 64 bytes and ended by a newline, data.
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(data);
+        out
+    }
+
+    #[test]
+    fn npy_integers_read_in_both_widths_and_other_arrays_are_named_errors() {
+        let dir = std::env::temp_dir().join(format!("promptcl-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: Vec<u8>| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let i8s: Vec<u8> = [7i64, -1, 40].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(read_npy_ints(&write("a.npy", npy("<i8", "(3,)", &i8s))).unwrap(), [7, -1, 40]);
+        let i4s: Vec<u8> = [3i32, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(read_npy_ints(&write("b.npy", npy("<i4", "(2,)", &i4s))).unwrap(), [3, 0]);
+        for (name, bytes) in [
+            ("two-d.npy", npy("<i8", "(1, 3)", &i8s)),
+            ("float.npy", npy("<f8", "(3,)", &i8s)),
+            ("short.npy", npy("<i8", "(4,)", &i8s)),
+            ("text.npy", b"relation ids".to_vec()),
+        ] {
+            let err = read_npy_ints(&write(name, bytes)).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("not a 1-D integer .npy array"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn cfrl_plan_puts_the_many_shot_cluster_first() {

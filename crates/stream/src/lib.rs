@@ -201,19 +201,29 @@ impl DatasetConfig {
 /// Writes a file so that readers see either the old or the new content, never
 /// a torn one: temp file in the same directory, fsync, rename, fsync the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+    atomic_write_with(path, |tmp| std::fs::write(tmp, bytes))
+}
+
+/// [`atomic_write`] for writers that need a path of their own (libtorch's
+/// savers): `write(tmp)` fills a temp file beside `path`, which then replaces
+/// `path` in one rename. Missing parent directories are created.
+pub fn atomic_write_with<E>(path: &Path, write: impl FnOnce(&Path) -> std::result::Result<(), E>) -> Result<()>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let io = |e| StreamError::io(path, e);
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| {
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // The extension stays last, so writers that choose a format by it still do.
+    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    let cleanup = |e: std::io::Error| {
         let _ = std::fs::remove_file(&tmp);
         io(e)
-    })?;
+    };
+    write(&tmp).map_err(|e| cleanup(std::io::Error::other(e)))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(cleanup)?;
+    std::fs::rename(&tmp, path).map_err(cleanup)?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
