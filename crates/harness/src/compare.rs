@@ -7,7 +7,9 @@ use promptcl_learner::metrics::mean_std;
 
 use crate::results::Metrics;
 
-pub const COLUMNS: [&str; 5] = ["final acc", "avg acc", "final task-avg", "forgetting", "BWT"];
+/// The papers' metrics first (task-averaged, official names), then the
+/// sample-weighted accuracies over all seen test samples.
+pub const COLUMNS: [&str; 6] = ["faa", "caa", "ffm", "bwt", "final acc", "avg acc"];
 
 pub struct Row {
     pub key: String,
@@ -33,11 +35,12 @@ pub fn rows(runs: &[Metrics]) -> Vec<Row> {
                 seeds: sums.len(),
                 tasks: ms.iter().map(|m| m.matrix.num_tasks()).max().unwrap_or(0),
                 values: vec![
+                    col(|s| s.faa),
+                    col(|s| s.caa),
+                    col(|s| s.ffm),
+                    col(|s| s.backward_transfer),
                     col(|s| s.final_accuracy),
                     col(|s| s.average_accuracy),
-                    col(|s| s.final_task_average),
-                    col(|s| s.forgetting),
-                    col(|s| s.backward_transfer),
                 ],
             }
         })
@@ -149,7 +152,7 @@ mod tests {
         let mut r = ::csv::Reader::from_reader(bytes.as_slice());
         let header = r.headers().unwrap().clone();
         assert_eq!(header.len(), 3 + 2 * COLUMNS.len());
-        assert_eq!(&header[3], "final_acc_mean");
+        assert_eq!(&header[3], "faa_mean");
         let records: Vec<_> = r.records().map(Result::unwrap).collect();
         assert_eq!(records.len(), 1);
         assert_eq!(&records[0][0], key);

@@ -23,8 +23,8 @@ pub fn report(dir: &Path, quiet: bool) -> Result<results::Metrics> {
         print!("{}", compare::matrix_table(&m));
         if let Some(s) = &m.summary {
             println!(
-                "final accuracy {:.2}  average accuracy {:.2}  final task-average {:.2}  forgetting {:.2}  BWT {:.2}",
-                s.final_accuracy, s.average_accuracy, s.final_task_average, s.forgetting, s.backward_transfer
+                "faa {:.2}  caa {:.2}  ffm {:.2}  bwt {:.2}  (sample-weighted: final accuracy {:.2}  average accuracy {:.2})",
+                s.faa, s.caa, s.ffm, s.backward_transfer, s.final_accuracy, s.average_accuracy
             );
         }
         println!("plot: {}", dir.join("forgetting.png").display());

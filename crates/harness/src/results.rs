@@ -53,6 +53,9 @@ pub struct Metrics {
     pub dataset: String,
     pub seed: u64,
     pub matrix: AccuracyMatrix,
+    /// Written for readers of the file; on load it is recomputed from the
+    /// matrix, so files written before a metric existed still compare.
+    #[serde(skip_deserializing)]
     pub summary: Option<Summary>,
 }
 
@@ -185,7 +188,9 @@ impl Drop for RunDir {
 
 /// Loads `metrics.json` of a run folder (for plot / compare).
 pub fn load_metrics(dir: &Path) -> Result<Metrics> {
-    read_json(&dir.join(METRICS))
+    let mut m: Metrics = read_json(&dir.join(METRICS))?;
+    m.summary = m.matrix.summary();
+    Ok(m)
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ fn every_registered_method_runs_end_to_end() {
     let rows = promptcl_harness::compare::rows(&metrics);
     assert_eq!(rows.len(), promptcl_learner::registry::METHODS.len());
     let md = promptcl_harness::compare::markdown(&rows);
-    assert!(md.contains("coda-prompt") && md.contains("forgetting"));
+    assert!(md.contains("coda-prompt") && md.contains("| ffm |"));
     std::fs::remove_dir_all(out).ok();
 }
 

@@ -15,6 +15,12 @@
 //! the generator the harness seeds per epoch; those were re-recorded then.
 //! `hierc/l2p` keeps its matrix but its losses changed: the regulariser's
 //! sampling draws from that per-epoch seeded generator too.
+//!
+//! Re-recorded since, each for a change that makes promptcl compute what the
+//! official code computes (issue #16):
+//! - the same six HiDe-family keys: the alignment stages' SGD lost its weight
+//!   decay (the official effective value is 0) and the TII-alignment rate is
+//!   scaled by batch/256 as the official TII trainer scales `ca_lr`.
 
 mod common;
 

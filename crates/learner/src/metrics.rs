@@ -14,19 +14,28 @@ pub struct AccuracyMatrix {
     pub task_id_accuracy: Vec<Option<Vec<f64>>>,
 }
 
+/// The papers' metrics under their official names (`faa`, `caa`, `ffm`, each
+/// an unweighted mean over tasks of per-task accuracies, as l2p-pytorch's
+/// `evaluate_till_now` and CODA-Prompt's trainer compute them), then the
+/// sample-weighted accuracies over all seen test samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
-    /// Accuracy on all classes after the last task.
-    pub final_accuracy: f64,
-    /// Mean over tasks of the accuracy on all seen classes after each task
-    /// (NoRGa's CAA, PyCIL's "average incremental accuracy").
-    pub average_accuracy: f64,
-    /// Mean over tasks of R[T][j] (the official `evaluate_till_now` "Acc@1").
-    pub final_task_average: f64,
-    /// Mean over old tasks of (max past accuracy − final accuracy) (FFM).
-    pub forgetting: f64,
+    /// Final average accuracy: mean over tasks j of R[T][j] (the official
+    /// `Acc@1` after the last task).
+    pub faa: f64,
+    /// Cumulative average accuracy: mean over i of the mean of R[i][0..=i].
+    pub caa: f64,
+    /// Final forgetting: mean over old tasks j of max_i R[i][j] − R[T][j],
+    /// the max over every evaluation of task j, the last included (so never
+    /// negative per task), as l2p-pytorch's `engine.py`.
+    pub ffm: f64,
     /// Mean over old tasks of (R[T][j] − R[j][j]).
     pub backward_transfer: f64,
+    /// Accuracy on all seen test samples after the last task (sample-weighted).
+    pub final_accuracy: f64,
+    /// Mean over tasks of the sample-weighted accuracy on all seen test
+    /// samples after each task (PyCIL's "average incremental accuracy").
+    pub average_accuracy: f64,
     pub num_tasks: usize,
 }
 
@@ -47,20 +56,14 @@ impl AccuracyMatrix {
         let last = self.rows.last()?;
         let old = t - 1;
         let mean = |v: &mut dyn Iterator<Item = f64>, n: usize| if n == 0 { 0.0 } else { v.sum::<f64>() / n as f64 };
-        let forgetting = mean(
-            &mut (0..old).map(|j| {
-                let best = (j..old).map(|i| self.rows[i][j]).fold(f64::NEG_INFINITY, f64::max);
-                best - last[j]
-            }),
-            old,
-        );
-        let backward_transfer = mean(&mut (0..old).map(|j| last[j] - self.rows[j][j]), old);
+        let ffm = mean(&mut (0..old).map(|j| (j..t).map(|i| self.rows[i][j]).fold(f64::NEG_INFINITY, f64::max) - last[j]), old);
         Some(Summary {
+            faa: mean(&mut last.iter().copied(), t),
+            caa: mean(&mut self.rows.iter().map(|r| mean(&mut r.iter().copied(), r.len())), t),
+            ffm,
+            backward_transfer: mean(&mut (0..old).map(|j| last[j] - self.rows[j][j]), old),
             final_accuracy: *self.seen_accuracy.last()?,
             average_accuracy: mean(&mut self.seen_accuracy.iter().copied(), t),
-            final_task_average: mean(&mut last.iter().copied(), t),
-            forgetting,
-            backward_transfer,
             num_tasks: t,
         })
     }
@@ -83,24 +86,36 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
 mod tests {
     use super::*;
 
-    /// Hand-computed example, 3 tasks of equal size.
+    /// Hand-computed example with unequal task sizes (task 0: 100 test
+    /// samples, task 1: 50, task 2: 25), so sample-weighted and task-averaged
+    /// accuracies differ, and task 1 gains after its own task, so the last
+    /// evaluation is its best.
     ///   R = [[90],
     ///        [80, 70],
-    ///        [60, 65, 50]]
+    ///        [60, 75, 50]]
     #[test]
     fn metrics_match_hand_computation() {
+        let weighted = |row: &[f64]| {
+            let n = [100.0, 50.0, 25.0];
+            row.iter().zip(n).map(|(a, n)| a * n).sum::<f64>() / n[..row.len()].iter().sum::<f64>()
+        };
+        let rows = [vec![90.0], vec![80.0, 70.0], vec![60.0, 75.0, 50.0]];
         let mut m = AccuracyMatrix::default();
-        m.push(vec![90.0], 90.0, None);
-        m.push(vec![80.0, 70.0], 75.0, None);
-        m.push(vec![60.0, 65.0, 50.0], 175.0 / 3.0, Some(vec![0.9, 0.8, 1.0]));
+        for r in &rows {
+            m.push(r.clone(), weighted(r), None);
+        }
         let s = m.summary().unwrap();
-        assert!((s.final_accuracy - 175.0 / 3.0).abs() < 1e-12);
-        assert!((s.average_accuracy - (90.0 + 75.0 + 175.0 / 3.0) / 3.0).abs() < 1e-12);
-        assert!((s.final_task_average - 175.0 / 3.0).abs() < 1e-12);
-        // forgetting: task0 max(90, 80) − 60 = 30; task1 max(70) − 65 = 5 → 17.5
-        assert!((s.forgetting - 17.5).abs() < 1e-12);
-        // BWT: (60 − 90 + 65 − 70) / 2 = −17.5
-        assert!((s.backward_transfer + 17.5).abs() < 1e-12);
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        close(s.faa, (60.0 + 75.0 + 50.0) / 3.0);
+        close(s.caa, (90.0 + 75.0 + 185.0 / 3.0) / 3.0);
+        // ffm: task 0 max(90, 80, 60) − 60 = 30; task 1 max(70, 75) − 75 = 0 → 15
+        close(s.ffm, 15.0);
+        // BWT: (60 − 90 + 75 − 70) / 2 = −12.5
+        close(s.backward_transfer, -12.5);
+        // Sample-weighted: after task 1 (8000 + 3500) / 150, after task 2 (6000 + 3750 + 1250) / 175.
+        close(s.final_accuracy, 11000.0 / 175.0);
+        close(s.average_accuracy, (90.0 + 11500.0 / 150.0 + 11000.0 / 175.0) / 3.0);
+        assert!(s.final_accuracy != s.faa && s.average_accuracy != s.caa);
     }
 
     #[test]
@@ -108,7 +123,7 @@ mod tests {
         let mut m = AccuracyMatrix::default();
         m.push(vec![42.0], 42.0, None);
         let s = m.summary().unwrap();
-        assert_eq!((s.forgetting, s.backward_transfer, s.final_accuracy), (0.0, 0.0, 42.0));
+        assert_eq!((s.ffm, s.backward_transfer, s.final_accuracy, s.faa, s.caa), (0.0, 0.0, 42.0, 42.0, 42.0));
         assert!(AccuracyMatrix::default().summary().is_none());
     }
 

@@ -66,6 +66,12 @@ impl Stage {
     }
 
     /// Variables under `prefix` learn at `lr_scale` × the stage's rate (the rest as before).
+    /// The stage's optimizer with another weight decay.
+    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
+        self.optim = self.optim.weight_decay(weight_decay);
+        self
+    }
+
     pub fn scale_lr(mut self, prefix: &str, lr_scale: f64) -> Self {
         self.trains.insert(0, ParamGroup { prefix: prefix.into(), lr_scale });
         self

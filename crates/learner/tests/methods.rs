@@ -318,6 +318,26 @@ fn hide_prompt_stages_follow_the_official_runs_and_train_their_own_parameters() 
     }
 }
 
+/// The official alignment optimizers: no weight decay (the argparse
+/// duplicate), the TII-alignment rate scaled by batch/256 as the TII trainer
+/// scales `ca_lr`, TAP's rate as given; `align_weight_decay` restores 5e-4.
+#[test]
+fn alignment_stages_have_the_official_weight_decay_and_rates() {
+    let optim = OptimConfig { batch_size: 24, scale_lr_by_batch: true, ..OptimConfig::default() };
+    let rates = |params: &str| {
+        let m = build("hide-prompt", params);
+        let stages = m.stages(&task(1), &optim);
+        let get = |name: &str| stages.iter().find(|s| s.name == name).map(|s| (s.optim.lr, s.optim.weight_decay, s.optim.momentum)).unwrap();
+        (get("tii-align"), get("align"))
+    };
+    let (tii_align, align) = rates(&format!("{HIDE}\ntii_align_lr = 0.005\nalign_lr = 0.05"));
+    assert_eq!(tii_align, (0.005 * 24.0 / 256.0, 0.0, 0.9));
+    assert_eq!(align, (0.05, 0.0, 0.9));
+    let (tii_align, align) = rates(&format!("{HIDE}\nalign_weight_decay = 5e-4"));
+    assert_eq!((tii_align.1, align.1), (5e-4, 5e-4));
+    assert!(registry::build("hide-prompt", &ctx(), &toml::from_str(&format!("{HIDE}\nalign_weight_decay = -1.0")).unwrap()).is_err());
+}
+
 #[test]
 fn task_prompts_mix_with_earlier_tasks_write_back_and_copy_forward() {
     use promptcl_learner::parts::task_prompts::{PromptSetConfig, TaskPrompts};

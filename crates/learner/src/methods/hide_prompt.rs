@@ -12,7 +12,8 @@
 //!    alone. Then per-class statistics of the frozen queries.
 //! 2. **`tii-align`** (from task 2) — the MLP + head refined on Gaussian
 //!    pseudo-queries of all seen classes (`batch` per class, `#old classes`
-//!    steps per epoch, SGD momentum 0.9, wd 5e-4, `tii_align_lr`, cosine per epoch).
+//!    steps per epoch, SGD momentum 0.9, no weight decay, `tii_align_lr` scaled
+//!    by batch/256 like `tii_lr`, cosine per epoch).
 //! 3. **`prompt`** — one prefix prompt per task in `layers` (length `length`),
 //!    started as a copy of task t−1's; trained as `(1−m)·P_t + m·mean(P_<t)`
 //!    (the mean detached), the mix written into P_t afterwards. Loss:
@@ -23,7 +24,8 @@
 //!    statistics of the prompted features (each class with its task's prompt).
 //! 4. **`align`** (from task 2) — TAP: the head retrained on `5 × batch`
 //!    pseudo-features per seen class (`align_epochs`, SGD momentum 0.9,
-//!    wd 5e-4, `align_lr`, cosine per epoch), logits masked to seen classes.
+//!    no weight decay, `align_lr` unscaled, cosine per epoch), logits masked
+//!    to seen classes.
 //!
 //! Inference: TII's class → its task → that task's prompt → prompted forward → head.
 //!
@@ -79,12 +81,16 @@ crate::method_params! {
         pub tii_mlp_hidden: Vec<i64> = vec![2],
         /// Epochs of the `tii-align` stage.
         pub tii_align_epochs: usize = 30,
-        /// SGD learning rate of the `tii-align` stage.
+        /// SGD learning rate of the `tii-align` stage (`--ca_lr` of the TII run; scaled by
+        /// batch/256 when `[optim]` scales, as the official TII trainer scales it).
         pub tii_align_lr: f64 = 0.005,
         /// Epochs of the `align` stage (TAP).
         pub align_epochs: usize = 80,
         /// SGD learning rate of the `align` stage.
         pub align_lr: f64 = 0.05,
+        /// Weight decay of the `tii-align` and `align` SGD. The official runs have 0.0 (two
+        /// argparse options share one destination); 5e-4 is what their SGD constructor says.
+        pub align_weight_decay: f64 = 0.0,
         /// Pseudo-features per class per `align` epoch, as a multiple of the batch size.
         pub align_samples_factor: i64 = 5,
         /// Prompts per task (1 = HiDe-Prompt's single task prompt; more = keyed pools).
@@ -121,8 +127,8 @@ impl HidePrompt {
         if params.statistics == StatsKind::MultiCentroid && params.n_centroids == 0 {
             return Err(bad("n_centroids must be >= 1".into()));
         }
-        if !(params.tii_lr > 0.0 && params.tii_align_lr > 0.0 && params.align_lr > 0.0) || params.align_samples_factor < 1 {
-            return Err(bad("the learning rates must be positive and align_samples_factor >= 1".into()));
+        if !(params.tii_lr > 0.0 && params.tii_align_lr > 0.0 && params.align_lr > 0.0) || params.align_samples_factor < 1 || !(params.align_weight_decay >= 0.0) {
+            return Err(bad("the learning rates must be positive, align_weight_decay >= 0 and align_samples_factor >= 1".into()));
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
@@ -223,7 +229,7 @@ impl ContinualMethod for HidePrompt {
         let tii_optim = StageOptim::adam(optim.scaled(p.tii_lr)).betas(optim.betas).weight_decay(optim.weight_decay).clip(optim.clip_grad_norm);
         let mut stages = vec![Stage::new(TII, p.tii_epochs, tii_optim, StageData::TrainTransform).only(&[(tii::NAME, 1.0)])];
         if task.task > 0 {
-            stages.push(alignment::stage(TII_ALIGN, p.tii_align_epochs, p.tii_align_lr, tii::NAME));
+            stages.push(alignment::stage(TII_ALIGN, p.tii_align_epochs, optim.scaled(p.tii_align_lr), tii::NAME).weight_decay(p.align_weight_decay));
         }
         let mut trains: Vec<(&str, f64)> = self.prompts.names().into_iter().map(|n| (n, 1.0)).collect();
         if self.gates.is_some() {
@@ -232,7 +238,7 @@ impl ContinualMethod for HidePrompt {
         trains.push(("head", p.head_lr_scale));
         stages.push(Stage::from_run(PROMPT, optim).only(&trains));
         if task.task > 0 {
-            stages.push(alignment::stage(ALIGN, p.align_epochs, p.align_lr, "head"));
+            stages.push(alignment::stage(ALIGN, p.align_epochs, p.align_lr, "head").weight_decay(p.align_weight_decay));
         }
         stages
     }

@@ -37,8 +37,12 @@ pub fn pseudo_batches(stats: &ClassStats, seen: Range<usize>, per_class: i64, st
 }
 
 /// The alignment stage over the variables under `trains`: SGD (momentum
-/// 0.9, weight decay 5e-4), cosine per epoch, no gradient clipping.
+/// 0.9), cosine per epoch, no gradient clipping, no weight decay. The
+/// official SGD constructor says 5e-4, but its parameter group carries
+/// `args.weight_decay`, which is 0.0: `--weight-decay` (default 0.0) and
+/// `--weight_decay` (default 5e-4) share one argparse destination and the
+/// first default wins. [`Stage::weight_decay`] gives 5e-4 back.
 pub fn stage(name: &'static str, epochs: usize, lr: f64, trains: &str) -> Stage {
-    let optim = StageOptim::sgd(lr, 0.9).weight_decay(5e-4).schedule(Schedule::CosineEpoch);
+    let optim = StageOptim::sgd(lr, 0.9).schedule(Schedule::CosineEpoch);
     Stage::new(name, epochs, optim, StageData::Generated).only(&[(trains, 1.0)])
 }
