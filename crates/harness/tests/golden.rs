@@ -20,7 +20,9 @@
 //! official code computes (issue #16):
 //! - the same six HiDe-family keys: the alignment stages' SGD lost its weight
 //!   decay (the official effective value is 0) and the TII-alignment rate is
-//!   scaled by batch/256 as the official TII trainer scales `ca_lr`.
+//!   scaled by batch/256 as the official TII trainer scales `ca_lr`;
+//! - `vision/dualprompt`: a task's E-prompt starts as a copy of the previous
+//!   task's (`shared_prompt_pool = True` in the official configs).
 
 mod common;
 

@@ -318,6 +318,27 @@ fn hide_prompt_stages_follow_the_official_runs_and_train_their_own_parameters() 
     }
 }
 
+/// dualprompt-pytorch `engine.py` with `shared_prompt_pool = True` (its
+/// configs): at the start of task t the E-prompt of task t−1 is copied into
+/// task t's slot; the key is copied only under `shared_prompt_key`.
+#[test]
+fn dualprompt_starts_a_task_from_the_previous_e_prompt() {
+    let value = |m: &dyn ContinualMethod, name: &str| var(m, name).copy();
+    let mut m = build("dualprompt", "g_layers = [0]\ne_layers = [1]\ne_length = 2");
+    m.begin_task(&task(0)).unwrap();
+    let (p0, k1) = (value(&*m, "e_prompt.0"), value(&*m, "e_key.1"));
+    assert!(value(&*m, "e_prompt.1") != p0, "fresh draws differ before the copy");
+    m.begin_task(&task(1)).unwrap();
+    assert!(value(&*m, "e_prompt.1") == p0);
+    assert!(value(&*m, "e_key.1") == k1, "the key starts fresh by default");
+    assert!(var(&*m, "e_prompt.1").requires_grad() && !var(&*m, "e_prompt.0").requires_grad());
+
+    let mut m = build("dualprompt", "g_layers = [0]\ne_layers = [1]\ne_length = 2\nshared_prompt_pool = false\nshared_prompt_key = true");
+    let (p1, k0) = (value(&*m, "e_prompt.1"), value(&*m, "e_key.0"));
+    m.begin_task(&task(1)).unwrap();
+    assert!(value(&*m, "e_prompt.1") == p1 && value(&*m, "e_key.1") == k0);
+}
+
 /// The official alignment optimizers: no weight decay (the argparse
 /// duplicate), the TII-alignment rate scaled by batch/256 as the TII trainer
 /// scales `ca_lr`, TAP's rate as given; `align_weight_decay` restores 5e-4.

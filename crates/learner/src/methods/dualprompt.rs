@@ -5,8 +5,10 @@
 //! `e_layers`. Training uses the true task's E-prompt (`use_prompt_mask`) and
 //! pulls its key to the frozen class-token query (coefficient
 //! `pull_constraint_coeff`); at test time the nearest key (cosine) picks the
-//! E-prompt, i.e. predicts the task. Finished tasks' E-prompts and keys are
-//! frozen (`requires_grad = false`), so they are bit-identical afterwards.
+//! E-prompt, i.e. predicts the task. A task's E-prompt starts as a copy of
+//! the previous task's (`shared_prompt_pool`, as the official configs; the key
+//! starts fresh). Finished tasks' E-prompts and keys are frozen
+//! (`requires_grad = false`), so they are bit-identical afterwards.
 //! Prefix layout as the official code: `[layers, 2 (key/value), length, heads, head_dim]`.
 
 use std::rc::Rc;
@@ -17,7 +19,7 @@ use tch::{nn, nn::Module, Kind, Tensor};
 use super::common::{ce_step, head, l2_normalize, seeded_uniform, train_classes, var_from};
 use crate::method::{tasks_seen, Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::parts::task_prompts::prefix_prompts;
-use crate::parts::train_only;
+use crate::parts::{copy_previous, train_only};
 use crate::{LearnerError, Result};
 
 crate::method_params! {
@@ -33,6 +35,13 @@ crate::method_params! {
         pub pull_constraint_coeff: f64 = 1.0,
         /// Score only the task's classes while training (`train_mask`).
         pub train_mask: bool = true,
+        /// Start a task's E-prompt as a copy of the previous task's (`shared_prompt_pool`,
+        /// on in the official configs).
+        pub shared_prompt_pool: bool = true,
+        /// Start a task's E-key as a copy of the previous task's (`shared_prompt_key`, off in
+        /// the official configs; there, turned on with prefix-tuning, it would index a 2-D key
+        /// with the prompt's 3-D slice and fail).
+        pub shared_prompt_key: bool = false,
     }
 }
 
@@ -98,6 +107,12 @@ impl ContinualMethod for DualPrompt {
     }
 
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
+        if self.params.shared_prompt_pool {
+            copy_previous(&mut self.e_prompts, task.task);
+        }
+        if self.params.shared_prompt_key {
+            copy_previous(&mut self.e_keys, task.task);
+        }
         train_only(&mut self.e_prompts, task.task);
         train_only(&mut self.e_keys, task.task);
         Ok(())

@@ -27,3 +27,15 @@ pub fn train_only(vars: &mut [Tensor], current: usize) {
         let _ = v.set_requires_grad(i == current);
     }
 }
+
+/// Starts `vars[t]` as a copy of `vars[t − 1]` (the official
+/// `shared_prompt_pool` transfer at the start of each task): values only,
+/// outside the graph. Nothing to copy for the first task.
+pub fn copy_previous(vars: &mut [Tensor], t: usize) {
+    if t > 0 {
+        tch::no_grad(|| {
+            let prev = vars[t - 1].copy();
+            vars[t].copy_(&prev);
+        });
+    }
+}

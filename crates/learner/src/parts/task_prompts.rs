@@ -78,11 +78,8 @@ impl TaskPrompts {
     /// Trains task `t`'s prompts (and keys) only; with `copy_previous`
     /// (official `shared_prompt_pool`) they start as a copy of task t−1's.
     pub fn begin_task(&mut self, t: usize, copy_previous: bool) {
-        if t > 0 && copy_previous {
-            tch::no_grad(|| {
-                let prev = self.prompts[t - 1].copy();
-                self.prompts[t].copy_(&prev);
-            });
+        if copy_previous {
+            super::copy_previous(&mut self.prompts, t);
         }
         super::train_only(&mut self.prompts, t);
         if self.keyed() {
