@@ -22,7 +22,13 @@
 //!   decay (the official effective value is 0) and the TII-alignment rate is
 //!   scaled by batch/256 as the official TII trainer scales `ca_lr`;
 //! - `vision/dualprompt`: a task's E-prompt starts as a copy of the previous
-//!   task's (`shared_prompt_pool = True` in the official configs).
+//!   task's (`shared_prompt_pool = True` in the official configs);
+//! - every L2P, DualPrompt and HiDe-family key (`{vision,cre,hierc}/l2p`,
+//!   `vision/dualprompt` and the six above): their head and TII MLP start as
+//!   timm initialises them (`trunc_normal_(std=.02)`, zero bias) instead of
+//!   `nn.Linear`'s default, which CODA-Prompt, EPI and the baselines keep;
+//! - `hierc/l2p`: W's diagonal is the OT distance between two draws of the
+//!   class, as HierC's `update_WSM` (so Γ_ii < 1).
 
 mod common;
 

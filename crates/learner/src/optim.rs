@@ -38,6 +38,13 @@ pub enum Schedule {
         every: usize,
         rate: f64,
     },
+    /// CODA-Prompt's `CosineSchedule(K = E)`: a quarter cosine,
+    /// `lr · cos(99π·max(e − 1, 0) / (200·(E − 1)))` at epoch e. The
+    /// `max(e − 1, 0)` is the official order of calls: the scheduler steps
+    /// before every epoch but the first, and its first step lands on 0, so
+    /// epochs 0 and 1 both run at `lr` and the last one stops a step short of
+    /// cos(99π/200) ≈ 1.6 % (at 9.7 % of `lr` for E = 20).
+    CodaCosine,
 }
 
 impl Schedule {
@@ -56,6 +63,11 @@ impl Schedule {
                 0.5 * lr * (1.0 + (std::f64::consts::PI * t).cos())
             }
             Self::Step { every, rate } => lr * rate.powi((epoch / every.max(1)) as i32),
+            Self::CodaCosine => {
+                // One epoch: the official K − 1 = 0 divides by zero; the only epoch runs at lr.
+                let t = if epochs < 2 { 0.0 } else { epoch.saturating_sub(1) as f64 / (epochs - 1) as f64 };
+                lr * (99.0 * std::f64::consts::PI * t / 200.0).cos()
+            }
         }
     }
 
@@ -357,5 +369,36 @@ mod tests {
         assert!((Schedule::Cosine.lr(1.0, 2, 0, 10, 4) - 0.5).abs() < 1e-12);
         assert_eq!(Schedule::Step { every: 2, rate: 0.1 }.lr(1.0, 3, 0, 10, 4), 0.1);
         assert!(Schedule::Step { every: 0, rate: 0.1 }.validate().is_err());
+    }
+
+    /// CODA-Prompt's official CIFAR run (lr 0.001, 20 epochs): the rates its
+    /// `CosineSchedule` sets, stepped as `learners/default.py` steps it.
+    #[test]
+    fn coda_cosine_follows_the_official_scheduler() {
+        struct Official {
+            k: usize,
+            last_epoch: i64,
+        }
+        impl Official {
+            fn lr(&self, base: f64) -> f64 {
+                base * (99.0 * std::f64::consts::PI * self.last_epoch as f64 / (200.0 * (self.k as f64 - 1.0))).cos()
+            }
+        }
+        // __init__: step(0), then last_epoch = -1; the loop: `if epoch > 0: scheduler.step()`.
+        let mut sched = Official { k: 20, last_epoch: 0 };
+        sched.last_epoch = -1;
+        for epoch in 0..20 {
+            if epoch > 0 {
+                sched.last_epoch += 1;
+            }
+            let want = if epoch == 0 { 0.001 } else { sched.lr(0.001) };
+            let got = Schedule::CodaCosine.lr(0.001, epoch, 3, 10, 20);
+            assert!((got - want).abs() < 1e-15, "epoch {epoch}: {got} vs {want}");
+        }
+        assert_eq!(Schedule::CodaCosine.lr(0.001, 1, 0, 10, 20), 0.001);
+        assert!((Schedule::CodaCosine.lr(0.001, 19, 0, 10, 20) - 9.744e-5).abs() < 1e-7, "last epoch near 10 % for K = 20");
+        assert_eq!(Schedule::CodaCosine.lr(0.001, 0, 0, 10, 1), 0.001);
+        let s: Schedule = serde_json::from_str("\"coda-cosine\"").unwrap();
+        assert_eq!(s, Schedule::CodaCosine);
     }
 }

@@ -83,6 +83,9 @@ pub struct HierOtConfig {
     pub mahalanobis_eval: bool,
     pub eta: f64,
     pub eta0: f64,
+    /// W_ii as HierC's `update_WSM` computes it: the OT distance between two
+    /// independent draws of class i, so W_ii > 0 and Γ_ii < 1. `false`: W_ii = 0.
+    pub self_distance: bool,
 }
 
 impl Default for HierOtConfig {
@@ -103,6 +106,7 @@ impl Default for HierOtConfig {
             mahalanobis_eval: false,
             eta: 0.03,
             eta0: 0.07,
+            self_distance: true,
         }
     }
 }
@@ -320,17 +324,24 @@ impl HierarchicalOt {
         if m == 0 {
             return Err(LearnerError::Invalid("hierarchical-ot: a class has no usable statistics to sample".into()));
         }
-        let samples = Tensor::stack(&sets.iter().map(|s| s.narrow(0, 0, m)).collect::<Vec<_>>(), 0);
-        let pairs: Vec<(i64, i64)> =
+        let mut samples = Tensor::stack(&sets.iter().map(|s| s.narrow(0, 0, m)).collect::<Vec<_>>(), 0);
+        let mut pairs: Vec<(i64, i64)> =
             (0..new.end as i64).flat_map(|i| (i + 1..new.end as i64).map(move |j| (i, j))).filter(|&(_, j)| j >= new.start as i64).collect();
         let solver = match self.cfg.solver()? {
             // `sinkhorn_reg` is relative to the typical squared distance between samples.
             OtSolver::Sinkhorn { reg, iters } => relative_sinkhorn(&samples, reg, iters),
             s => s,
         };
+        if self.cfg.self_distance {
+            // A second draw of each new class, stacked after the first draws: pair (c, end + k).
+            let again: Vec<Tensor> = new.clone().map(|c| stats.sample_per_component(c, n).narrow(0, 0, m)).collect();
+            samples = Tensor::cat(&[samples, Tensor::stack(&again, 0)], 0);
+            pairs.extend(new.clone().enumerate().map(|(k, c)| (c as i64, (new.end + k) as i64)));
+        }
         let values = pair_distances(&samples, &pairs, solver)?;
         tch::no_grad(|| {
             for (&(i, j), v) in pairs.iter().zip(values) {
+                let j = if j >= new.end as i64 { i } else { j };
                 let _ = w.get(i).get(j).fill_(v);
                 let _ = w.get(j).get(i).fill_(v);
             }

@@ -146,6 +146,31 @@ fn coda_components_of_finished_tasks_are_frozen_and_new_ones_orthogonal() {
     assert!(gram.abs().max().double_value(&[]) < 1e-5);
 }
 
+/// CODA's `ortho_penalty` on K, A and P of every prompted layer, each
+/// weighted by `ortho_mu` (official `zoo.py`), over the components seen so far.
+#[test]
+fn coda_orthogonality_penalty_weighs_k_a_and_p_by_ortho_mu() {
+    let loss = |mu: f64| {
+        let mut m = build("coda-prompt", &format!("pool_size = 10\nlength = 4\nlayers = [0, 1]\northo_mu = {mu}"));
+        m.begin_task(&task(1)).unwrap();
+        let step = m.train_step(&images(3), &labels(1), &task(1)).unwrap();
+        (step.loss.double_value(&[]), m)
+    };
+    let (plain, _) = loss(0.0);
+    let (with, m) = loss(0.5);
+    let pen = |t: &Tensor| {
+        let t = t.flatten(1, -1);
+        (t.matmul(&t.tr()) - Tensor::eye(t.size()[0], (Kind::Float, Device::Cpu))).square().mean(Kind::Float).double_value(&[])
+    };
+    let want: f64 = [0, 1]
+        .iter()
+        .flat_map(|l| ["k", "a", "p"].map(|w| Tensor::cat(&[var(&*m, &format!("e.{l}.{w}.0")), var(&*m, &format!("e.{l}.{w}.1"))], 0)))
+        .map(|t| 0.5 * pen(&t))
+        .sum();
+    assert!(want > 0.1, "the components are not orthonormal, so the penalty is not small: {want}");
+    assert!(((with - plain) - want).abs() < 1e-4 * want, "{} vs {want}", with - plain);
+}
+
 #[test]
 fn predictions_cover_exactly_the_seen_classes() {
     let params = [
@@ -316,6 +341,31 @@ fn hide_prompt_stages_follow_the_official_runs_and_train_their_own_parameters() 
             other => panic!("unexpected stage {other}"),
         }
     }
+}
+
+/// Heads (and HiDe's TII MLP) start as each official code base starts them:
+/// timm's `trunc_normal_(std=.02)` and zero bias in the timm-ViT codes (L2P,
+/// DualPrompt, HiDe-Prompt, NoRGa), `nn.Linear`'s U(±1/√fan_in) in CODA-Prompt.
+#[test]
+fn heads_are_initialised_as_their_official_code() {
+    let std_of = |t: &Tensor| t.std(true).double_value(&[]);
+    let timm = |m: &dyn ContinualMethod, prefix: &str| {
+        let (w, b) = (var(m, &format!("{prefix}.weight")), var(m, &format!("{prefix}.bias")));
+        assert!((std_of(&w) - 0.02).abs() < 0.002, "{prefix}: std {}", std_of(&w));
+        assert!(w.mean(Kind::Float).double_value(&[]).abs() < 0.002);
+        assert_eq!(b.abs().max().double_value(&[]), 0.0, "{prefix}: zero bias");
+    };
+    timm(&*build("l2p", "pool_size = 6\ntop_k = 2\nlength = 3"), "head");
+    timm(&*build("dualprompt", "g_layers = [0]\ne_layers = [1]"), "head");
+    let hide = build("hide-prompt", HIDE);
+    for prefix in ["head", "tii.head", "tii.mlp.0", "tii.mlp.1"] {
+        timm(&*hide, prefix);
+    }
+    let coda = build("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0]");
+    let (w, b) = (var(&*coda, "head.weight"), var(&*coda, "head.bias"));
+    let bound = 1.0 / (w.size()[1] as f64).sqrt();
+    assert!(w.abs().max().double_value(&[]) <= bound && b.abs().max().double_value(&[]) <= bound);
+    assert!((std_of(&w) - bound / 3f64.sqrt()).abs() < 0.1 * bound, "U(±b) has std b/√3");
 }
 
 /// dualprompt-pytorch `engine.py` with `shared_prompt_pool = True` (its

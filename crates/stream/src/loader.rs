@@ -6,7 +6,7 @@ use tch::{Device, Tensor};
 use crate::dataset::Split;
 use crate::error::Result;
 use crate::rng::SplitMix64;
-use crate::transform::{random_resized_crop, render, resize_center_crop, Interpolation, TransformConfig};
+use crate::transform::{random_resized_crop, render, resize_center_crop, TransformConfig};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LoaderOptions {
@@ -91,7 +91,7 @@ impl Iterator for Loader<'_> {
                 }
             })
             .collect();
-        let interpolation = if self.opts.augment { self.transform.train_interpolation } else { Interpolation::Bicubic };
+        let interpolation = if self.opts.augment { self.transform.train_interpolation } else { self.transform.test_interpolation };
         Some(render(&images, &boxes, self.transform, interpolation, self.device).map(|inputs| Batch { inputs, labels, indices }))
     }
 }

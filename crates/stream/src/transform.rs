@@ -70,8 +70,11 @@ pub struct TransformConfig {
     /// `ColorJitter(brightness=b)`: each training image scaled by a factor
     /// uniform in `[max(0, 1 − b), 1 + b]`, then clamped to [0, 1]. 0 = off.
     pub brightness: f64,
-    /// Interpolation of the training crop (the test resize is always bicubic).
+    /// Interpolation of the training crop.
     pub train_interpolation: Interpolation,
+    /// Interpolation of the test resize: bicubic in timm-based code (L2P,
+    /// DualPrompt, HiDe, NoRGa), torchvision's default bilinear in CODA-Prompt.
+    pub test_interpolation: Interpolation,
     /// Test images: shorter side resized to `round(size · test_resize_ratio)`, then a centre crop.
     pub test_resize_ratio: f64,
     pub normalize: Normalize,
@@ -86,6 +89,7 @@ impl Default for TransformConfig {
             hflip: true,
             brightness: 0.0,
             train_interpolation: Interpolation::Bilinear,
+            test_interpolation: Interpolation::Bicubic,
             test_resize_ratio: 256.0 / 224.0,
             normalize: Normalize::None,
         }

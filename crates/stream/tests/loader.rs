@@ -44,3 +44,25 @@ fn same_seed_same_batches_and_epochs_differ() {
     let test = Loader::new(&ds.test, stream.indices(&ds.test, 0), LoaderOptions { shuffle: false, ..opts(false) }, 0, &tf, Device::Cpu);
     assert_eq!(test.num_batches(), 2);
 }
+
+/// The test resize uses `test_interpolation` (bicubic by default as in the
+/// timm-based codes, bilinear for CODA-Prompt), and nothing else changes.
+#[test]
+fn test_images_follow_the_configured_interpolation() {
+    use promptcl_stream::{render, resize_center_crop, Interpolation};
+    let ds = load_cifar100_python(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cifar-100-python")).unwrap();
+    let idx: Vec<usize> = (0..4).collect();
+    let batch = |tf: &TransformConfig| {
+        Loader::new(&ds.test, idx.clone(), LoaderOptions { shuffle: false, ..opts(false) }, 0, tf, Device::Cpu).next().unwrap().unwrap().inputs
+    };
+    let by_hand = |tf: &TransformConfig, interpolation| {
+        let images: Vec<_> = idx.iter().map(|&i| &ds.test.images[i]).collect();
+        let boxes: Vec<_> = images.iter().map(|im| resize_center_crop(im.height, im.width, tf)).collect();
+        render(&images, &boxes, tf, interpolation, Device::Cpu).unwrap()
+    };
+    let bicubic = TransformConfig { size: 48, ..Default::default() };
+    let bilinear = TransformConfig { test_interpolation: Interpolation::Bilinear, ..bicubic.clone() };
+    assert!(batch(&bicubic).equal(&by_hand(&bicubic, Interpolation::Bicubic)));
+    assert!(batch(&bilinear).equal(&by_hand(&bilinear, Interpolation::Bilinear)));
+    assert!(!batch(&bilinear).equal(&batch(&bicubic)));
+}

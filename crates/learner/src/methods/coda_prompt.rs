@@ -7,8 +7,10 @@
 //! key and value prefixes. Each task's components are initialised by
 //! Gram–Schmidt orthogonal to all earlier ones and trained only during that
 //! task (the official code `.detach()`es earlier ones; here they are frozen
-//! variables). Optional orthogonality penalty as the official code writes it:
-//! `ortho_mu·‖KKᵀ−I‖² + ‖AAᵀ−I‖² + ‖PPᵀ−I‖²` (means), only when `ortho_mu > 0`.
+//! variables). Optional orthogonality penalty as the official code computes
+//! it, per prompted layer: `ortho_mu·(‖KKᵀ−I‖² + ‖AAᵀ−I‖² + ‖PPᵀ−I‖²)` (means,
+//! over the components of every task so far), only when `ortho_mu > 0` (the
+//! official runs have 0). Its schedule is `coda-cosine` (`[optim]`).
 
 use std::rc::Rc;
 
@@ -16,7 +18,7 @@ use promptcl_model::Prompts;
 use promptcl_stream::SplitMix64;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{ce_step, gaussian, head, l2_normalize, seeded_uniform, train_classes, var_from};
+use super::common::{ce_step, gaussian, head, l2_normalize, seeded_uniform, train_classes, var_from, LinearInit};
 use crate::method::{tasks_seen, Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::parts::train_only;
 use crate::{LearnerError, Result};
@@ -82,7 +84,7 @@ impl CodaPrompt {
             }
             layers.push((l, layer));
         }
-        let head = head(&root, f, ctx.num_classes, ctx.seed);
+        let head = head(&root, f, ctx.num_classes, ctx.seed, LinearInit::Torch);
         Ok(Self { vs, layers, head, backbone: ctx.backbone.clone(), task_sizes: ctx.task_sizes.clone(), params, seed: ctx.seed })
     }
 
@@ -106,7 +108,7 @@ impl CodaPrompt {
             let ev = to_heads(mixed.narrow(1, half, half));
             prompts = prompts.with_prefix(*l, &ek, &ev);
             if train && self.params.ortho_mu > 0.0 {
-                loss = loss + ortho_penalty(&k) * self.params.ortho_mu + ortho_penalty(&a) + ortho_penalty(&p.view([m, -1]));
+                loss = loss + (ortho_penalty(&k) + ortho_penalty(&a) + ortho_penalty(&p.view([m, -1]))) * self.params.ortho_mu;
             }
         }
         (prompts, loss)

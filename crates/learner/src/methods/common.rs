@@ -28,15 +28,51 @@ pub(crate) fn var_from(p: &nn::Path, name: &str, init: Tensor) -> Tensor {
     p.var_copy(name, &init.to_device(p.device()))
 }
 
+/// How an official code base initialises its linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinearInit {
+    /// `nn.Linear`'s own: U(±1/√fan_in) for weight and bias (CODA-Prompt).
+    Torch,
+    /// timm's `init_weights_vit_timm`: `trunc_normal_(std=.02)` weight (cut at
+    /// ±2, i.e. ±100σ), zero bias (L2P, DualPrompt, HiDe-Prompt, NoRGa, whose
+    /// ViT applies it to every `nn.Linear` it creates, head and TII MLP).
+    Timm,
+}
+
+/// A linear layer `[out, dim]` under `p` (`weight`, `bias`), drawn from the
+/// seeded RNG (`tags` name its streams) as `init` says.
+pub(crate) fn linear(p: &nn::Path, dim: i64, out: i64, seed: u64, tags: &[u64], init: LinearInit) -> nn::Linear {
+    let tag = |t: u64| tags.iter().copied().chain([t]).collect::<Vec<_>>();
+    let (ws, bs) = match init {
+        LinearInit::Torch => {
+            let bound = 1.0 / (dim as f64).sqrt();
+            (seeded_uniform(seed, &tag(0), &[out, dim], -bound, bound), seeded_uniform(seed, &tag(1), &[out], -bound, bound))
+        }
+        LinearInit::Timm => (seeded_trunc_normal(seed, &tag(0), &[out, dim], 0.02, 2.0), Tensor::zeros([out], (Kind::Float, tch::Device::Cpu))),
+    };
+    nn::Linear { ws: var_from(p, "weight", ws), bs: Some(var_from(p, "bias", bs)) }
+}
+
+/// Seeded N(0, std²) cut to [−bound, bound] by redrawing, as timm's
+/// `trunc_normal_(std, a=−bound, b=bound)` (whose bounds are absolute).
+pub(crate) fn seeded_trunc_normal(seed: u64, parts: &[u64], dims: &[i64], std: f64, bound: f64) -> Tensor {
+    let n: i64 = dims.iter().product();
+    let mut rng = SplitMix64::derive(seed, parts);
+    let v: Vec<f32> = (0..n)
+        .map(|_| loop {
+            let x = gaussian(&mut rng) * std;
+            if x.abs() <= bound {
+                break x as f32;
+            }
+        })
+        .collect();
+    Tensor::from_slice(&v).view(dims)
+}
+
 /// Linear classifier over all classes of the stream; unseen classes are
-/// masked at prediction (as the official code's `class_mask`). Initialised
-/// as `nn.Linear` (U(±1/√fan_in) for weight and bias), from the seeded RNG.
-pub(crate) fn head(p: &nn::Path, dim: i64, classes: usize, seed: u64) -> nn::Linear {
-    let bound = 1.0 / (dim as f64).sqrt();
-    let p = p / "head";
-    let ws = var_from(&p, "weight", seeded_uniform(seed, &[0x4EAD, 0], &[classes as i64, dim], -bound, bound));
-    let bs = var_from(&p, "bias", seeded_uniform(seed, &[0x4EAD, 1], &[classes as i64], -bound, bound));
-    nn::Linear { ws, bs: Some(bs) }
+/// masked at prediction (as the official code's `class_mask`).
+pub(crate) fn head(p: &nn::Path, dim: i64, classes: usize, seed: u64, init: LinearInit) -> nn::Linear {
+    linear(&(p / "head"), dim, classes as i64, seed, &[0x4EAD], init)
 }
 
 /// Logits outside `allowed` set to −∞.

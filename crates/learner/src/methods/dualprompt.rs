@@ -16,7 +16,7 @@ use std::rc::Rc;
 use promptcl_model::Prompts;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{ce_step, head, l2_normalize, seeded_uniform, train_classes, var_from};
+use super::common::{ce_step, head, l2_normalize, seeded_uniform, train_classes, var_from, LinearInit};
 use crate::method::{tasks_seen, Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::parts::task_prompts::prefix_prompts;
 use crate::parts::{copy_previous, train_only};
@@ -81,7 +81,7 @@ impl DualPrompt {
             let k = &root / "e_key";
             e_keys.push(var_from(&k, &t.to_string(), seeded_uniform(ctx.seed, &[12, t as u64], &[d], -1.0, 1.0)));
         }
-        let head = head(&root, d, ctx.num_classes, ctx.seed);
+        let head = head(&root, d, ctx.num_classes, ctx.seed, LinearInit::Timm);
         Ok(Self { vs, g_prompt, e_prompts, e_keys, head, backbone: ctx.backbone.clone(), task_sizes: ctx.task_sizes.clone(), params })
     }
 

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use promptcl_model::Prompts;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{ce_step, head};
+use super::common::{ce_step, head, LinearInit};
 use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::parts::task_prompts::{prefix_prompts, PromptSetConfig, TaskPrompts};
 use crate::{LearnerError, Result};
@@ -69,7 +69,7 @@ impl Epi {
         let prompts = TaskPrompts::new(&root, ctx, set).map_err(|e| LearnerError::Params { method: "epi".into(), reason: e.to_string() })?;
         let c = ctx.num_classes as i64;
         Ok(Self {
-            head: head(&root, f, ctx.num_classes, ctx.seed),
+            head: head(&root, f, ctx.num_classes, ctx.seed, LinearInit::Torch),
             means: root.zeros_no_train("query_mean", &[c, f]),
             scatter: root.zeros_no_train("query_scatter", &[f, f]),
             count: root.zeros_no_train("query_count", &[1]),

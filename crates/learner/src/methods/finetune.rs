@@ -7,7 +7,7 @@ use std::rc::Rc;
 use promptcl_model::Prompts;
 use tch::{nn, nn::Module, Tensor};
 
-use super::common::{ce_step, head, train_classes};
+use super::common::{ce_step, head, train_classes, LinearInit};
 use crate::method::{Backbone, ContinualMethod, DataScope, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::{Encoder, OptimConfig, Result, Stage};
 
@@ -43,7 +43,7 @@ impl Finetune {
     pub fn new(ctx: &MethodContext, params: Params, trains: Trains, scope: DataScope) -> Result<Self> {
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let head = head(&root, ctx.feature_dim(), ctx.num_classes, ctx.seed);
+        let head = head(&root, ctx.feature_dim(), ctx.num_classes, ctx.seed, LinearInit::Torch);
         let own = (trains == Trains::Backbone).then(|| ctx.backbone.trainable_copy(&root / "backbone", &vs));
         Ok(Self { vs, head, shared: ctx.backbone.clone(), own, params, scope })
     }

@@ -39,7 +39,7 @@ use std::rc::Rc;
 use promptcl_model::{GateActivation, Prompts};
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{ce_step, head, train_classes};
+use super::common::{ce_step, head, train_classes, LinearInit};
 use crate::parts::task_prompts::{prefix_prompts, PromptSetConfig, TaskPrompts};
 use crate::parts::{alignment, gate, gate::Gates, tii, tii::TaskIdentity};
 use crate::stats::{ClassStats, StatsKind};
@@ -127,7 +127,10 @@ impl HidePrompt {
         if params.statistics == StatsKind::MultiCentroid && params.n_centroids == 0 {
             return Err(bad("n_centroids must be >= 1".into()));
         }
-        if !(params.tii_lr > 0.0 && params.tii_align_lr > 0.0 && params.align_lr > 0.0) || params.align_samples_factor < 1 || !(params.align_weight_decay >= 0.0) {
+        if !(params.tii_lr > 0.0 && params.tii_align_lr > 0.0 && params.align_lr > 0.0)
+            || params.align_samples_factor < 1
+            || !(params.align_weight_decay >= 0.0)
+        {
             return Err(bad("the learning rates must be positive, align_weight_decay >= 0 and align_samples_factor >= 1".into()));
         }
         let vs = nn::VarStore::new(ctx.device);
@@ -144,7 +147,7 @@ impl HidePrompt {
         let prompts = TaskPrompts::new(&root, ctx, set).map_err(|e| bad(e.to_string()))?;
         let gates = params.gate.map(|a| Gates::new(&root, params.layers.len(), a));
         let d = ctx.feature_dim();
-        let head = head(&root, d, ctx.num_classes, ctx.seed);
+        let head = head(&root, d, ctx.num_classes, ctx.seed, LinearInit::Timm);
         let tii = TaskIdentity::new(&root, ctx, &params.tii_mlp_hidden, params.statistics, params.n_centroids);
         let tap_stats = ClassStats::new(&(&root / "tap_stats"), params.statistics, ctx.num_classes, d, params.n_centroids);
         Ok(Self {

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{ce_step, head, l2_normalize, mask_outside, seeded_uniform, train_classes, var_from};
+use super::common::{ce_step, head, l2_normalize, mask_outside, seeded_uniform, train_classes, var_from, LinearInit};
 use crate::method::{Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::{LearnerError, Result};
 
@@ -74,7 +74,7 @@ impl L2P {
             HeadInput::Prompt => d,
             HeadInput::Token => f,
         };
-        let head = head(&root, head_dim, ctx.num_classes, ctx.seed);
+        let head = head(&root, head_dim, ctx.num_classes, ctx.seed, LinearInit::Timm);
         Ok(Self { vs, prompts, keys, head, backbone: ctx.backbone.clone(), params })
     }
 

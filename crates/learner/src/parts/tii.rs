@@ -8,7 +8,7 @@ use std::ops::Range;
 use tch::{nn, nn::Module, Tensor};
 
 use super::alignment;
-use crate::methods::common::{ce_step, head, mask_outside, seeded_uniform, var_from};
+use crate::methods::common::{ce_step, head, linear, mask_outside, LinearInit};
 use crate::stats::{ClassStats, StatsKind};
 use crate::{MethodContext, Result, Step};
 
@@ -34,22 +34,13 @@ impl TaskIdentity {
         let mut dims = vec![d];
         dims.extend(hidden.iter().map(|h| h * d));
         dims.push(d);
-        let layers = dims
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| {
-                let bound = 1.0 / (w[0] as f64).sqrt();
-                let lp = &p / "mlp" / i;
-                let ws = var_from(&lp, "weight", seeded_uniform(seed, &[30, i as u64, 0], &[w[1], w[0]], -bound, bound));
-                let bs = var_from(&lp, "bias", seeded_uniform(seed, &[30, i as u64, 1], &[w[1]], -bound, bound));
-                nn::Linear { ws, bs: Some(bs) }
-            })
-            .collect();
+        let layers =
+            dims.windows(2).enumerate().map(|(i, w)| linear(&(&p / "mlp" / i), w[0], w[1], seed, &[30, i as u64], LinearInit::Timm)).collect();
         Self {
             layers,
             norm_w: p.ones("norm_weight", &[d]),
             norm_b: p.zeros("norm_bias", &[d]),
-            head: head(&p, d, ctx.num_classes, seed ^ 0x7111),
+            head: head(&p, d, ctx.num_classes, seed ^ 0x7111, LinearInit::Timm),
             stats: ClassStats::new(&(root / "tii_stats"), statistics, ctx.num_classes, d, centroids),
             task_sizes: ctx.task_sizes.clone(),
         }
