@@ -28,7 +28,10 @@
 //!   timm initialises them (`trunc_normal_(std=.02)`, zero bias) instead of
 //!   `nn.Linear`'s default, which CODA-Prompt, EPI and the baselines keep;
 //! - `hierc/l2p`: W's diagonal is the OT distance between two draws of the
-//!   class, as HierC's `update_WSM` (so Γ_ii < 1).
+//!   class, as HierC's `update_WSM` (so Γ_ii < 1);
+//! - `cre/epi`: the shared covariance is the official one (per task the mean
+//!   of the class covariances, averaged over tasks, pseudo-inverted), where a
+//!   bug had left it the summed scatter (`vision/epi` keeps its matrix).
 
 mod common;
 

@@ -137,6 +137,38 @@ fn wave_cre_predictor_covers_every_seen_relation() {
     assert_eq!(mean.size(), [4, 64], "queries are [h(E11); h(E21)]");
 }
 
+/// The official shared covariance (Dicer-Zz/EPI): per task the mean of its
+/// classes' `torch.cov` of the frozen queries, averaged over tasks; the
+/// precision is its Hermitian pseudo-inverse.
+#[test]
+fn epi_shares_the_official_covariance() {
+    // One context: the frozen encoder is drawn from libtorch's global generator, which parallel tests share.
+    let ctx = ctx();
+    let mut m = promptcl_learner::methods::epi::Epi::new(&ctx, Default::default()).unwrap();
+    let backbone = ctx.backbone.clone();
+    let mut per_task = Vec::new();
+    for t in 0..TASKS {
+        train_task(&mut m, t, 16, 1);
+        // The data `train_task` hands to `end_task`, through the same frozen encoder.
+        let (qs, ys): (Vec<Tensor>, Vec<Tensor>) =
+            (0..2).map(|i| batch(t, 8, 1000 + (t * 10 + i) as u64)).map(|(x, y)| (backbone.query(&x).unwrap(), y)).unzip();
+        let (q, y) = (Tensor::cat(&qs, 0), Tensor::cat(&ys, 0));
+        let covs: Vec<Tensor> = (t * PER_TASK..(t + 1) * PER_TASK)
+            .map(|c| q.index_select(0, &y.eq(c as i64).nonzero().squeeze_dim(1)).tr().cov(1, None::<Tensor>, None::<Tensor>))
+            .collect();
+        per_task.push(Tensor::stack(&covs, 0).mean_dim(0, false, Kind::Float));
+    }
+    let want = Tensor::stack(&per_task, 0).mean_dim(0, false, Kind::Float);
+    let vars = m.vars().variables();
+    let got = &vars["query_cov_sum"] / &vars["query_tasks"];
+    let scale = want.abs().max().double_value(&[]);
+    let err = (&got - &want).abs().max().double_value(&[]);
+    assert!(err < 1e-5 * scale, "shared covariance: {err} at scale {scale}");
+    let p = &vars["query_precision"];
+    let apa = want.matmul(p).matmul(&want);
+    assert!((apa - &want).abs().max().double_value(&[]) < 1e-3 * scale, "a pseudo-inverse: A·P·A = A");
+}
+
 #[test]
 fn epi_identifies_the_task_of_a_class_mean() {
     let mut m = promptcl_learner::methods::epi::Epi::new(&ctx(), Default::default()).unwrap();

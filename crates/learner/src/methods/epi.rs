@@ -2,8 +2,15 @@
 //! Language Learning via Efficient Parameter Isolation", ACL 2023): one prefix
 //! prompt per task, trained on that task only; at test time the task is
 //! identified without any stored example, by the Mahalanobis distance of the
-//! frozen query to the class means, under one covariance pooled over all
-//! seen classes; the identified task's prompt and its classes' logits answer.
+//! frozen query to the class means, under one covariance shared by all seen
+//! classes; the identified task's prompt and its classes' logits answer.
+//!
+//! The shared covariance is the official one (Dicer-Zz/EPI
+//! `trainers/epi.py::get_mean_and_cov`, `model/epi.py::new_statistic`): per
+//! task the mean of its classes' unbiased covariances, averaged over tasks,
+//! inverted with a Hermitian pseudo-inverse at `torch.linalg.pinv`'s default
+//! tolerance. A class with one example has no covariance and is left out of
+//! its task's mean (the official `torch.cov` would make it NaN).
 //!
 //! Composed of per-task prompts ([`crate::parts::task_prompts`]) and its own
 //! task identification. State: the prompts, the head, per-class query means,
@@ -26,8 +33,9 @@ crate::method_params! {
         pub layers: Vec<usize> = (0..12).collect(),
         /// Prefix length.
         pub length: i64 = 16,
-        /// Added to the pooled covariance's diagonal before inversion.
-        pub shrinkage: f64 = 1e-2,
+        /// Added to the shared covariance's diagonal before inversion (the official code adds
+        /// nothing and takes a pseudo-inverse).
+        pub shrinkage: f64 = 0.0,
     }
 }
 
@@ -37,9 +45,10 @@ pub struct Epi {
     head: nn::Linear,
     /// `[C, D]` frozen-query class means.
     means: Tensor,
-    /// `[D, D]` summed within-class scatter, its sample count `[1]`, and the precision `[D, D]`.
-    scatter: Tensor,
-    count: Tensor,
+    /// `[D, D]` sum over tasks of each task's shared covariance, the number of
+    /// tasks summed `[1]`, and the precision `[D, D]`.
+    cov_sum: Tensor,
+    tasks: Tensor,
     precision: Tensor,
     backbone: Rc<Backbone>,
     task_sizes: Vec<usize>,
@@ -51,8 +60,11 @@ impl Epi {
         let depth = ctx.backbone.depth();
         // The default "every layer" follows the backbone.
         params.layers.retain(|&l| l < depth);
-        if params.layers.is_empty() || params.length < 1 {
-            return Err(LearnerError::Params { method: "epi".into(), reason: format!("need layers within 0..{depth} and length >= 1") });
+        if params.layers.is_empty() || params.length < 1 || !(params.shrinkage >= 0.0) {
+            return Err(LearnerError::Params {
+                method: "epi".into(),
+                reason: format!("need layers within 0..{depth}, length >= 1 and shrinkage >= 0"),
+            });
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
@@ -71,8 +83,8 @@ impl Epi {
         Ok(Self {
             head: head(&root, f, ctx.num_classes, ctx.seed, LinearInit::Torch),
             means: root.zeros_no_train("query_mean", &[c, f]),
-            scatter: root.zeros_no_train("query_scatter", &[f, f]),
-            count: root.zeros_no_train("query_count", &[1]),
+            cov_sum: root.zeros_no_train("query_cov_sum", &[f, f]),
+            tasks: root.zeros_no_train("query_tasks", &[1]),
             precision: root.zeros_no_train("query_precision", &[f, f]),
             vs,
             prompts,
@@ -115,7 +127,9 @@ impl ContinualMethod for Epi {
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         let (q, y) = self.backbone.queries(data)?;
+        let f = self.cov_sum.size()[0];
         tch::no_grad(|| {
+            let mut covs = Vec::new();
             for c in task.classes.clone() {
                 let qc = q.index_select(0, &y.eq(c as i64).nonzero().squeeze_dim(1));
                 if qc.size()[0] == 0 {
@@ -123,15 +137,20 @@ impl ContinualMethod for Epi {
                 }
                 let mu = qc.mean_dim(0, true, Kind::Float);
                 self.means.get(c as i64).copy_(&mu.squeeze_dim(0));
-                let centred = qc - mu;
-                let _ = self.scatter.g_add_(&centred.tr().matmul(&centred));
-                let _ = self.count.g_add_scalar(centred.size()[0]);
+                if qc.size()[0] > 1 {
+                    let centred = qc - mu;
+                    covs.push(centred.tr().matmul(&centred) / (centred.size()[0] - 1) as f64);
+                }
             }
-            let f = self.scatter.size()[0];
-            let cov = &self.scatter / self.count.clamp_min(1.0) + Tensor::eye(f, (Kind::Float, q.device())) * self.params.shrinkage;
-            self.precision.copy_(&cov.inverse());
-        });
-        Ok(())
+            if covs.is_empty() {
+                return Err(LearnerError::Invalid(format!("epi: task {} has no class with two examples to estimate a covariance", task.task + 1)));
+            }
+            let _ = self.cov_sum.g_add_(&Tensor::stack(&covs, 0).mean_dim(0, false, Kind::Float));
+            let _ = self.tasks.g_add_scalar_(1.0);
+            let cov = &self.cov_sum / &self.tasks + Tensor::eye(f, (Kind::Float, q.device())) * self.params.shrinkage;
+            self.precision.copy_(&cov.linalg_pinv_atol_rtol_float(None, None, true));
+            Ok(())
+        })
     }
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
