@@ -389,6 +389,69 @@ fn dualprompt_starts_a_task_from_the_previous_e_prompt() {
     assert!(value(&*m, "e_prompt.1") == p1 && value(&*m, "e_key.1") == k0);
 }
 
+/// dualprompt-pytorch issue 8, worked out for B = 4: the official reshape
+/// gives sample 0 (K₀, K₁), sample 1 (K₂, K₃), sample 2 (V₀, V₁), sample 3
+/// (V₂, V₃); one prompt for the whole batch gives (K, K) and (V, V).
+#[test]
+fn official_prefix_layout_mixes_halves_across_the_batch_as_the_official_reshape() {
+    use promptcl_learner::parts::task_prompts::PrefixLayout;
+    // e[b, layer, half] = 100·b + 10·half + layer, in every element of the prefix.
+    let e = Tensor::stack(
+        &(0..4)
+            .map(|b| {
+                let halves: Vec<Tensor> = (0..2)
+                    .map(|h| {
+                        Tensor::stack(
+                            &(0..3).map(|l| Tensor::full([2, 2, 4], (100 * b + 10 * h + l) as f64, (Kind::Float, Device::Cpu))).collect::<Vec<_>>(),
+                            0,
+                        )
+                    })
+                    .collect();
+                Tensor::stack(&halves, 1)
+            })
+            .collect::<Vec<_>>(),
+        0,
+    );
+    assert_eq!(e.size(), [4, 3, 2, 2, 2, 4]);
+    let code = |t: &Tensor, b: i64, half: i64| t.get(b).get(1).get(half).double_value(&[0, 0, 0]) as i64;
+    let got = PrefixLayout::Official.arrange(&e, 4);
+    // (sample, half) → (source sample, source half), layer 1 throughout.
+    for (b, h, src_b, src_h) in [(0, 0, 0, 0), (0, 1, 1, 0), (1, 0, 2, 0), (1, 1, 3, 0), (2, 0, 0, 1), (2, 1, 1, 1), (3, 0, 2, 1), (3, 1, 3, 1)] {
+        assert_eq!(code(&got, b, h), 100 * src_b + 10 * src_h + 1, "sample {b} half {h}");
+    }
+    assert!(PrefixLayout::Correct.arrange(&e, 4).equal(&e));
+    let shared = PrefixLayout::Official.arrange(&e.narrow(0, 2, 1), 4);
+    let halves: Vec<(i64, i64)> = (0..4).map(|b| (code(&shared, b, 0), code(&shared, b, 1))).collect();
+    assert_eq!(halves, [(201, 201), (201, 201), (211, 211), (211, 211)]);
+    assert!(PrefixLayout::Official.arrange(&e.narrow(0, 0, 1), 1).equal(&e.narrow(0, 0, 1)), "one sample: nothing to mix");
+}
+
+/// The switch reaches DualPrompt and HiDe-Prompt: with it a batch's
+/// predictions change, and a batch of one is unaffected.
+#[test]
+fn prefix_layout_switch_reaches_the_methods() {
+    for (name, params) in [("dualprompt", "g_layers = [0]\ne_layers = [1, 2]\ne_length = 2"), ("hide-prompt", HIDE)] {
+        let logits = |layout: &str, x: &Inputs| {
+            let mut m = build(name, &format!("{params}\nprefix_layout = \"{layout}\""));
+            m.begin_task(&task(0)).unwrap();
+            m.train_step(x, &labels(0), &in_stage(&*m, 0, if name == "dualprompt" { "train" } else { "prompt" })).unwrap().loss.double_value(&[])
+        };
+        let x = images(4);
+        assert!((logits("correct", &x) - logits("official", &x)).abs() > 1e-6, "{name}: the official layout changes the loss");
+        let one = match &x {
+            Inputs::Images(t) => Inputs::Images(t.narrow(0, 0, 1)),
+            _ => unreachable!(),
+        };
+        let single = |layout: &str| {
+            let mut m = build(name, &format!("{params}\nprefix_layout = \"{layout}\""));
+            m.begin_task(&task(0)).unwrap();
+            let p = m.predict(&one, PER_TASK).unwrap();
+            p.logits
+        };
+        assert!(single("correct").equal(&single("official")), "{name}: a batch of one is the same");
+    }
+}
+
 /// The official alignment optimizers: no weight decay (the argparse
 /// duplicate), the TII-alignment rate scaled by batch/256 as the TII trainer
 /// scales `ca_lr`, TAP's rate as given; `align_weight_decay` restores 5e-4.

@@ -18,7 +18,7 @@ use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, head, l2_normalize, seeded_uniform, train_classes, var_from, LinearInit};
 use crate::method::{tasks_seen, Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
-use crate::parts::task_prompts::prefix_prompts;
+use crate::parts::task_prompts::{prefix_prompts, PrefixLayout};
 use crate::parts::{copy_previous, train_only};
 use crate::{LearnerError, Result};
 
@@ -42,6 +42,9 @@ crate::method_params! {
         /// the official configs; there, turned on with prefix-tuning, it would index a 2-D key
         /// with the prompt's 3-D slice and fail).
         pub shared_prompt_key: bool = false,
+        /// `official` pairs E-prompt key and value halves across the batch as the official
+        /// code's `reshape` does (to reproduce published numbers); `correct` gives each sample its own.
+        pub prefix_layout: PrefixLayout = PrefixLayout::Correct,
     }
 }
 
@@ -85,13 +88,14 @@ impl DualPrompt {
         Ok(Self { vs, g_prompt, e_prompts, e_keys, head, backbone: ctx.backbone.clone(), task_sizes: ctx.task_sizes.clone(), params })
     }
 
-    /// Prompts for a batch whose E-prompts are `e` (`[B or 1, layers, 2, L, H, hd]`).
-    fn prompts(&self, e: &Tensor) -> Prompts<'static> {
+    /// Prompts for a batch of `batch` whose E-prompts are `e` (`[B or 1, layers, 2, L, H, hd]`).
+    /// The G-prompt is one tensor for every sample, so no layout can mix it.
+    fn prompts(&self, e: &Tensor, batch: i64) -> Prompts<'static> {
         let mut prompts = Prompts::none();
         if let Some(g) = &self.g_prompt {
             prompts = prefix_prompts(prompts, &self.params.g_layers, &g.unsqueeze(0), &[]);
         }
-        prefix_prompts(prompts, &self.params.e_layers, e, &[])
+        prefix_prompts(prompts, &self.params.e_layers, &self.params.prefix_layout.arrange(e, batch), &[])
     }
 
     /// Nearest key among the first `n_tasks` tasks' keys: `[B]` task ids.
@@ -121,7 +125,7 @@ impl ContinualMethod for DualPrompt {
     fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let query = self.backbone.query(x)?;
         let t = task.task;
-        let out = self.backbone.forward(x, &self.prompts(&self.e_prompts[t].unsqueeze(0)))?;
+        let out = self.backbone.forward(x, &self.prompts(&self.e_prompts[t].unsqueeze(0), x.len()))?;
         let logits = self.head.forward(&out.feature);
         let key = l2_normalize(&self.e_keys[t].unsqueeze(0), 1);
         let reduce_sim = (l2_normalize(&query, 1) * key).sum(Kind::Float) / x.len() as f64;
@@ -135,7 +139,7 @@ impl ContinualMethod for DualPrompt {
         let n_tasks = tasks_seen(&self.task_sizes, seen);
         let ids = self.match_task(&query, n_tasks);
         let e = Tensor::stack(&self.e_prompts[..n_tasks], 0).index_select(0, &ids);
-        let out = self.backbone.forward(x, &self.prompts(&e))?;
+        let out = self.backbone.forward(x, &self.prompts(&e, x.len()))?;
         let logits = self.head.forward(&out.feature).narrow(1, 0, seen as i64);
         Ok(Prediction::new(logits, Some(ids)).with_features(&out.feature))
     }

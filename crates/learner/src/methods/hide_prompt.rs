@@ -40,7 +40,7 @@ use promptcl_model::{GateActivation, Prompts};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, head, train_classes, LinearInit};
-use crate::parts::task_prompts::{prefix_prompts, PromptSetConfig, TaskPrompts};
+use crate::parts::task_prompts::{prefix_prompts, PrefixLayout, PromptSetConfig, TaskPrompts};
 use crate::parts::{alignment, gate, gate::Gates, tii, tii::TaskIdentity};
 use crate::stats::{ClassStats, StatsKind};
 use crate::{
@@ -101,6 +101,9 @@ crate::method_params! {
         pub match_weight: f64 = 0.0,
         /// Start a task's prompts as a copy of the previous task's (`shared_prompt_pool`).
         pub init_from_previous: bool = true,
+        /// `official` pairs key and value halves across the batch as the official code's
+        /// `reshape` does (to reproduce published numbers); `correct` gives each sample its own.
+        pub prefix_layout: PrefixLayout = PrefixLayout::Correct,
     }
 }
 
@@ -168,7 +171,8 @@ impl HidePrompt {
     /// Prompted features for prefixes `e` (`[B or 1, layers, 2, L, H, hd]`).
     fn prompted(&self, x: &Inputs, e: &Tensor) -> Result<Tensor> {
         let gates = self.gates.as_ref().map(Gates::per_layer).unwrap_or_default();
-        let prompts = prefix_prompts(Prompts::none(), self.prompts.layers(), e, &gates);
+        let e = self.params.prefix_layout.arrange(e, x.len());
+        let prompts = prefix_prompts(Prompts::none(), self.prompts.layers(), &e, &gates);
         Ok(self.backbone.forward(x, &prompts)?.feature)
     }
 

@@ -140,6 +140,38 @@ impl TaskPrompts {
     }
 }
 
+/// How a batch's E-prompt prefixes reach the attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrefixLayout {
+    /// Each sample gets the key and value halves of its own prompt.
+    #[default]
+    Correct,
+    /// As dualprompt-pytorch, HiDe-Prompt and MoE_PromptCL compute it (their
+    /// issue 8): the selected prompts `[L, 2, B, …]` are reshaped to
+    /// `[L, B, 2, …]` without a permute, so sample b < B/2 gets the key halves
+    /// of samples 2b and 2b+1 as its key and value, sample b ≥ B/2 the value
+    /// halves of samples 2b−B and 2b−B+1 (with one prompt for the whole batch,
+    /// the first half attends to (K, K), the second to (V, V)). For
+    /// reproducing published numbers; results then depend on batch order.
+    Official,
+}
+
+impl PrefixLayout {
+    /// `e` (`[B or 1, layers, 2, L, H, hd]`) for a batch of `batch` samples.
+    pub fn arrange(self, e: &Tensor, batch: i64) -> Tensor {
+        match self {
+            Self::Correct => e.shallow_clone(),
+            Self::Official => {
+                let s = e.size();
+                let e = e.expand([batch, s[1], s[2], s[3], s[4], s[5]], false);
+                // [B, layers, 2, …] → the official [layers, 2, B, …], read back as [layers, B, 2, …].
+                e.permute([1, 2, 0, 3, 4, 5]).contiguous().reshape([s[1], batch, s[2], s[3], s[4], s[5]]).permute([1, 0, 2, 3, 4, 5])
+            }
+        }
+    }
+}
+
 /// Adds prefixes `e` (`[B or 1, layers, 2, L, H, hd]`, official layout) at
 /// `layers`, each with its gate when `gates` has one.
 pub fn prefix_prompts<'a>(mut prompts: Prompts<'a>, layers: &[usize], e: &Tensor, gates: &'a [NoRGaGate]) -> Prompts<'a> {
