@@ -51,3 +51,4 @@ fixtures:
 	$(VENV)/bin/python data-scripts/gen_bert_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_stream_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_hierc_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_hide_fixtures.py
