@@ -52,3 +52,4 @@ fixtures:
 	$(VENV)/bin/python data-scripts/gen_stream_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_hierc_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_hide_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_bf16_fixtures.py

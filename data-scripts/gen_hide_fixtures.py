@@ -32,10 +32,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from vit_reference import vit as vit_forward
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "crates/learner/tests/fixtures/hide_task_golden.safetensors"
 VIT = ROOT / "crates/model/tests/fixtures/vit_tiny_test.safetensors"
 D, H, DEPTH, PATCH = 64, 4, 3, 8
+CFG = dict(embed_dim=D, num_heads=H, depth=DEPTH, patch_size=PATCH)
 HD = D // H
 CLASSES, TASK = 6, [0, 1]          # 3 tasks x 2 classes; task 1 holds classes 0 and 1
 LAYERS, LENGTH = [0, 1], 2
@@ -44,26 +47,7 @@ LR, TII_LR, HEAD_SCALE, REG, CLIP = 1.0, 1.0, 0.1, 0.1, 1.0
 
 
 def vit(w, x, prefixes=None):
-    """timm VisionTransformer.forward_features; prefixes {layer: (k, v)} as PreT_Attention."""
-    prefixes = prefixes or {}
-    x = F.conv2d(x, w["patch_embed.proj.weight"], w["patch_embed.proj.bias"], stride=PATCH)
-    x = x.flatten(2).transpose(1, 2)
-    x = torch.cat([w["cls_token"].expand(x.shape[0], -1, -1), x], 1) + w["pos_embed"]
-    for i in range(DEPTH):
-        p = f"blocks.{i}."
-        h = F.layer_norm(x, (D,), w[p + "norm1.weight"], w[p + "norm1.bias"], 1e-6)
-        n = h.shape[1]
-        qkv = F.linear(h, w[p + "attn.qkv.weight"], w[p + "attn.qkv.bias"]).reshape(-1, n, 3, H, HD).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        if i in prefixes:
-            pk, pv = prefixes[i]
-            k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
-        a = ((q @ k.transpose(-2, -1)) * HD ** -0.5).softmax(-1)
-        x = x + F.linear((a @ v).transpose(1, 2).reshape(-1, n, D), w[p + "attn.proj.weight"], w[p + "attn.proj.bias"])
-        h = F.layer_norm(x, (D,), w[p + "norm2.weight"], w[p + "norm2.bias"], 1e-6)
-        h = F.gelu(F.linear(h, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]))
-        x = x + F.linear(h, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"])
-    return F.layer_norm(x, (D,), w["norm.weight"], w["norm.bias"], 1e-6)[:, 0]
+    return vit_forward(w, x, CFG, prefixes)
 
 
 def masked(logits):

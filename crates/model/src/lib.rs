@@ -29,6 +29,8 @@ pub enum Precision {
     /// comparable with PyTorch on CPU.
     #[default]
     F32,
-    /// bf16 weights and matmuls, fp32 LayerNorm and softmax, fp32 outputs.
+    /// CUDA autocast's dtypes: bf16 matmul / convolution weights and
+    /// matmuls; LayerNorm (with fp32 weights), softmax, the residual stream,
+    /// class token and position embedding in fp32; fp32 outputs.
     Bf16,
 }

@@ -105,9 +105,13 @@ impl Block {
         }
     }
 
+    /// `x` is the residual stream, fp32 whatever the weights are (as under
+    /// autocast): each branch computes in the weights' dtype and is added back
+    /// in fp32. With fp32 weights every cast is a no-op.
     fn forward(&self, x: &Tensor, prefix: Option<&Prefix>, hook: Option<&dyn PrefixScoreHook>, imp: AttentionImpl) -> Tensor {
-        let x = x + self.attn.forward(&self.norm1.forward(x), prefix, hook, imp);
-        &x + self.mlp.forward(&self.norm2.forward(&x))
+        let kind = self.attn.qkv.ws.kind();
+        let x = x + self.attn.forward(&self.norm1.forward(x).to_kind(kind), prefix, hook, imp).to_kind(Kind::Float);
+        &x + self.mlp.forward(&self.norm2.forward(&x).to_kind(kind)).to_kind(Kind::Float)
     }
 }
 
@@ -203,8 +207,8 @@ impl VisionTransformer {
         let x = images.to_kind(kind).apply(&self.patch_embed).flatten(2, 3).transpose(1, 2);
         let pos =
             if gh == cfg.grid_size() && gw == cfg.grid_size() { self.pos_embed.shallow_clone() } else { resample_pos_embed(&self.pos_embed, gh, gw) };
-        let cls = self.cls_token.to_kind(kind).expand([b, 1, d], false);
-        let mut x = Tensor::cat(&[&cls, &x], 1) + pos.to_kind(kind);
+        let cls = self.cls_token.to_kind(Kind::Float).expand([b, 1, d], false);
+        let mut x = Tensor::cat(&[&cls, &x.to_kind(Kind::Float)], 1) + pos.to_kind(Kind::Float);
 
         let mut n_prompt = 0;
         let mut hidden = Vec::new();
@@ -212,7 +216,7 @@ impl VisionTransformer {
             let lp = prompts.layer(i);
             if let Some(tokens) = lp.and_then(|lp| lp.tokens.as_ref()) {
                 let p = tokens.size()[1];
-                x = splice_prompt_tokens(&x, &tokens.to_kind(kind).expand([b, p, d], false), n_prompt);
+                x = splice_prompt_tokens(&x, &tokens.to_kind(Kind::Float).expand([b, p, d], false), n_prompt);
                 n_prompt = p;
             }
             let prefix = lp.and_then(|lp| lp.prefix.as_ref());
@@ -223,7 +227,7 @@ impl VisionTransformer {
             }
         }
 
-        let x = self.norm.forward(&x).to_kind(Kind::Float);
+        let x = self.norm.forward(&x);
         let cls = x.select(1, 0);
         let (without_prompts, prompt_tokens) = split_prompt_tokens(&x, n_prompt);
         let patch_mean = x.narrow(1, 1 + n_prompt, x.size()[1] - 1 - n_prompt).mean_dim(1, false, Kind::Float);
@@ -266,7 +270,15 @@ pub fn frozen_vit(cfg: &ViTConfig, path: Option<&Path>, device: Device, precisio
         }
     };
     if precision == Precision::Bf16 {
-        vs.bfloat16();
+        // As autocast: the matmul and convolution weights (and biases) compute in bf16; LayerNorm
+        // parameters, the class token and the position embedding stay fp32, like the residual stream.
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                if !(name.contains("norm") || name == "cls_token" || name == "pos_embed") {
+                    t.set_data(&t.to_kind(Kind::BFloat16));
+                }
+            }
+        });
     }
     Ok((vs, model))
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{assert_close, fixture, tiny_cfg, Golden};
+use promptcl_model::weights::read_safetensors;
 use promptcl_model::{frozen_vit, AttentionImpl, ForwardOptions, GateActivation, NoRGaGate, Precision, Prompts, VisionTransformer, VitOutput};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -183,6 +184,37 @@ fn bf16_path_agrees_with_fp32() {
     let scale = a.cls.abs().max().double_value(&[]);
     eprintln!("bf16 vs fp32 cls: max abs {err:.2e}, relative to max |cls| {:.2e}", err / scale);
     assert!(err / scale < 0.05, "bf16 relative error {}", err / scale);
+}
+
+/// The bf16 path computes with CUDA autocast's dtypes (matmuls and the
+/// patch convolution in bf16; LayerNorm, softmax and the residual stream in
+/// fp32, LayerNorm weights, class token and position embedding kept fp32),
+/// against `data-scripts/gen_bf16_fixtures.py`'s emulation of them in PyTorch.
+#[test]
+fn bf16_path_follows_autocast_dtypes() {
+    let g = read_safetensors(&fixture("vit_bf16_golden.safetensors")).unwrap();
+    let path = fixture("vit_tiny_test.safetensors");
+    let (vs, m) = frozen_vit(&tiny_cfg(), Some(&path), Device::Cpu, Precision::Bf16).unwrap();
+    let vars = vs.variables();
+    for (name, kind) in [
+        ("blocks.0.attn.qkv.weight", Kind::BFloat16),
+        ("patch_embed.proj.bias", Kind::BFloat16),
+        ("blocks.1.norm2.weight", Kind::Float),
+        ("norm.bias", Kind::Float),
+        ("pos_embed", Kind::Float),
+        ("cls_token", Kind::Float),
+    ] {
+        assert_eq!(vars[name].kind(), kind, "{name}");
+    }
+    let x = &g["input"];
+    for (case, prompts) in [("plain", Prompts::none()), ("prefix", Prompts::none().with_prefix(0, &g["prefix.k0"], &g["prefix.v0"]))] {
+        let got = m.forward(x, &prompts).unwrap().cls;
+        let (want, fp32) = (&g[&format!("{case}.bf16")], &g[&format!("{case}.fp32")]);
+        let err = common::max_abs(&got, want);
+        let bf16_vs_fp32 = common::max_abs(want, fp32);
+        eprintln!("{case}: promptcl bf16 vs autocast reference {err:.2e}; the reference's own bf16 error {bf16_vs_fp32:.2e}");
+        assert!(err < 0.05 * bf16_vs_fp32, "{case}: {err} (bf16 itself moves the result by {bf16_vs_fp32})");
+    }
 }
 
 fn assert_backbone_untouched(vs: &nn::VarStore) {
