@@ -53,3 +53,4 @@ fixtures:
 	$(VENV)/bin/python data-scripts/gen_hierc_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_hide_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_bf16_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_transform_fixtures.py

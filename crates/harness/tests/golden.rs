@@ -31,7 +31,11 @@
 //!   class, as HierC's `update_WSM` (so Γ_ii < 1);
 //! - `cre/epi`: the shared covariance is the official one (per task the mean
 //!   of the class covariances, averaged over tasks, pseudo-inverted), where a
-//!   bug had left it the summed scatter (`vision/epi` keeps its matrix).
+//!   bug had left it the summed scatter (`vision/epi` keeps its matrix);
+//! - every `vision/*` and `hierc/*` key: images are resized as torchvision
+//!   resizes with antialiasing (PIL's filters: bicubic a = −0.5), a training
+//!   crop is cut before it is resized (nothing outside it is read), and a
+//!   test image is resized whole before its centre crop.
 
 mod common;
 

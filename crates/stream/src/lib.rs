@@ -37,7 +37,7 @@ pub use order::ClassOrder;
 pub use rng::SplitMix64;
 pub use tasks::{Remainder, SplitConfig, Task, TaskStream};
 pub use text::{EncodedText, RelationExample, RelationTokenizer};
-pub use transform::{random_resized_crop, render, resize_center_crop, Interpolation, Normalize, TransformConfig, View};
+pub use transform::{random_resized_crop, render, resize_center_crop, Interpolation, Normalize, ResizeFirst, TransformConfig, View};
 
 /// Which dataset a stream reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

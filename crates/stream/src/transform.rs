@@ -14,10 +14,9 @@
 //!
 //! Crop boxes follow torchvision's `RandomResizedCrop.get_params` exactly (10
 //! tries, then the central fallback), drawn from promptcl's RNG per sample.
-//! Crop + resize + flip is one `grid_sample` with half-pixel centres (as
-//! `F.interpolate(..., align_corners=False)`); the only difference from
-//! cropping first is that samples in the outermost half pixel of an interior
-//! crop may blend with the neighbouring pixel outside it.
+//! Resizing is torchvision's with `antialias=True` (libtorch's `_aa`
+//! kernels, PIL's filters): training crops are cut, then resized; test images
+//! are resized whole, then centre-cropped, as the official pipelines do.
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -137,7 +136,8 @@ impl TransformConfig {
 }
 
 /// How one sample is seen: a source rectangle in pixels (top, left, height,
-/// width), a horizontal flip and a brightness factor.
+/// width), a horizontal flip and a brightness factor; for test views also the
+/// whole-image resize the crop is taken from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct View {
     pub top: f64,
@@ -146,11 +146,29 @@ pub struct View {
     pub width: f64,
     pub flip: bool,
     pub brightness: f64,
+    /// torchvision's `Resize` + `CenterCrop`: the whole image resized first,
+    /// then cropped (the filter reads across the box's edges, which a crop
+    /// taken first would cut off).
+    pub resize_first: Option<ResizeFirst>,
+}
+
+/// The size an image is resized to and where the crop sits in it (pixels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResizeFirst {
+    pub height: usize,
+    pub width: usize,
+    pub top: usize,
+    pub left: usize,
 }
 
 impl View {
     pub fn full(img: &Image) -> Self {
-        Self { top: 0.0, left: 0.0, height: img.height as f64, width: img.width as f64, flip: false, brightness: 1.0 }
+        Self { top: 0.0, left: 0.0, height: img.height as f64, width: img.width as f64, flip: false, brightness: 1.0, resize_first: None }
+    }
+
+    /// Whether the view shrinks its source in either direction to `size`.
+    pub fn downscales(&self, size: usize) -> bool {
+        self.height > size as f64 + 1e-9 || self.width > size as f64 + 1e-9
     }
 }
 
@@ -184,7 +202,7 @@ pub fn random_resized_crop(h: usize, w: usize, cfg: &TransformConfig, rng: &mut 
     });
     let flip = cfg.hflip && rng.unit() < 0.5;
     let brightness = if cfg.brightness > 0.0 { rng.uniform((1.0 - cfg.brightness).max(0.0), 1.0 + cfg.brightness) } else { 1.0 };
-    View { top: i as f64, left: j as f64, height: ch as f64, width: cw as f64, flip, brightness }
+    View { top: i as f64, left: j as f64, height: ch as f64, width: cw as f64, flip, brightness, resize_first: None }
 }
 
 /// `Resize(round(size·ratio))` then `CenterCrop(size)`, as a box in source pixels.
@@ -200,10 +218,16 @@ pub fn resize_center_crop(h: usize, w: usize, cfg: &TransformConfig) -> View {
     let s = cfg.size as f64;
     let top = ((rh - s) / 2.0).round_ties_even().max(0.0);
     let left = ((rw - s) / 2.0).round_ties_even().max(0.0);
-    View { top: top / k, left: left / k, height: s.min(rh) / k, width: s.min(rw) / k, flip: false, brightness: 1.0 }
+    let resize_first = Some(ResizeFirst { height: rh as usize, width: rw as usize, top: top as usize, left: left as usize });
+    View { top: top / k, left: left / k, height: s.min(rh) / k, width: s.min(rw) / k, flip: false, brightness: 1.0, resize_first }
 }
 
-/// Crops, resizes, flips and normalises a batch in one pass on `device`.
+/// Crops, resizes, flips and normalises a batch on `device`, as torchvision
+/// resizes tensors with `antialias=True` (PIL's filters, which the official
+/// pipelines use on their PIL images: bicubic with a = −0.5, a support
+/// widened when shrinking). Training views are cropped, then resized
+/// (`RandomResizedCrop`: nothing outside the crop is read); test views resize
+/// the whole image, then crop (`Resize` + `CenterCrop`).
 ///
 /// # Shapes
 /// - returns `[B, 3, size, size]` float32 on `device`
@@ -214,23 +238,28 @@ pub fn render(images: &[&Image], boxes: &[View], cfg: &TransformConfig, interpol
     let wm = images.iter().map(|i| i.width).max().unwrap_or(1);
     let canvas = pack(images, hm, wm);
     let input = Tensor::f_from_slice(&canvas)?.f_view([b as i64, 3, hm as i64, wm as i64])?.f_to_device(device)?.f_to_kind(Kind::Float)? / 255.0;
-    // Affine map from output normalised coords to canvas normalised coords
-    // (align_corners = false): x_n = (w/W)·u_n + (2·left + w)/W − 1.
-    let mut theta = Vec::with_capacity(b * 6);
-    for bx in boxes {
-        let sx = bx.width / wm as f64;
-        let sy = bx.height / hm as f64;
-        let tx = (2.0 * bx.left + bx.width) / wm as f64 - 1.0;
-        let ty = (2.0 * bx.top + bx.height) / hm as f64 - 1.0;
-        let sx = if bx.flip { -sx } else { sx };
-        theta.extend([sx as f32, 0.0, tx as f32, 0.0, sy as f32, ty as f32]);
-    }
-    let theta = Tensor::f_from_slice(&theta)?.f_view([b as i64, 2, 3])?.f_to_device(device)?;
     let size = cfg.size as i64;
-    let grid = Tensor::f_affine_grid_generator(&theta, [b as i64, 3, size, size], false)?;
-    // interpolation 0 = bilinear, 2 = bicubic; padding 1 = border.
     let bicubic = interpolation == Interpolation::Bicubic;
-    let mut out = input.f_grid_sampler(&grid, if bicubic { 2 } else { 0 }, 1, false)?;
+    let resize = |x: &Tensor, h: i64, w: i64| {
+        if bicubic {
+            x.f_internal_upsample_bicubic2d_aa([h, w], false, None, None)
+        } else {
+            x.f_internal_upsample_bilinear2d_aa([h, w], false, None, None)
+        }
+    };
+    let mut rendered = Vec::with_capacity(b);
+    for (i, bx) in boxes.iter().enumerate() {
+        let img = input.get(i as i64).narrow(1, 0, images[i].height as i64).narrow(2, 0, images[i].width as i64).unsqueeze(0);
+        let mut one = match bx.resize_first {
+            Some(r) => resize(&img, r.height as i64, r.width as i64)?.narrow(2, r.top as i64, size).narrow(3, r.left as i64, size),
+            None => resize(&img.narrow(2, bx.top as i64, bx.height as i64).narrow(3, bx.left as i64, bx.width as i64), size, size)?,
+        };
+        if bx.flip {
+            one = one.flip([3]);
+        }
+        rendered.push(one);
+    }
+    let mut out = Tensor::f_cat(&rendered, 0)?;
     if boxes.iter().any(|v| v.brightness != 1.0) {
         let f: Vec<f32> = boxes.iter().map(|v| v.brightness as f32).collect();
         out = out * Tensor::f_from_slice(&f)?.f_view([b as i64, 1, 1, 1])?.f_to_device(device)?;
@@ -246,9 +275,8 @@ pub fn render(images: &[&Image], boxes: &[View], cfg: &TransformConfig, interpol
     Ok(out)
 }
 
-/// Copies CHW images into the top-left of a `[B, 3, hm, wm]` canvas, with the
-/// last row and column repeated once into the padding so bilinear taps at
-/// the image edge never see zeros.
+/// Copies CHW images into the top-left of a `[B, 3, hm, wm]` canvas (one
+/// transfer to the device for the batch; each image is read back at its own size).
 fn pack(images: &[&Image], hm: usize, wm: usize) -> Vec<u8> {
     use rayon::prelude::*;
     let per = 3 * hm * wm;
@@ -259,15 +287,7 @@ fn pack(images: &[&Image], hm: usize, wm: usize) -> Vec<u8> {
             let src_plane = &img.data[c * h * w..(c + 1) * h * w];
             let dst_plane = &mut dst[c * hm * wm..(c + 1) * hm * wm];
             for y in 0..h {
-                let row = &src_plane[y * w..(y + 1) * w];
-                dst_plane[y * wm..y * wm + w].copy_from_slice(row);
-                if w < wm {
-                    dst_plane[y * wm + w] = row[w - 1];
-                }
-            }
-            if h < hm {
-                let (head, tail) = dst_plane.split_at_mut(h * wm);
-                tail[..wm].copy_from_slice(&head[(h - 1) * wm..h * wm]);
+                dst_plane[y * wm..y * wm + w].copy_from_slice(&src_plane[y * w..(y + 1) * w]);
             }
         }
     });
@@ -312,7 +332,7 @@ mod tests {
         let reference =
             (Tensor::from_slice(&data).view([1, 3, 20, 24]).to_kind(Kind::Float) / 255.0).upsample_bilinear2d([56, 56], false, None, None);
         let err = (&out - &reference).abs().max().double_value(&[]);
-        assert!(err < 1e-5, "grid_sample vs interpolate: {err}");
+        assert!(err < 1e-5, "upscaling: the antialiased resize is the plain bilinear one: {err}");
         let flipped = render(&[&img], &[View { flip: true, ..View::full(&img) }], &cfg, Interpolation::Bilinear, Device::Cpu).unwrap();
         let err = (&flipped - out.flip([3])).abs().max().double_value(&[]);
         assert!(err < 1e-5, "flip: {err}");
