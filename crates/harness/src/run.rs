@@ -46,6 +46,7 @@ fn seed_torch(seed: u64, at: &[u64]) {
 /// `seed_torch` places: hooks after the last stage index.
 const END_STAGE: u64 = 1 << 32;
 const END_TASK: u64 = 1 << 33;
+const PREPARE_TASK: u64 = 1 << 34;
 
 /// Everything a run needs that is built once: data, stream, backbone.
 pub struct Prepared {
@@ -188,6 +189,20 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
         seen_end = classes.end;
         let info = TaskInfo::new(t, stream.num_tasks(), classes.clone(), 0..seen_end);
         method.begin_task(&info)?;
+        // The task's training data under the test transform, for `prepare_task`, `end_stage` and `end_task`.
+        let text = dataset.is_text();
+        let mut source = Batches {
+            split: &dataset.train,
+            indices: stream.indices(&dataset.train, t),
+            stream,
+            transform: tf,
+            batch_size: cfg.run.eval_batch_size,
+            device,
+            text,
+        };
+        // Before a resume restores the checkpoint, which then overwrites what this hook wrote.
+        seed_torch(seed, &[t as u64, PREPARE_TASK]);
+        method.prepare_task(&info, &mut source)?;
         let stages = method.stages(&info, &cfg.optim);
         let trainable: Vec<String> = optim::trainable(method.vars()).into_iter().map(|(name, _)| name).collect();
         Stage::validate_all(&cfg.method.name, &stages, &trainable)?;
@@ -215,16 +230,6 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
                 Some((mark.clone(), saved))
             }
             _ => None,
-        };
-        let text = dataset.is_text();
-        let mut source = Batches {
-            split: &dataset.train,
-            indices: stream.indices(&dataset.train, t),
-            stream,
-            transform: tf,
-            batch_size: cfg.run.eval_batch_size,
-            device,
-            text,
         };
         for (s, stage) in stages.iter().enumerate() {
             let resumed = match &resume_from {

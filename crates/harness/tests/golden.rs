@@ -35,7 +35,10 @@
 //! - every `vision/*` and `hierc/*` key: images are resized as torchvision
 //!   resizes with antialiasing (PIL's filters: bicubic a = −0.5), a training
 //!   crop is cut before it is resized (nothing outside it is read), and a
-//!   test image is resized whole before its centre crop.
+//!   test image is resized whole before its centre crop;
+//! - `hierc/*`: the frozen model's statistics and W are computed before the
+//!   task trains (`prepare_task`, HierC's `_compute_mean_org`), so Γ weighs
+//!   the task's own class pairs during the task.
 
 mod common;
 

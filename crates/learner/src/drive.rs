@@ -6,7 +6,7 @@ use tch::Tensor;
 
 use crate::{BatchSource, ContinualMethod, Inputs, OptimConfig, Result, StageData, TaskInfo};
 
-/// Runs `task` on `method`: `begin_task`, every stage (data stages over
+/// Runs `task` on `method`: `begin_task`, `prepare_task` over `data`, every stage (data stages over
 /// `train`, each batch once per epoch; generated stages over the method's
 /// batches), `end_stage`s and `end_task` over `data`. Returns the loss of
 /// every step, in order.
@@ -18,6 +18,7 @@ pub fn run_task(
     data: &mut dyn BatchSource,
 ) -> Result<Vec<f64>> {
     method.begin_task(task)?;
+    method.prepare_task(task, data)?;
     let mut losses = Vec::new();
     for stage in method.stages(task, optim) {
         let mut at = task.in_stage(&stage);

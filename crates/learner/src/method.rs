@@ -204,6 +204,16 @@ pub trait ContinualMethod {
         Ok(())
     }
 
+    /// After `begin_task`, before the first stage: a pass over the task's
+    /// training data under the test transform, for what the method needs
+    /// while it trains (HierC's statistics of the frozen model, computed
+    /// before the task as the official `_compute_mean_org`). When a run
+    /// resumes inside the task it runs again, before the checkpoint is
+    /// restored, from the same seed.
+    fn prepare_task(&mut self, _task: &TaskInfo, _data: &mut dyn BatchSource) -> Result<()> {
+        Ok(())
+    }
+
     fn begin_epoch(&mut self, _task: &TaskInfo) -> Result<()> {
         Ok(())
     }

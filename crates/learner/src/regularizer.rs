@@ -157,6 +157,10 @@ pub trait Regularizer {
     fn end_epoch(&mut self, _task: &TaskInfo) -> Result<()> {
         Ok(())
     }
+    /// Before the task trains, over its data under the test transform.
+    fn prepare_task(&mut self, _task: &TaskInfo, _data: &mut dyn BatchSource) -> Result<()> {
+        Ok(())
+    }
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()>;
     fn rescore(&self, pred: Prediction, _seen: usize) -> Result<Prediction> {
         Ok(pred)
@@ -199,6 +203,11 @@ impl ContinualMethod for Regularized {
 
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
         self.inner.begin_task(task)
+    }
+
+    fn prepare_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        self.inner.prepare_task(task, data)?;
+        self.regs.iter_mut().try_for_each(|r| r.prepare_task(task, data))
     }
 
     fn begin_epoch(&mut self, task: &TaskInfo) -> Result<()> {
@@ -399,24 +408,31 @@ impl Regularizer for HierarchicalOt {
         fit_classes(&mut self.feat_stats, task.classes.clone(), &f, &fy, |c| seed ^ ((c as u64) << 20) ^ 0x4017 ^ 1)
     }
 
-    fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        // The task's classes are new: fitted means fitted in this task.
-        if !task.classes.clone().all(|c| self.feat_stats.is_fitted(c)) {
-            return Err(LearnerError::Invalid(format!("hierarchical-ot: the method produced no features in any stage of task {}", task.task + 1)));
-        }
+    /// HierC's `_compute_mean_org` runs before the task trains: the frozen
+    /// model's statistics of the task's classes, and W over every seen class
+    /// with them, so Γ already weighs the task's own pairs while it trains.
+    fn prepare_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         let (q, y) = self.backbone.queries(data)?;
         let seed = self.seed;
         fit_classes(&mut self.org_stats, task.classes.clone(), &q, &y, |c| seed ^ ((c as u64) << 20) ^ 0x4017)?;
-        // Samples for OT come from libtorch's generator, which the harness seeds before `end_task`.
+        // Samples for OT come from libtorch's generator, which the harness seeds before this hook.
         self.update_distances(&self.org_stats, &self.w, task.classes.clone())?;
-        if self.cfg.mahalanobis_eval {
-            self.update_distances(&self.feat_stats, &self.w_eval, task.classes.clone())?;
-        }
         // A scale-free δ: the median OT distance between distinct seen classes.
         let n = task.seen.end as i64;
         let off = self.w.narrow(0, 0, n).narrow(1, 0, n).masked_select(&Tensor::eye(n, (Kind::Bool, self.w.device())).logical_not());
         if off.numel() > 0 {
             let _ = tch::no_grad(|| self.delta.fill_(off.median().double_value(&[])));
+        }
+        Ok(())
+    }
+
+    fn end_task(&mut self, task: &TaskInfo, _data: &mut dyn BatchSource) -> Result<()> {
+        // The task's classes are new: fitted means fitted in this task.
+        if !task.classes.clone().all(|c| self.feat_stats.is_fitted(c)) {
+            return Err(LearnerError::Invalid(format!("hierarchical-ot: the method produced no features in any stage of task {}", task.task + 1)));
+        }
+        if self.cfg.mahalanobis_eval {
+            self.update_distances(&self.feat_stats, &self.w_eval, task.classes.clone())?;
         }
         Ok(())
     }

@@ -100,6 +100,24 @@ fn distances_cover_seen_pairs_symmetrically_and_rescoring_follows_the_tree() {
     assert!(p.logits.isfinite().all().int64_value(&[]) == 1, "every seen class belongs to a group");
 }
 
+/// HierC's `_compute_mean_org` runs at the start of each task, so W covers
+/// the task's own classes before its first step (and Γ weighs their pairs
+/// while it trains).
+#[test]
+fn distances_of_a_task_exist_before_it_trains() {
+    let params: toml::Table = toml::from_str(REG).unwrap();
+    let mut m = registry::build("l2p", &ctx(), &params).unwrap();
+    m.begin_task(&task(0)).unwrap();
+    let w = m.vars().variables()["reg0.ot_distance"].shallow_clone();
+    assert_eq!(w.abs().sum(Kind::Float).double_value(&[]), 0.0, "nothing before the task");
+    let data: Vec<_> = (0..3).map(|s| batch(0, s as i64)).collect();
+    m.prepare_task(&task(0), &mut drive::Held(data)).unwrap();
+    let n = PER_TASK as i64;
+    let ws = w.narrow(0, 0, n).narrow(1, 0, n);
+    let off = ws.masked_select(&Tensor::eye(n, (Kind::Bool, Device::Cpu)).logical_not());
+    assert!(off.min().double_value(&[]) > 0.0, "every pair of the task's classes has its distance before training");
+}
+
 #[test]
 fn mahalanobis_distance_is_zero_at_the_mean_and_matches_the_covariance() {
     let p = tch::nn::VarStore::new(Device::Cpu);
