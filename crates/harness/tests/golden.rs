@@ -38,7 +38,9 @@
 //!   test image is resized whole before its centre crop;
 //! - `hierc/*`: the frozen model's statistics and W are computed before the
 //!   task trains (`prepare_task`, HierC's `_compute_mean_org`), so Γ weighs
-//!   the task's own class pairs during the task.
+//!   the task's own class pairs during the task; and the statistics behind
+//!   the pseudo-features are the trained model's, taken after the task
+//!   (`_compute_mean`).
 
 mod common;
 

@@ -214,6 +214,15 @@ pub trait ContinualMethod {
         Ok(())
     }
 
+    /// The features the head reads for inputs of `task`, as the trained
+    /// model gives them (statistics taken after a task, like HierC's
+    /// `_compute_mean`, read these). The default is the prediction's features;
+    /// a method that routes by task gives the task's own prompts instead, as
+    /// the official code's `task_id=` forward does.
+    fn task_features(&self, x: &Inputs, task: &TaskInfo) -> Result<Option<Tensor>> {
+        Ok(self.predict(x, task.seen.end)?.features)
+    }
+
     fn begin_epoch(&mut self, _task: &TaskInfo) -> Result<()> {
         Ok(())
     }

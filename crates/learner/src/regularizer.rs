@@ -161,7 +161,10 @@ pub trait Regularizer {
     fn prepare_task(&mut self, _task: &TaskInfo, _data: &mut dyn BatchSource) -> Result<()> {
         Ok(())
     }
-    fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()>;
+    /// After the task, over its data under the test transform; `features`
+    /// are the trained method's [`ContinualMethod::task_features`] of that
+    /// data with its labels, where the method gives them.
+    fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource, features: Option<(&Tensor, &Tensor)>) -> Result<()>;
     fn rescore(&self, pred: Prediction, _seen: usize) -> Result<Prediction> {
         Ok(pred)
     }
@@ -242,8 +245,18 @@ impl ContinualMethod for Regularized {
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         self.inner.end_task(task, data)?;
+        let inner = &self.inner;
+        let (mut fs, mut ys) = (Vec::new(), Vec::new());
+        data.for_each(&mut |x, y| {
+            if let Some(f) = tch::no_grad(|| inner.task_features(x, task))? {
+                fs.push(f);
+                ys.push(y.shallow_clone());
+            }
+            Ok(())
+        })?;
+        let features = (!fs.is_empty()).then(|| (Tensor::cat(&fs, 0), Tensor::cat(&ys, 0)));
         for r in &mut self.regs {
-            r.end_task(task, data)?;
+            r.end_task(task, data, features.as_ref().map(|(f, y)| (f, y)))?;
         }
         Ok(())
     }
@@ -426,7 +439,15 @@ impl Regularizer for HierarchicalOt {
         Ok(())
     }
 
-    fn end_task(&mut self, task: &TaskInfo, _data: &mut dyn BatchSource) -> Result<()> {
+    /// HierC's `_compute_mean`: the statistics behind the cluster loss's
+    /// pseudo-features and W_eval are those of the trained model's features
+    /// under the test transform; a method that gives none keeps those of its
+    /// last training epoch.
+    fn end_task(&mut self, task: &TaskInfo, _data: &mut dyn BatchSource, features: Option<(&Tensor, &Tensor)>) -> Result<()> {
+        if let Some((f, y)) = features {
+            let seed = self.seed;
+            fit_classes(&mut self.feat_stats, task.classes.clone(), f, y, |c| seed ^ ((c as u64) << 20) ^ 0x4017 ^ 1)?;
+        }
         // The task's classes are new: fitted means fitted in this task.
         if !task.classes.clone().all(|c| self.feat_stats.is_fitted(c)) {
             return Err(LearnerError::Invalid(format!("hierarchical-ot: the method produced no features in any stage of task {}", task.task + 1)));

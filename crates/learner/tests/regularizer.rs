@@ -137,10 +137,10 @@ fn mahalanobis_distance_is_zero_at_the_mean_and_matches_the_covariance() {
 }
 
 /// HiDe-style methods train TII (no encoder features) in a stage of its own;
-/// the regulariser acts in the stage that has features and takes its
-/// statistics from that stage's last epoch.
+/// the regulariser acts in the stage that has features; its statistics are
+/// the trained model's, taken after the task.
 #[test]
-fn statistics_come_from_the_last_epoch_with_features() {
+fn statistics_are_the_trained_models_taken_after_the_task() {
     let params: toml::Table = toml::from_str(
         "layers = [0, 1]\nlength = 2\ntii_epochs = 3\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nregularizers = [{ kind = \"hierarchical-ot\", statistics = \"variance\", ot_samples = 4 }]",
     )
@@ -154,6 +154,18 @@ fn statistics_come_from_the_last_epoch_with_features() {
         assert_eq!(step.features.is_some(), stage.name == "prompt", "{}", stage.name);
     }
     run_task(&mut *m, 0);
-    let fitted: Vec<f64> = Vec::try_from(&m.vars().variables()["reg0.feat_stats.fitted"]).unwrap();
+    let vars = m.vars().variables();
+    let fitted: Vec<f64> = Vec::try_from(&vars["reg0.feat_stats.fitted"]).unwrap();
     assert_eq!(&fitted[..PER_TASK], &[1.0; PER_TASK]);
+    // After the task they are refitted from the trained model's features of the task's data
+    // under the test transform (HierC's `_compute_mean`): the means are those features' class means.
+    let data: Vec<_> = (0..3).map(|s| batch(0, s as i64)).collect();
+    let (fs, ys): (Vec<Tensor>, Vec<Tensor>) = data.iter().map(|(x, y)| (m.task_features(x, &task(0)).unwrap().unwrap(), y.shallow_clone())).unzip();
+    let (f, y) = (Tensor::cat(&fs, 0), Tensor::cat(&ys, 0));
+    let means = vars["reg0.feat_stats.mean"].shallow_clone();
+    for c in 0..PER_TASK as i64 {
+        let want = f.index_select(0, &y.eq(c).nonzero().squeeze_dim(1)).mean_dim(0, false, Kind::Float);
+        let err = (means.get(c) - want).abs().max().double_value(&[]);
+        assert!(err < 1e-5, "class {c}: mean {err} from the trained model's features");
+    }
 }

@@ -199,20 +199,25 @@ impl HidePrompt {
         Ok(Step { loss, ..step }.with_features(&feats))
     }
 
+    /// Features of inputs of task `t` under that task's own prompts, without autograd.
+    fn own_features(&self, x: &Inputs, t: usize) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let (pool, keys) = (self.prompts.prompts[t].unsqueeze(0), self.prompts.keys.get(t).map(|k| k.unsqueeze(0)));
+            let q = keys.is_some().then(|| self.backbone.query(x)).transpose()?;
+            let (e, _) = self.prompts.choose(&pool, keys.as_ref(), q.as_ref())?;
+            self.prompted(x, &e)
+        })
+    }
+
     /// Per-class statistics of the task's prompted features (after the momentum write-back).
     fn fit_tap(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         let t = task.task;
         self.prompts.write_mixed(t, self.params.prompt_momentum);
-        let (pool, keys) = (self.prompts.prompts[t].unsqueeze(0), self.prompts.keys.get(t).map(|k| k.unsqueeze(0)));
         let (mut fs, mut ys) = (Vec::new(), Vec::new());
         data.for_each(&mut |x, y| {
-            tch::no_grad(|| -> Result<()> {
-                let q = keys.is_some().then(|| self.backbone.query(x)).transpose()?;
-                let (e, _) = self.prompts.choose(&pool, keys.as_ref(), q.as_ref())?;
-                fs.push(self.prompted(x, &e)?);
-                ys.push(y.shallow_clone());
-                Ok(())
-            })
+            fs.push(self.own_features(x, t)?);
+            ys.push(y.shallow_clone());
+            Ok(())
         })?;
         let seed = self.seed;
         alignment::fit_classes(&mut self.tap_stats, task.classes.clone(), &Tensor::cat(&fs, 0), &Tensor::cat(&ys, 0), |c| {
@@ -286,6 +291,10 @@ impl ContinualMethod for HidePrompt {
             PROMPT => self.fit_tap(task, data),
             _ => Ok(()),
         }
+    }
+
+    fn task_features(&self, x: &Inputs, task: &TaskInfo) -> Result<Option<Tensor>> {
+        Ok(Some(self.own_features(x, task.task)?))
     }
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
