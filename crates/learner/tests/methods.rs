@@ -452,6 +452,49 @@ fn prefix_layout_switch_reaches_the_methods() {
     }
 }
 
+/// thu-ml's HiDe-Prompt and HierC draw the per-class count for every centroid
+/// and use `#old classes` batches of it; MoE_PromptCL splits it across them.
+#[test]
+fn alignment_can_draw_per_centroid_and_use_a_fraction() {
+    use promptcl_learner::parts::alignment::pseudo_batches_drawn;
+    use promptcl_learner::stats::{ClassStats, StatsKind};
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut stats = ClassStats::new(&vs.root(), StatsKind::MultiCentroid, 3, 4, 2);
+    tch::manual_seed(3);
+    for c in 0..3 {
+        let x = Tensor::randn([12, 4], (Kind::Float, Device::Cpu)) + c as f64 * 10.0;
+        stats.fit(c, &x, c as u64).unwrap();
+    }
+    // 3 classes x 8 drawn, batches of 4, 2 steps: 8 of the 24 samples are used.
+    let batches = pseudo_batches_drawn(&stats, 0..3, 8, 4, 2);
+    assert_eq!(batches.iter().map(|(x, _)| x.size()).collect::<Vec<_>>(), [vec![4, 4], vec![4, 4]]);
+    // Shuffled over the whole draw: the labels of a batch mix classes.
+    let labels: Vec<i64> = batches.iter().flat_map(|(_, y)| Vec::<i64>::try_from(y).unwrap()).collect();
+    assert!(labels.iter().any(|&l| l != labels[0]), "{labels:?}");
+    // Through HiDe: the flag changes the draw (so the generator's stream), not the batch shape.
+    let shapes = |flag: bool| {
+        let mut m = build(
+            "hide-prompt",
+            &format!(
+                "{}\nstatistics = \"multi-centroid\"\nn_centroids = 2\nalign_per_centroid = {flag}",
+                HIDE.replace("statistics = \"covariance\"", "")
+            ),
+        );
+        run_task(&mut *m, 0, &mut task_data(0));
+        m.begin_task(&task(1)).unwrap();
+        tch::manual_seed(9);
+        let b = m.generate(&in_stage(&*m, 1, "align")).unwrap();
+        (b.iter().map(|(x, _)| x.size()[0]).collect::<Vec<_>>(), b[0].0.copy())
+    };
+    let ((off, first_off), (on, first_on)) = (shapes(false), shapes(true));
+    // Batches of 5 x batch (120), at most #old classes (2) of them; per centroid draws
+    // twice as many here, enough for both steps where the split draw (one usable
+    // centroid per class in this tiny fit) fills one.
+    assert!(off.iter().chain(&on).all(|&n| n <= 120) && on.len() <= 2, "{off:?} {on:?}");
+    assert!(on.len() >= off.len() && on.iter().sum::<i64>() > off.iter().sum::<i64>(), "{off:?} {on:?}");
+    assert!(!first_off.equal(&first_on), "a different draw");
+}
+
 /// The official alignment optimizers: no weight decay (the argparse
 /// duplicate), the TII-alignment rate scaled by batch/256 as the TII trainer
 /// scales `ca_lr`, TAP's rate as given; `align_weight_decay` restores 5e-4.

@@ -91,6 +91,9 @@ crate::method_params! {
         /// Weight decay of the `tii-align` and `align` SGD. The official runs have 0.0 (two
         /// argparse options share one destination); 5e-4 is what their SGD constructor says.
         pub align_weight_decay: f64 = 0.0,
+        /// Multi-centroid statistics: draw the per-class count for each centroid (thu-ml
+        /// HiDe-Prompt, HierC) rather than split it across the centroids (MoE_PromptCL).
+        pub align_per_centroid: bool = false,
         /// Pseudo-features per class per `align` epoch, as a multiple of the batch size.
         pub align_samples_factor: i64 = 5,
         /// Prompts per task (1 = HiDe-Prompt's single task prompt; more = keyed pools).
@@ -269,7 +272,9 @@ impl ContinualMethod for HidePrompt {
             ALIGN => (&self.tap_stats, self.batch_size * self.params.align_samples_factor),
             s => return Err(LearnerError::Invalid(format!("{}: stage `{s}` does not generate data", self.name))),
         };
-        Ok(alignment::pseudo_batches(stats, 0..task.seen.end, per_class, task.classes.start))
+        let per_centroid = self.params.align_per_centroid && self.params.statistics == StatsKind::MultiCentroid;
+        let draw = if per_centroid { per_class * self.params.n_centroids as i64 } else { per_class };
+        Ok(alignment::pseudo_batches_drawn(stats, 0..task.seen.end, draw, per_class, task.classes.start))
     }
 
     fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {

@@ -25,12 +25,20 @@ pub fn fit_classes(stats: &mut ClassStats, classes: Range<usize>, x: &Tensor, y:
 /// `seen`, shuffled, cut into `steps` batches of `per_class` (the official
 /// code takes `#old classes` steps, so the tail of the draw goes unused).
 pub fn pseudo_batches(stats: &ClassStats, seen: Range<usize>, per_class: i64, steps: usize) -> Vec<(Tensor, Tensor)> {
-    let (x, y) = stats.sample_classes(seen, per_class);
+    pseudo_batches_drawn(stats, seen, per_class, per_class, steps)
+}
+
+/// [`pseudo_batches`] drawing `draw` samples per class and cutting batches
+/// of `batch`: thu-ml's HiDe-Prompt and HierC draw `batch` per centroid of a
+/// multi-centroid class (so `draw = batch · k`), of which the `#old classes`
+/// steps use a fraction.
+pub fn pseudo_batches_drawn(stats: &ClassStats, seen: Range<usize>, draw: i64, batch: i64, steps: usize) -> Vec<(Tensor, Tensor)> {
+    let (x, y) = stats.sample_classes(seen, draw);
     let perm = Tensor::randperm(x.size()[0], (Kind::Int64, x.device()));
     let (x, y) = (x.index_select(0, &perm), y.index_select(0, &perm));
     (0..steps as i64)
         .map_while(|s| {
-            let (start, len) = (s * per_class, per_class.min(x.size()[0] - s * per_class));
+            let (start, len) = (s * batch, batch.min(x.size()[0] - s * batch));
             (len > 0).then(|| (x.narrow(0, start, len), y.narrow(0, start, len)))
         })
         .collect()
