@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use promptcl_learner::OptimConfig;
 use promptcl_model::{BertConfig, Precision, ViTConfig};
-use promptcl_stream::{ClassOrder, DatasetConfig, Remainder, SplitConfig, TransformConfig};
+use promptcl_stream::{ClassOrder, DatasetConfig, FolderSplit, Remainder, SplitConfig, TransformConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,12 +230,24 @@ impl RunConfig {
             }
         };
         match &mut self.stream.dataset {
-            DatasetConfig::Cifar100 { root, hierarchy }
-            | DatasetConfig::ImagenetR { root, hierarchy, .. }
-            | DatasetConfig::ImageFolder { root, hierarchy, .. } => {
+            DatasetConfig::Cifar100 { root, hierarchy } => {
                 fix(root);
                 if let Some(h) = hierarchy {
                     fix(h);
+                }
+            }
+            DatasetConfig::ImagenetR { root, hierarchy, split, .. } | DatasetConfig::ImageFolder { root, hierarchy, split, .. } => {
+                fix(root);
+                if let Some(h) = hierarchy {
+                    fix(h);
+                }
+                match split {
+                    FolderSplit::Lists { train, test } => {
+                        fix(train);
+                        fix(test);
+                    }
+                    FolderSplit::File { path } => fix(path),
+                    FolderSplit::Seeded { .. } => {}
                 }
             }
             DatasetConfig::CfrlFewShot { root, tokenizer, .. } | DatasetConfig::RelationJson { root, tokenizer, .. } => {

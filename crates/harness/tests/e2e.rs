@@ -229,3 +229,21 @@ fn hierarchical_ot_regularizer_composes_with_methods_from_config() {
     }
     std::fs::remove_dir_all(out).ok();
 }
+
+/// Split list files, like the dataset root, are relative to the config file
+/// (CODA's fixed ImageNet-R split), and the pinned CODA order is a permutation.
+#[test]
+fn split_lists_resolve_beside_the_config() {
+    let dir = repo().join("benchmarks/configs");
+    let cfg = RunConfig::parse(&dir.join("imr_coda_prompt.toml")).unwrap();
+    let promptcl_stream::DatasetConfig::ImagenetR { root, split: promptcl_stream::FolderSplit::Lists { train, test }, .. } = &cfg.stream.dataset
+    else {
+        panic!("CODA's ImageNet-R config reads its fixed lists")
+    };
+    assert_eq!(train, &dir.join("../../data/imagenet-r/coda_train.txt"));
+    assert_eq!(test, &dir.join("../../data/imagenet-r/coda_test.txt"));
+    assert_eq!(root, &dir.join("../../data/imagenet-r"));
+    let mut order = cfg.stream.order.resolve(200).unwrap();
+    order.sort();
+    assert_eq!(order, (0..200).collect::<Vec<_>>());
+}

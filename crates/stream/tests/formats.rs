@@ -144,6 +144,48 @@ fn image_folder_split_is_deterministic_and_round_trips() {
     assert_eq!(img.data.len(), 3 * img.height * img.width);
 }
 
+/// CODA-Prompt's fixed ImageNet-R split, in its YAML layout, through
+/// `data-scripts/coda_imr_split.py`: the lists load as promptcl's `lists`
+/// split and the printed order puts CODA's class 0 first.
+#[test]
+fn coda_split_yaml_converts_to_lists_and_an_order() {
+    let Ok(python) = std::env::var("PROMPTCL_PYTHON") else {
+        eprintln!("skipped: PROMPTCL_PYTHON not set (run through `make test`)");
+        return;
+    };
+    let root = copy_of("imagenet-r-mini");
+    // CODA's labels are not the sorted folders': here n01498041 is its class 0.
+    let coda = [("n01498041", 0), ("n01443537", 1), ("n01494475", 2), ("n01484850", 3)];
+    let yaml = |files: &[usize]| {
+        let mut data = String::from("data:\n");
+        let mut targets = String::from("targets:\n");
+        for (wnid, t) in coda {
+            for &i in files {
+                let ext = if std::path::Path::new(&format!("{}/{wnid}/{wnid}_{i}.jpg", root.display())).exists() { "jpg" } else { "png" };
+                data.push_str(&format!("- data/imagenet-r/{wnid}/{wnid}_{i}.{ext}\n"));
+                targets.push_str(&format!("- {t}\n"));
+            }
+        }
+        data + &targets
+    };
+    std::fs::write(root.join("imagenet-r_train.yaml"), yaml(&[0, 1, 2])).unwrap();
+    std::fs::write(root.join("imagenet-r_test.yaml"), yaml(&[3, 4])).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data-scripts/coda_imr_split.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(root.join("imagenet-r_train.yaml"))
+        .arg(root.join("imagenet-r_test.yaml"))
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "order = [3, 0, 2, 1]", "promptcl labels in CODA's order");
+    let opts = FolderOptions { split: FolderSplit::Lists { train: root.join("coda_train.txt"), test: root.join("coda_test.txt") }, ..seeded(0) };
+    let ds = load_image_folder(&root, "inr", &opts).unwrap();
+    assert_eq!((ds.train.len(), ds.test.len()), (12, 8));
+    assert_eq!(&ds.train.labels[..3], [3, 3, 3], "n01498041 is promptcl's class 3 (sorted folders)");
+}
+
 #[test]
 fn explicit_lists_and_split_files_are_honoured() {
     let root = copy_of("imagenet-r-mini");
