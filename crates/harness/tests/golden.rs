@@ -40,7 +40,9 @@
 //!   task trains (`prepare_task`, HierC's `_compute_mean_org`), so Γ weighs
 //!   the task's own class pairs during the task; and the statistics behind
 //!   the pseudo-features are the trained model's, taken after the task
-//!   (`_compute_mean`).
+//!   (`_compute_mean`); their Mahalanobis rescoring weighs distances by
+//!   `1/exp(W_eval/delta2)` with the diagonal zeroed and measures them with
+//!   the raw centroid variance + 1e-6, as HierC's evaluation.
 
 mod common;
 

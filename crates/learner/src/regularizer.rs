@@ -21,10 +21,12 @@
 //!   pseudo-features of earlier classes (`hierc::cluster_loss`). The label
 //!   tree grows with the stream: only seen classes form the groups;
 //! - optional evaluation variant (`mahalanobis_eval`): per leaf group g,
-//!   `E_g = exp(η0 · max logit_g − η · W_eval[ĉ_g, g] · d_g)` with d the
-//!   Mahalanobis distances to the classes' feature Gaussians, logits of g
-//!   scaled by E_g / Σ E (HierC's `process_MHD`; W_eval from the method's
-//!   feature statistics).
+//!   `E_g = exp(η0 · max logit_g − η · M[ĉ_g, g] · d_g)` with d the
+//!   Mahalanobis distances to the classes' feature Gaussians (HierC's
+//!   `MHD_cls`: diag(var) + 1e-6 per centroid, the nearest centroid),
+//!   `M = exp(−W_eval/δ₂)` with W_eval's diagonal zeroed (W_eval from the
+//!   method's feature statistics), logits of g scaled by E_g / Σ E (HierC's
+//!   `process_MHD`).
 //!
 //! Differences from the official code, on purpose: the official
 //! `train_task_adaptive_prediction` assigns `old_data` without `global`, so
@@ -83,6 +85,8 @@ pub struct HierOtConfig {
     pub mahalanobis_eval: bool,
     pub eta: f64,
     pub eta0: f64,
+    /// The evaluation weights `1/exp(W_eval/delta2)` (W_eval's diagonal zeroed), `--delta2`.
+    pub delta2: f64,
     /// W_ii as HierC's `update_WSM` computes it: the OT distance between two
     /// independent draws of class i, so W_ii > 0 and Γ_ii < 1. `false`: W_ii = 0.
     pub self_distance: bool,
@@ -106,6 +110,7 @@ impl Default for HierOtConfig {
             mahalanobis_eval: false,
             eta: 0.03,
             eta0: 0.07,
+            delta2: 15.0,
             self_distance: true,
         }
     }
@@ -302,6 +307,9 @@ impl HierarchicalOt {
             reason: "the dataset has no label tree (CIFAR-100 has one built in; give others `hierarchy = <tree.json>`)".into(),
         })?;
         cfg.solver()?;
+        if !(cfg.delta2 > 0.0) {
+            return Err(LearnerError::Params { method: "hierarchical-ot".into(), reason: format!("delta2 = {} must be positive", cfg.delta2) });
+        }
         let c = ctx.num_classes as i64;
         let k = cfg.n_centroids;
         Ok(Self {
@@ -465,7 +473,11 @@ impl Regularizer for HierarchicalOt {
         let Some(feats) = pred.features.as_ref() else {
             return Err(LearnerError::Invalid("hierarchical-ot: mahalanobis_eval needs the method's features at prediction".into()));
         };
-        let dist = self.feat_stats.mahalanobis(feats, seen);
+        let dist = self.feat_stats.mahalanobis_hierc(feats, seen);
+        // hideprompt_trainer.py: W_eval with its diagonal zeroed, W = 1/exp(W_eval/delta2).
+        let c = self.w_eval.size()[0];
+        let off_diagonal = Tensor::ones([c, c], (Kind::Float, self.w_eval.device())) - Tensor::eye(c, (Kind::Float, self.w_eval.device()));
+        let weights = (&self.w_eval * off_diagonal / -self.cfg.delta2).exp();
         let logits = &pred.logits;
         let (b, dev) = (logits.size()[0], logits.device());
         let mut scores = Tensor::full([b, seen as i64], f64::NEG_INFINITY, (Kind::Float, dev));
@@ -475,7 +487,7 @@ impl Regularizer for HierarchicalOt {
         for idx in &groups {
             let (top, arg) = logits.index_select(1, idx).max_dim(1, false);
             let nearest = idx.index_select(0, &arg);
-            let map_w = self.w_eval.index_select(0, &nearest).index_select(1, idx);
+            let map_w = weights.index_select(0, &nearest).index_select(1, idx);
             let d = (map_w * dist.index_select(1, idx)).sum_dim_intlist(1, false, Kind::Float);
             log_e.push(top * self.cfg.eta0 - d * self.cfg.eta);
         }

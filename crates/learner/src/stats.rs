@@ -168,10 +168,23 @@ impl ClassStats {
         }
     }
 
-    /// Mahalanobis distance of each row of `x` to classes `0..end`: `[B, end]`.
-    /// Multi-centroid takes the nearest usable centroid under its diagonal
-    /// covariance (HierC's `distance_to_gmm`).
+    /// Mahalanobis distance of each row of `x` to classes `0..end`: `[B, end]`,
+    /// under the stored (sampling) covariances. Multi-centroid takes the
+    /// nearest usable centroid under its diagonal covariance.
     pub fn mahalanobis(&self, x: &Tensor, end: usize) -> Tensor {
+        self.mahalanobis_with(x, end, 0.0, false)
+    }
+
+    /// HierC's evaluation distance (`MHD_cls`, `mahalanobis_distance`):
+    /// `(Σ + 1e-6·I)⁻¹` where multi-centroid Σ is the centroid's raw diagonal
+    /// variance (without the 1e-4 added for sampling), variance and covariance
+    /// the stored ones (which include it). The covariance case keeps its
+    /// stored factor: its extra 1e-6 is 1 % of the 1e-4 already there.
+    pub fn mahalanobis_hierc(&self, x: &Tensor, end: usize) -> Tensor {
+        self.mahalanobis_with(x, end, 1e-6, true)
+    }
+
+    fn mahalanobis_with(&self, x: &Tensor, end: usize, ridge: f64, raw_centroid_var: bool) -> Tensor {
         let n = end as i64;
         tch::no_grad(|| match self.kind {
             StatsKind::Covariance => {
@@ -182,12 +195,15 @@ impl ClassStats {
             }
             StatsKind::Variance => {
                 let diff = x.unsqueeze(1) - self.mean.narrow(0, 0, n).unsqueeze(0); // [B, C, D]
-                (diff / self.spread.narrow(0, 0, n).clamp_min(1e-12).unsqueeze(0)).square().sum_dim_intlist(2, false, Kind::Float).sqrt()
+                let var = self.spread.narrow(0, 0, n).square() + ridge;
+                (diff.square() / var.clamp_min(1e-24).unsqueeze(0)).sum_dim_intlist(2, false, Kind::Float).sqrt()
             }
             StatsKind::MultiCentroid => {
                 let (mu, std) = (self.mean.narrow(0, 0, n), self.spread.narrow(0, 0, n)); // [C, k, D]
                 let diff = x.unsqueeze(1).unsqueeze(1) - mu.unsqueeze(0); // [B, C, k, D]
-                let d = (diff / std.clamp_min(1e-12).unsqueeze(0)).square().sum_dim_intlist(3, false, Kind::Float).sqrt();
+                                                                          // The stored std is √(var + EPS) for sampling.
+                let var = if raw_centroid_var { (std.square() - EPS).clamp_min(0.0) } else { std.square() } + ridge;
+                let d = (diff.square() / var.clamp_min(1e-24).unsqueeze(0)).sum_dim_intlist(3, false, Kind::Float).sqrt();
                 let unusable = std.amax([2], false).eq(0.0).unsqueeze(0);
                 d.masked_fill(&unusable, f64::INFINITY).amin([2], false)
             }

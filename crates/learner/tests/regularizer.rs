@@ -136,6 +136,59 @@ fn mahalanobis_distance_is_zero_at_the_mean_and_matches_the_covariance() {
     assert!((stats.mahalanobis(&x, 1).double_value(&[0, 0]) - want).abs() < 1e-4);
 }
 
+/// HierC's evaluation distance (`distance_to_gmm`): per centroid
+/// `√(Σ diff² / (var + 1e-6))` with the centroid's raw variance, the nearest
+/// centroid's.
+#[test]
+fn hierc_evaluation_distance_uses_the_raw_centroid_variance() {
+    use promptcl_learner::stats::{ClassStats, StatsKind};
+    let p = tch::nn::VarStore::new(Device::Cpu);
+    let mut stats = ClassStats::new(&p.root(), StatsKind::MultiCentroid, 1, 2, 2);
+    // Two tight, far-apart clusters: k-means finds them.
+    let a = Tensor::from_slice(&[0.0f32, 0.0, 0.02, 0.0, 0.0, 0.01, 10.0, 10.0, 10.03, 10.0, 10.0, 10.01]).view([6, 2]);
+    stats.fit(0, &a, 3).unwrap();
+    let x = Tensor::from_slice(&[0.05f32, 0.02]).view([1, 2]);
+    let near = a.narrow(0, 0, 3);
+    let (mu, var) = (near.mean_dim(0, false, Kind::Float), near.var_dim(0, false, false));
+    let want = ((x.squeeze_dim(0) - mu).square() / (var + 1e-6)).sum(Kind::Float).sqrt().double_value(&[]);
+    let got = stats.mahalanobis_hierc(&x, 1).double_value(&[0, 0]);
+    assert!((got - want).abs() < 1e-3 * want, "{got} vs {want}");
+    // The sampling variance (raw + 1e-4) gives another, smaller distance here.
+    assert!(stats.mahalanobis(&x, 1).double_value(&[0, 0]) < 0.9 * want);
+}
+
+/// `process_MHD` weighs distances by `1/exp(W_eval/delta2)` with W_eval's
+/// diagonal zeroed: the diagonal never matters, and `delta2` does.
+#[test]
+fn hierc_evaluation_ignores_w_evals_diagonal_and_reads_delta2() {
+    let params: toml::Table = toml::from_str(REG).unwrap();
+    let mut m = registry::build("l2p", &ctx(), &params).unwrap();
+    for t in 0..2 {
+        run_task(&mut *m, t);
+    }
+    let w = m.vars().variables()["reg0.ot_distance_eval"].shallow_clone();
+    let (x, _) = batch(1, 99);
+    let predict = |w_value: &Tensor| {
+        tch::no_grad(|| w.shallow_clone().copy_(w_value));
+        m.predict(&x, 8).unwrap().logits
+    };
+    let n = w.size()[0];
+    let zero = Tensor::zeros([n, n], (Kind::Float, Device::Cpu));
+    let diagonal = Tensor::eye(n, (Kind::Float, Device::Cpu)) * 50.0;
+    assert!(predict(&zero).equal(&predict(&diagonal)), "the diagonal is zeroed");
+    let off = Tensor::ones([n, n], (Kind::Float, Device::Cpu)) * 5.0 - &diagonal / 10.0;
+    let a = predict(&off);
+    let mut sharper = params.clone();
+    sharper["regularizers"].as_array_mut().unwrap()[0].as_table_mut().unwrap().insert("delta2".into(), toml::Value::Float(1.0));
+    let mut m2 = registry::build("l2p", &ctx(), &sharper).unwrap();
+    for t in 0..2 {
+        run_task(&mut *m2, t);
+    }
+    tch::no_grad(|| m2.vars().variables()["reg0.ot_distance_eval"].shallow_clone().copy_(&off));
+    let b = m2.predict(&x, 8).unwrap().logits;
+    assert!((a - b).abs().max().double_value(&[]) > 1e-6, "delta2 changes the weights");
+}
+
 /// HiDe-style methods train TII (no encoder features) in a stage of its own;
 /// the regulariser acts in the stage that has features; its statistics are
 /// the trained model's, taken after the task.
