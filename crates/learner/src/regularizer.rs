@@ -76,6 +76,9 @@ pub struct HierOtConfig {
     pub ot_samples: i64,
     /// Earlier-class pseudo-features joined to each batch; 0 = 5 × batch size.
     pub old_samples: i64,
+    /// `false` reproduces the official engine, whose `old_data` assignment (no
+    /// `global`) never reaches the cluster loss, so it sees the batch alone.
+    pub old_data_reaches_loss: bool,
     /// `exact` (Hungarian = `ot.emd2` for equal uniform sets; O(n³) per pair,
     /// for small sample sets) or `sinkhorn` (all pairs batched, on the GPU when there is one).
     pub solver: SolverChoice,
@@ -111,6 +114,7 @@ impl Default for HierOtConfig {
             eta: 0.03,
             eta0: 0.07,
             delta2: 15.0,
+            old_data_reaches_loss: true,
             self_distance: true,
         }
     }
@@ -398,7 +402,7 @@ impl Regularizer for HierarchicalOt {
         }
         self.buffer.push((features.detach(), labels.shallow_clone()));
         let earlier = task.classes.start;
-        let old = (earlier > 0).then(|| {
+        let old = (earlier > 0 && self.cfg.old_data_reaches_loss).then(|| {
             let want = self.or_five_batches(self.cfg.old_samples);
             let per_class = (want / earlier as i64).max(1);
             let (x, y) = self.feat_stats.sample_classes(0..earlier, per_class);

@@ -136,6 +136,28 @@ fn mahalanobis_distance_is_zero_at_the_mean_and_matches_the_covariance() {
     assert!((stats.mahalanobis(&x, 1).double_value(&[0, 0]) - want).abs() < 1e-4);
 }
 
+/// The official engine's `old_data` never reaches the cluster loss; the
+/// default joins earlier-class pseudo-features as the paper describes, and
+/// `old_data_reaches_loss = false` reproduces the official loss: the batch's
+/// alone, as with no earlier classes.
+#[test]
+fn the_official_old_data_bug_is_one_switch_away() {
+    let loss = |extra: &str, t: usize| {
+        let text = REG.replace("mahalanobis_eval = true", &format!("mahalanobis_eval = true{extra}"));
+        let mut m = registry::build("l2p", &ctx(), &toml::from_str(&text).unwrap()).unwrap();
+        for s in 0..t {
+            run_task(&mut *m, s);
+        }
+        m.begin_task(&task(t)).unwrap();
+        let (x, y) = batch(t, 5);
+        tch::manual_seed(11);
+        m.train_step(&x, &y, &task(t)).unwrap().loss.double_value(&[])
+    };
+    assert!((loss("", 1) - loss(", old_data_reaches_loss = false", 1)).abs() > 1e-6, "pseudo-features change the loss");
+    // In the first task there are no earlier classes either way.
+    assert_eq!(loss("", 0), loss(", old_data_reaches_loss = false", 0));
+}
+
 /// HierC's evaluation distance (`distance_to_gmm`): per centroid
 /// `√(Σ diff² / (var + 1e-6))` with the centroid's raw variance, the nearest
 /// centroid's.
