@@ -50,6 +50,15 @@ fn run_task(m: &mut dyn ContinualMethod, t: usize) {
     drive::run_task(m, &task(t), &optim, &data, &mut drive::Held(again)).unwrap();
 }
 
+/// L2P with `params`, trained on the first `tasks` tasks.
+fn trained(params: &toml::Table, tasks: usize) -> Box<dyn ContinualMethod> {
+    let mut m = registry::build("l2p", &ctx(), params).unwrap();
+    for t in 0..tasks {
+        run_task(&mut *m, t);
+    }
+    m
+}
+
 #[test]
 fn regularizer_adds_its_loss_to_any_method() {
     let params: toml::Table = toml::from_str(REG).unwrap();
@@ -144,10 +153,7 @@ fn mahalanobis_distance_is_zero_at_the_mean_and_matches_the_covariance() {
 fn the_official_old_data_bug_is_one_switch_away() {
     let loss = |extra: &str, t: usize| {
         let text = REG.replace("mahalanobis_eval = true", &format!("mahalanobis_eval = true{extra}"));
-        let mut m = registry::build("l2p", &ctx(), &toml::from_str(&text).unwrap()).unwrap();
-        for s in 0..t {
-            run_task(&mut *m, s);
-        }
+        let mut m = trained(&toml::from_str(&text).unwrap(), t);
         m.begin_task(&task(t)).unwrap();
         let (x, y) = batch(t, 5);
         tch::manual_seed(11);
@@ -184,10 +190,7 @@ fn hierc_evaluation_distance_uses_the_raw_centroid_variance() {
 #[test]
 fn hierc_evaluation_ignores_w_evals_diagonal_and_reads_delta2() {
     let params: toml::Table = toml::from_str(REG).unwrap();
-    let mut m = registry::build("l2p", &ctx(), &params).unwrap();
-    for t in 0..2 {
-        run_task(&mut *m, t);
-    }
+    let m = trained(&params, 2);
     let w = m.vars().variables()["reg0.ot_distance_eval"].shallow_clone();
     let (x, _) = batch(1, 99);
     let predict = |w_value: &Tensor| {
@@ -202,10 +205,7 @@ fn hierc_evaluation_ignores_w_evals_diagonal_and_reads_delta2() {
     let a = predict(&off);
     let mut sharper = params.clone();
     sharper["regularizers"].as_array_mut().unwrap()[0].as_table_mut().unwrap().insert("delta2".into(), toml::Value::Float(1.0));
-    let mut m2 = registry::build("l2p", &ctx(), &sharper).unwrap();
-    for t in 0..2 {
-        run_task(&mut *m2, t);
-    }
+    let m2 = trained(&sharper, 2);
     tch::no_grad(|| m2.vars().variables()["reg0.ot_distance_eval"].shallow_clone().copy_(&off));
     let b = m2.predict(&x, 8).unwrap().logits;
     assert!((a - b).abs().max().double_value(&[]) > 1e-6, "delta2 changes the weights");
