@@ -130,6 +130,28 @@ fn sigkill_inside_a_generated_alignment_stage_resumes_bit_identically() {
     assert_eq!(resume(&run).matrix, want.matrix);
 }
 
+/// HierC's regulariser writes its frozen-model statistics and W in
+/// `prepare_task`, before the stages: a kill inside task 2's prompt stage
+/// (where Γ and the pseudo-features act) resumes bit-identically, the hook
+/// rerunning from its seed before the checkpoint is restored.
+#[test]
+fn sigkill_inside_a_hierc_task_resumes_bit_identically() {
+    let params = "layers = [0, 1], length = 2, tii_epochs = 1, tii_align_epochs = 1, align_epochs = 1, statistics = \"variance\", \
+                  regularizers = [{ kind = \"hierarchical-ot\", statistics = \"variance\", ot_samples = 4, old_samples = 8, mahalanobis_eval = true }]";
+    let extra = "checkpoint_every_epoch = true";
+    let dir = workdir("ref-hierc");
+    let want = reference_at(&dir, write_method_config(&dir, "hide-prompt", params, 30, extra));
+    let dir = workdir("kill-hierc");
+    let cfg = write_method_config(&dir, "hide-prompt", params, 30, extra);
+    let mut child = promptcl(&["run", cfg.to_str().unwrap()], None).spawn().unwrap();
+    let run = kill_when(&mut child, &dir.join("results"), |d| {
+        state(d).is_some_and(|s| s.epoch_checkpoint.is_some_and(|m| m.task == 1 && m.stage_name == "prompt" && (2..25).contains(&m.epochs_done)))
+    });
+    let mark = state(&run).unwrap().epoch_checkpoint.unwrap();
+    assert_eq!((mark.task, mark.stage_name.as_str()), (1, "prompt"), "killed inside task 2's prompt stage");
+    assert_eq!(resume(&run).matrix, want.matrix);
+}
+
 #[test]
 fn sigkill_inside_a_task_resumes_from_the_last_epoch() {
     let extra = "checkpoint_every_epoch = true";
