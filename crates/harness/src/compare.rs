@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use promptcl_learner::metrics::mean_std;
+use promptcl_learner::metrics::{mean_std, Summary};
 
 use crate::results::Metrics;
 
@@ -138,9 +138,214 @@ pub fn matrix_table(m: &Metrics) -> String {
     out
 }
 
+/// A sweep's paper table: rows (methods and the other row axes) × column
+/// groups (benchmark, backbone) × metrics, each cell the mean ± std over the
+/// seeds that ran it.
+pub struct PaperTable {
+    pub row_header: String,
+    pub rows: Vec<String>,
+    pub columns: Vec<String>,
+    pub metrics: Vec<String>,
+    /// (row, column) → the summaries of its runs.
+    pub cells: BTreeMap<(usize, usize), Vec<Summary>>,
+}
+
+fn metric(s: &Summary, name: &str) -> f64 {
+    match name {
+        "faa" => s.faa,
+        "caa" => s.caa,
+        "ffm" => s.ffm,
+        "bwt" => s.backward_transfer,
+        "final" => s.final_accuracy,
+        _ => s.average_accuracy,
+    }
+}
+
+impl PaperTable {
+    /// `rows` / `columns`: the keys naming them: `method`, `dataset`, or a tag.
+    pub fn new(runs: &[Metrics], rows: &[String], columns: &[String], metrics: &[String]) -> Self {
+        let label = |m: &Metrics, keys: &[String]| -> String {
+            let value = |k: &String| match k.as_str() {
+                "method" => m.method.clone(),
+                "dataset" => m.dataset.clone(),
+                _ => m.tags.get(k).cloned().unwrap_or_else(|| "?".into()),
+            };
+            keys.iter().map(value).collect::<Vec<_>>().join(" / ")
+        };
+        let (mut row_names, mut col_names) = (Vec::<String>::new(), Vec::<String>::new());
+        let mut cells: BTreeMap<(usize, usize), Vec<Summary>> = BTreeMap::new();
+        let index = |names: &mut Vec<String>, n: String| {
+            names.iter().position(|x| *x == n).unwrap_or_else(|| {
+                names.push(n);
+                names.len() - 1
+            })
+        };
+        for m in runs {
+            let r = index(&mut row_names, label(m, rows));
+            let c = index(&mut col_names, label(m, columns));
+            let cell = cells.entry((r, c)).or_default();
+            cell.extend(m.summary.clone());
+        }
+        let header = |k: &String| if k == "method.name" { "method".to_string() } else { k.clone() };
+        let row_header = rows.iter().map(header).collect::<Vec<_>>().join(" / ");
+        Self { row_header, rows: row_names, columns: col_names, metrics: metrics.to_vec(), cells }
+    }
+
+    /// (mean, std, seeds) of one metric in a cell.
+    pub fn value(&self, r: usize, c: usize, metric_name: &str) -> Option<(f64, f64, usize)> {
+        let sums = self.cells.get(&(r, c)).filter(|s| !s.is_empty())?;
+        let (m, sd) = mean_std(&sums.iter().map(|s| metric(s, metric_name)).collect::<Vec<_>>());
+        Some((m, sd, sums.len()))
+    }
+
+    fn cell_text(&self, r: usize, c: usize, k: &str, latex: bool) -> String {
+        match self.value(r, c, k) {
+            None => {
+                if latex {
+                    "--".into()
+                } else {
+                    "—".into()
+                }
+            }
+            Some((m, _, 1)) => format!("{m:.2}"),
+            Some((m, sd, _)) if latex => format!("${m:.2} \\pm {sd:.2}$"),
+            Some((m, sd, _)) => format!("{m:.2} ± {sd:.2}"),
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!("| {} |", self.row_header);
+        for c in &self.columns {
+            for k in &self.metrics {
+                let _ = write!(out, " {c} {} |", k.to_uppercase());
+            }
+        }
+        out.push_str("\n| --- |");
+        out.push_str(&" ---: |".repeat(self.columns.len() * self.metrics.len()));
+        out.push('\n');
+        for (r, name) in self.rows.iter().enumerate() {
+            let _ = write!(out, "| {name} |");
+            for c in 0..self.columns.len() {
+                for k in &self.metrics {
+                    let _ = write!(out, " {} |", self.cell_text(r, c, k, false));
+                }
+            }
+            out.push('\n');
+        }
+        let seeds: Vec<usize> = self.cells.values().map(Vec::len).collect();
+        let (lo, hi) = (seeds.iter().min().copied().unwrap_or(0), seeds.iter().max().copied().unwrap_or(0));
+        let _ = writeln!(out, "\nMean ± std over {} seeds per cell.", if lo == hi { lo.to_string() } else { format!("{lo} to {hi}") });
+        out
+    }
+
+    /// One line per (row, column, metric): long format, for plotting tools.
+    pub fn csv(&self) -> anyhow::Result<Vec<u8>> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record([self.row_header.as_str(), "column", "metric", "mean", "std", "seeds"])?;
+        for (r, name) in self.rows.iter().enumerate() {
+            for (c, col) in self.columns.iter().enumerate() {
+                for k in &self.metrics {
+                    if let Some((m, sd, n)) = self.value(r, c, k) {
+                        w.write_record([name.clone(), col.clone(), k.clone(), format!("{m:.4}"), format!("{sd:.4}"), n.to_string()])?;
+                    }
+                }
+            }
+        }
+        w.into_inner().map_err(|e| anyhow::anyhow!("{}", e.error()))
+    }
+
+    /// A booktabs tabular: a column group per benchmark / backbone.
+    pub fn latex(&self) -> String {
+        let k = self.metrics.len();
+        let mut out = format!("\\begin{{tabular}}{{l{}}}\n\\toprule\n", format!(" {}", "c".repeat(k)).repeat(self.columns.len()));
+        for c in &self.columns {
+            let _ = write!(out, " & \\multicolumn{{{k}}}{{c}}{{{}}}", latex_escape(c));
+        }
+        out.push_str(" \\\\\n");
+        for c in 0..self.columns.len() {
+            let _ = write!(out, "\\cmidrule(lr){{{}-{}}}", 2 + c * k, 1 + (c + 1) * k);
+        }
+        let _ = write!(out, "\n{}", latex_escape(&self.row_header));
+        for _ in &self.columns {
+            for m in &self.metrics {
+                let _ = write!(out, " & {}", m.to_uppercase());
+            }
+        }
+        out.push_str(" \\\\\n\\midrule\n");
+        for (r, name) in self.rows.iter().enumerate() {
+            out.push_str(&latex_escape(name));
+            for c in 0..self.columns.len() {
+                for m in &self.metrics {
+                    let _ = write!(out, " & {}", self.cell_text(r, c, m, true));
+                }
+            }
+            out.push_str(" \\\\\n");
+        }
+        out.push_str("\\bottomrule\n\\end{tabular}\n");
+        out
+    }
+}
+
+fn latex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for ch in s.chars() {
+        match ch {
+            '&' | '%' | '$' | '#' | '_' | '{' | '}' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            '~' => out.push_str("\\textasciitilde{}"),
+            '^' => out.push_str("\\textasciicircum{}"),
+            '\\' => out.push_str("\\textbackslash{}"),
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(method: &str, dataset: &str, backbone: &str, seed: u64, acc: f64) -> Metrics {
+        let matrix = promptcl_learner::metrics::AccuracyMatrix { rows: vec![vec![acc]], seen_accuracy: vec![acc], task_id_accuracy: vec![None] };
+        Metrics {
+            name: method.into(),
+            method: method.into(),
+            dataset: dataset.into(),
+            seed,
+            summary: matrix.summary(),
+            matrix,
+            tags: [("backbone".to_string(), backbone.to_string())].into(),
+        }
+    }
+
+    /// Seeds of a cell average; a cell nobody ran is marked, not zero; labels
+    /// are escaped for LaTeX and the column groups span their metrics.
+    #[test]
+    fn paper_table_groups_seeds_into_cells() {
+        let runs = [
+            run("l2p", "cifar", "sup_21k", 0, 80.0),
+            run("l2p", "cifar", "sup_21k", 1, 84.0),
+            run("l2p", "imr", "sup_21k", 0, 70.0),
+            run("norga", "cifar", "sup_21k", 0, 90.0),
+        ];
+        let t = PaperTable::new(&runs, &["method".into()], &["dataset".into(), "backbone".into()], &["faa".into(), "caa".into()]);
+        assert_eq!(t.rows, ["l2p", "norga"]);
+        assert_eq!(t.columns, ["cifar / sup_21k", "imr / sup_21k"]);
+        let (m, sd, n) = t.value(0, 0, "faa").unwrap();
+        assert_eq!((m, n), (82.0, 2));
+        assert!((sd - 8f64.sqrt()).abs() < 1e-12);
+        assert!(t.value(1, 1, "faa").is_none());
+        let md = t.markdown();
+        assert!(md.contains("| l2p | 82.00 ± 2.83 | 82.00 ± 2.83 | 70.00 | 70.00 |"), "{md}");
+        assert!(md.contains("| norga | 90.00 | 90.00 | — | — |") && md.contains("1 to 2 seeds"), "{md}");
+        let tex = t.latex();
+        assert!(tex.contains(r"\multicolumn{2}{c}{cifar / sup\_21k}") && tex.contains(r"\cmidrule(lr){4-5}"), "{tex}");
+        assert!(tex.contains(r"l2p & $82.00 \pm 2.83$ & $82.00 \pm 2.83$ & 70.00 & 70.00 \\"), "{tex}");
+        let csv = String::from_utf8(t.csv().unwrap()).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 2 * 2 + 2, "{csv}");
+    }
 
     /// A run name with a comma and quotes survives the round trip through a
     /// CSV reader, and every row has as many cells as the header.

@@ -1,6 +1,7 @@
 //! The run config (`promptcl run config.toml`): typed, strict, validated
 //! before any tensor exists; saved resolved beside the results.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +27,10 @@ pub struct RunConfig {
     pub seeds: Vec<u64>,
     #[serde(default)]
     pub run: RunSection,
+    /// Labels for comparisons, copied into `metrics.json`: a sweep sets one
+    /// per axis (`"method.name" = "l2p"`), and its paper table groups by them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 fn default_name() -> String {
@@ -220,7 +225,7 @@ impl RunConfig {
 
     /// Relative data and weight paths are relative to the config file; a
     /// leading `~/` is the home directory.
-    fn resolve_paths(mut self, base: &Path) -> Self {
+    pub(crate) fn resolve_paths(mut self, base: &Path) -> Self {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let fix = |p: &mut PathBuf| {
             if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), &home) {

@@ -7,8 +7,10 @@ pub mod demo;
 pub mod doctor;
 pub mod env;
 pub mod plot;
+pub mod preempt;
 pub mod results;
 pub mod run;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 
@@ -32,11 +34,14 @@ pub fn report(dir: &Path, quiet: bool) -> Result<results::Metrics> {
     Ok(m)
 }
 
-/// Expands arguments that are results folders holding runs into run folders.
+/// Expands arguments that are results folders holding runs, or sweep
+/// folders, into run folders.
 pub fn run_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for a in args {
-        if a.join(results::METRICS).is_file() {
+        if a.join(sweep::MANIFEST).is_file() {
+            out.extend(run_dirs(&[a.join("runs")]));
+        } else if a.join(results::METRICS).is_file() {
             out.push(a.clone());
         } else if let Ok(entries) = std::fs::read_dir(a) {
             let mut v: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join(results::METRICS).is_file()).collect();

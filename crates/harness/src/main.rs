@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use promptcl_harness::config::{DeviceChoice, RunConfig};
-use promptcl_harness::{compare, demo, doctor, plot, report, results, run, run_dirs};
+use promptcl_harness::sweep::{self, BackendKind};
+use promptcl_harness::{compare, demo, doctor, plot, preempt, report, results, run, run_dirs};
 
 #[derive(Parser)]
 #[command(name = "promptcl", version, about)]
@@ -27,6 +28,10 @@ enum Command {
         /// Continue an interrupted run folder after its last finished task.
         #[arg(long, conflicts_with = "config")]
         resume: Option<PathBuf>,
+        /// Start, resume or (when finished) leave the run whose one-seed config
+        /// is `<DIR>/config.toml`, in that folder: what a sweep's runs do.
+        #[arg(long, conflicts_with_all = ["config", "resume", "seed"])]
+        dir: Option<PathBuf>,
         /// Run only this seed (default: every seed of the config).
         #[arg(long)]
         seed: Option<u64>,
@@ -45,6 +50,8 @@ enum Command {
         #[arg(long, default_value = "results/compare")]
         out: PathBuf,
     },
+    /// A grid of runs from a sweep file (base config + axes), on a local queue or Slurm.
+    Sweep(SweepArgs),
     /// List the registered methods, or one method's parameters with their defaults.
     Methods {
         /// Print every parameter of this method, its default and its meaning.
@@ -71,12 +78,46 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct SweepArgs {
+    #[command(subcommand)]
+    action: Option<SweepAction>,
+    /// The sweep file: expands it, validates every run, then runs or submits what is unfinished.
+    file: Option<PathBuf>,
+    /// List the runs (and, for Slurm, the array script) without writing or submitting anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Overrides the sweep file's `backend`.
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+}
+
+#[derive(Subcommand)]
+enum SweepAction {
+    /// Per run: not started, queued, running, stopped, failed (with its error's first line) or finished.
+    Status {
+        /// The sweep folder or its sweep file.
+        sweep: PathBuf,
+    },
+    /// Runs or submits again only the failed, stopped and never-started runs.
+    Resubmit {
+        sweep: PathBuf,
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+    },
+}
+
 /// A failure prints as the CLI's own message — the error and its causes, no
 /// stack backtrace even under `RUST_BACKTRACE=1` — as ripgrep and cargo do.
 fn main() -> ExitCode {
     match try_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(p) = e.downcast_ref::<preempt::Preempted>() {
+                eprintln!("{p}");
+                return ExitCode::from(p.exit_code());
+            }
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
@@ -105,8 +146,15 @@ fn try_main() -> Result<()> {
         }
     }));
     match cli.command {
-        Command::Run { config, resume, seed } => {
+        Command::Run { config, resume, seed, dir } => {
+            preempt::install().context("installing signal handlers")?;
             let opts = run::RunOptions { quiet, ..Default::default() };
+            if let Some(dir) = dir {
+                let outcome = run::run_in(&dir, opts);
+                sweep::record_outcome(&dir, &outcome)?;
+                report(&outcome?, quiet)?;
+                return Ok(());
+            }
             if let Some(dir) = resume {
                 let cfg = RunConfig::load(&dir.join(results::CONFIG))?;
                 let state: results::State = results::read_json(&dir.join(results::STATE))?;
@@ -125,6 +173,7 @@ fn try_main() -> Result<()> {
                 report(&out, false)?;
             }
         }
+        Command::Sweep(args) => sweep_command(args)?,
         Command::Plot { runs, out } => {
             let dirs = run_dirs(&runs);
             if dirs.is_empty() {
@@ -140,6 +189,17 @@ fn try_main() -> Result<()> {
             std::fs::create_dir_all(&out)?;
             plot::write_svg_png(&plot::accuracy_svg(&all), &out.join("accuracy"))?;
             println!("{}", out.join("accuracy.png").display());
+            let metrics: Vec<_> = all.into_iter().map(|(_, m)| m).collect();
+            let mut groups: Vec<(String, Vec<&results::Metrics>)> = Vec::new();
+            for m in &metrics {
+                let key = if m.name == m.method { m.name.clone() } else { format!("{} / {}", m.name, m.method) };
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.push(m),
+                    None => groups.push((key, vec![m])),
+                }
+            }
+            plot::write_svg_png(&plot::accuracy_bands_svg(&groups), &out.join("accuracy_bands"))?;
+            println!("{}", out.join("accuracy_bands.png").display());
         }
         Command::Compare { runs, out } => {
             let dirs = run_dirs(&runs);
@@ -153,6 +213,16 @@ fn try_main() -> Result<()> {
             results::atomic_write(&out.join("compare.md"), compare::markdown(&rows).as_bytes())?;
             results::atomic_write(&out.join("compare.csv"), &compare::csv(&rows)?)?;
             println!("wrote {} and {}", out.join("compare.md").display(), out.join("compare.csv").display());
+            for root in runs.iter().filter(|r| r.join(sweep::MANIFEST).is_file()) {
+                let (_, manifest) = sweep::open(root)?;
+                let table = sweep::paper_table(&manifest)?;
+                print!("\n{}", table.markdown());
+                let stem = out.join(format!("{}-table", manifest.name));
+                results::atomic_write(&stem.with_extension("md"), table.markdown().as_bytes())?;
+                results::atomic_write(&stem.with_extension("csv"), &table.csv()?)?;
+                results::atomic_write(&stem.with_extension("tex"), table.latex().as_bytes())?;
+                println!("wrote {}.{{md,csv,tex}}", stem.display());
+            }
         }
         Command::Methods { params: None } => {
             for e in promptcl_learner::registry::METHODS {
@@ -186,4 +256,31 @@ fn try_main() -> Result<()> {
         Command::Demo { device } => demo::run(device, quiet)?,
     }
     Ok(())
+}
+
+fn sweep_command(args: SweepArgs) -> Result<()> {
+    match args.action {
+        Some(SweepAction::Status { sweep: arg }) => {
+            let (root, manifest) = sweep::open(&arg)?;
+            let states = sweep::statuses(&manifest, &sweep::slurm::scheduler_states(&root));
+            print!("{}", sweep::status_table(&manifest, &states));
+            Ok(())
+        }
+        Some(SweepAction::Resubmit { sweep: arg, backend }) => {
+            let (root, manifest) = sweep::open(&arg)?;
+            let file = sweep::SweepFile::load(&manifest.sweep_file)?;
+            sweep::launch(&root, &manifest, &file, backend.unwrap_or(manifest.backend))
+        }
+        None => {
+            let Some(path) = args.file else { bail!("give a sweep file (see benchmarks/sweeps/), or `status` / `resubmit` <sweep>") };
+            let e = sweep::expand(&path)?;
+            let backend = args.backend.unwrap_or(e.file.backend);
+            if args.dry_run {
+                print!("{}", sweep::dry_run(&e, backend)?);
+                return Ok(());
+            }
+            e.write()?;
+            sweep::launch(&e.root, &e.manifest, &e.file, backend)
+        }
+    }
 }

@@ -22,6 +22,8 @@ struct Series {
     color: String,
     width: f64,
     points: Vec<(f64, f64)>,
+    /// A shaded (low, high) band under the line, one per point.
+    band: Vec<(f64, f64)>,
 }
 
 fn esc(s: &str) -> String {
@@ -50,6 +52,12 @@ fn svg(title: &str, x_max: usize, series: &[Series]) -> String {
     let _ = write!(s, r#"<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#);
     let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">after task</text>"#, L + pw / 2.0, H - 10.0);
     let _ = write!(s, r#"<text transform="translate(16 {}) rotate(-90)" text-anchor="middle">accuracy (%)</text>"#, T + ph / 2.0);
+    for se in series.iter().filter(|se| se.band.len() == se.points.len() && se.points.len() > 1) {
+        let upper = se.points.iter().zip(&se.band).map(|(&(a, _), &(_, hi))| format!("{:.2},{:.2}", x(a), y(hi)));
+        let lower = se.points.iter().zip(&se.band).rev().map(|(&(a, _), &(lo, _))| format!("{:.2},{:.2}", x(a), y(lo)));
+        let pts: Vec<String> = upper.chain(lower).collect();
+        let _ = write!(s, r#"<polygon points="{}" fill="{}" fill-opacity="0.18" stroke="none"/>"#, pts.join(" "), se.color);
+    }
     for (i, se) in series.iter().enumerate() {
         if se.points.len() > 1 {
             let pts: Vec<String> = se.points.iter().map(|&(a, b)| format!("{:.2},{:.2}", x(a), y(b))).collect();
@@ -76,6 +84,7 @@ pub fn forgetting_svg(m: &Metrics) -> String {
             color: PALETTE[j % PALETTE.len()].into(),
             width: 1.5,
             points: (j..rows.len()).map(|i| ((i + 1) as f64, rows[i][j])).collect(),
+            band: Vec::new(),
         })
         .collect();
     series.push(Series {
@@ -83,6 +92,7 @@ pub fn forgetting_svg(m: &Metrics) -> String {
         color: "black".into(),
         width: 3.0,
         points: m.matrix.seen_accuracy.iter().enumerate().map(|(i, &a)| ((i + 1) as f64, a)).collect(),
+        band: Vec::new(),
     });
     svg(&format!("{} · {} · seed {}", m.name, m.method, m.seed), rows.len(), &series)
 }
@@ -98,9 +108,41 @@ pub fn accuracy_svg(runs: &[(String, Metrics)]) -> String {
             color: PALETTE[i % PALETTE.len()].into(),
             width: 2.0,
             points: m.matrix.seen_accuracy.iter().enumerate().map(|(t, &a)| ((t + 1) as f64, a)).collect(),
+            band: Vec::new(),
         })
         .collect();
     svg("accuracy on all seen classes", x_max, &series)
+}
+
+/// Groups of runs that differ only in seed (a sweep's groups): the mean
+/// accuracy on all seen classes after each task, with a band of ± one
+/// standard deviation over the seeds. A task only some seeds reached is
+/// drawn from those.
+pub fn accuracy_bands_svg(groups: &[(String, Vec<&Metrics>)]) -> String {
+    let x_max = groups.iter().flat_map(|(_, ms)| ms.iter().map(|m| m.matrix.num_tasks())).max().unwrap_or(1);
+    let series: Vec<Series> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (label, ms))| {
+            let stats: Vec<(f64, f64, f64)> = (0..x_max)
+                .map_while(|t| {
+                    let xs: Vec<f64> = ms.iter().filter_map(|m| m.matrix.seen_accuracy.get(t).copied()).collect();
+                    (!xs.is_empty()).then(|| {
+                        let (m, sd) = promptcl_learner::metrics::mean_std(&xs);
+                        ((t + 1) as f64, m, sd)
+                    })
+                })
+                .collect();
+            Series {
+                label: format!("{label} (n={})", ms.len()),
+                color: PALETTE[i % PALETTE.len()].into(),
+                width: 2.0,
+                points: stats.iter().map(|&(t, m, _)| (t, m)).collect(),
+                band: stats.iter().map(|&(_, m, sd)| ((m - sd).max(0.0), (m + sd).min(100.0))).collect(),
+            }
+        })
+        .collect();
+    svg("accuracy on all seen classes (mean ± std over seeds)", x_max, &series)
 }
 
 /// Writes `<stem>.svg` and `<stem>.png`.

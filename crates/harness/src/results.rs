@@ -57,6 +57,9 @@ pub struct Metrics {
     /// matrix, so files written before a metric existed still compare.
     #[serde(skip_deserializing)]
     pub summary: Option<Summary>,
+    /// The run config's `tags` (a sweep's axis values).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 pub struct RunDir {
@@ -115,6 +118,18 @@ impl RunDir {
         bail!("could not find a free run folder name under {}", results.display())
     }
 
+    /// `path` (created if missing) for a new run: a sweep's run folder, which
+    /// may already hold the run's config but no started run.
+    pub fn create_at(path: &Path) -> Result<Self> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut dir = Self { path: path.to_path_buf(), locked: false };
+        dir.lock()?;
+        if dir.file(STATE).is_file() {
+            bail!("{} already holds a run (resume it instead)", path.display());
+        }
+        Ok(dir)
+    }
+
     /// An existing run folder, locked against a second process resuming it.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join(STATE).is_file() {
@@ -129,15 +144,13 @@ impl RunDir {
         let lock = self.path.join(LOCK);
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
             Ok(mut f) => {
-                writeln!(f, "{}", std::process::id())?;
+                writeln!(f, "{}", Holder::me().line())?;
                 self.locked = true;
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let pid = std::fs::read_to_string(&lock).unwrap_or_default();
-                let pid = pid.trim();
-                if !pid.is_empty() && Path::new("/proc").join(pid).exists() {
-                    bail!("{} is in use by process {pid} (remove {} if that is wrong)", self.path.display(), lock.display());
+                if let Some(holder) = lock_holder(&self.path) {
+                    bail!("{} is in use by {holder} (remove {} if that is wrong)", self.path.display(), lock.display());
                 }
                 // A stale lock from a killed process: take it over.
                 std::fs::remove_file(&lock).ok();
@@ -176,6 +189,80 @@ pub fn matrix_csv(m: &AccuracyMatrix) -> Result<Vec<u8>> {
         w.write_record(std::iter::once(i.to_string()).chain(cells).chain([format!("{:.4}", m.seen_accuracy[i])]))?;
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("{}", e.error()))
+}
+
+/// Who holds a run folder's lock: `pid host [slurm-job]` on one line (a
+/// lock of older versions holds the pid alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub host: String,
+    /// `<job>_<array task>` or `<job>` when the holder ran under Slurm.
+    pub slurm_job: Option<String>,
+}
+
+impl Holder {
+    pub fn me() -> Self {
+        Self { pid: std::process::id(), host: hostname(), slurm_job: slurm_job() }
+    }
+
+    fn line(&self) -> String {
+        let mut s = format!("{} {}", self.pid, self.host);
+        if let Some(j) = &self.slurm_job {
+            s.push(' ');
+            s.push_str(j);
+        }
+        s
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut it = text.split_whitespace();
+        let pid = it.next()?.parse().ok()?;
+        Some(Self { pid, host: it.next().map_or_else(hostname, String::from), slurm_job: it.next().map(String::from) })
+    }
+
+    /// Whether the holder may still be running. On this host /proc knows. A
+    /// Slurm job that holds the lock is dead when we are that same job (a
+    /// requeued array task runs again only after its first run ended).
+    /// Elsewhere we cannot tell, so it counts as alive.
+    fn alive(&self) -> bool {
+        let me = Self::me();
+        if self.slurm_job.is_some() && self.slurm_job == me.slurm_job && self.pid != me.pid {
+            return false;
+        }
+        if self.host == me.host {
+            return Path::new("/proc").join(self.pid.to_string()).exists();
+        }
+        true
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "process {} on {}", self.pid, self.host)?;
+        if let Some(j) = &self.slurm_job {
+            write!(f, " (Slurm job {j})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The live holder of a run folder's lock, if any.
+pub fn lock_holder(dir: &Path) -> Option<Holder> {
+    let text = std::fs::read_to_string(dir.join(LOCK)).ok()?;
+    Holder::parse(&text).filter(Holder::alive)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+fn slurm_job() -> Option<String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+        (Some(job), Some(task)) => Some(format!("{job}_{task}")),
+        _ => var("SLURM_JOB_ID"),
+    }
 }
 
 impl Drop for RunDir {

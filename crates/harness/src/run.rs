@@ -109,7 +109,41 @@ pub fn run(cfg: &RunConfig, seed: u64, resume: Option<&Path>, opts: RunOptions) 
 }
 
 pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>, opts: RunOptions) -> Result<PathBuf> {
-    run_built(cfg, seed, prep, resume, opts, &|ctx| Ok(registry::build(&cfg.method.name, ctx, &cfg.method.params)?))
+    let target = resume.map_or(Target::New, Target::Resume);
+    run_built(cfg, seed, prep, target, opts, &|ctx| Ok(registry::build(&cfg.method.name, ctx, &cfg.method.params)?))
+}
+
+/// Runs the one-seed config in `folder` (a sweep's run folder): starts it
+/// there, or resumes it when the folder holds a started run. A finished run
+/// is left as it is. Running it again after any stop is always safe.
+pub fn run_in(folder: &Path, opts: RunOptions) -> Result<PathBuf> {
+    let cfg = RunConfig::load(&folder.join(results::CONFIG))?;
+    let [seed] = cfg.seeds[..] else {
+        bail!("{}: a run folder's config has one seed, this one has {:?}", folder.join(results::CONFIG).display(), cfg.seeds);
+    };
+    let state = folder.join(results::STATE);
+    let target = if state.is_file() {
+        let state: State = results::read_json(&state)?;
+        if state.finished {
+            return Ok(folder.to_path_buf());
+        }
+        Target::Resume(folder)
+    } else {
+        Target::At(folder)
+    };
+    let prep = prepare(&cfg, seed)?;
+    run_built(&cfg, seed, &prep, target, opts, &|ctx| Ok(registry::build(&cfg.method.name, ctx, &cfg.method.params)?))
+}
+
+/// Where a run's results go.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// A new, uniquely named folder under `run.results_dir`.
+    New,
+    /// An interrupted run folder.
+    Resume(&'a Path),
+    /// This folder, which holds no run yet.
+    At(&'a Path),
 }
 
 /// Builds the method of a run.
@@ -118,10 +152,10 @@ pub type Builder<'a> = dyn Fn(&MethodContext) -> Result<Box<dyn ContinualMethod>
 /// Runs (or resumes) one seed with a method built by `build` instead of the
 /// registry: for methods written outside promptcl (see the README's "Adding a method").
 pub fn run_with(cfg: &RunConfig, seed: u64, build: &Builder) -> Result<PathBuf> {
-    run_built(cfg, seed, &prepare(cfg, seed)?, None, RunOptions { quiet: true, ..Default::default() }, build)
+    run_built(cfg, seed, &prepare(cfg, seed)?, Target::New, RunOptions { quiet: true, ..Default::default() }, build)
 }
 
-fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>, opts: RunOptions, build: &Builder) -> Result<PathBuf> {
+fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, target: Target, opts: RunOptions, build: &Builder) -> Result<PathBuf> {
     let Prepared { dataset, stream, backbone, device } = prep;
     let device = *device;
     let task_sizes: Vec<usize> = stream.tasks().iter().map(|t| t.classes.len()).collect();
@@ -143,8 +177,8 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
     };
     let mut method = build(&ctx)?;
 
-    let (dir, mut state, mut matrix) = match resume {
-        Some(path) => {
+    let (dir, mut state, mut matrix) = match target {
+        Target::Resume(path) => {
             let dir = RunDir::open(path)?;
             let state: State = results::read_json(&dir.file(results::STATE))?;
             let metrics = results::load_metrics(&dir.path).ok();
@@ -160,8 +194,11 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
             tracing::info!("resuming {} after task {}", dir.path.display(), state.completed_tasks);
             (dir, state, matrix)
         }
-        None => {
-            let dir = RunDir::create(&cfg.run.results_dir, &cfg.name, &cfg.method.name, seed)?;
+        Target::New | Target::At(_) => {
+            let dir = match target {
+                Target::At(path) => RunDir::create_at(path)?,
+                _ => RunDir::create(&cfg.run.results_dir, &cfg.name, &cfg.method.name, seed)?,
+            };
             results::atomic_write(&dir.file(results::CONFIG), toml::to_string_pretty(cfg)?.as_bytes())?;
             results::write_json(&dir.file(results::ENV), &crate::env::capture(device, seed))?;
             let state = State {
@@ -184,6 +221,7 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
         if opts.stop_after_tasks.is_some_and(|n| t >= n) {
             break;
         }
+        stop_if_asked(t)?;
         let started = Instant::now();
         let classes = seen_end..seen_end + stream.tasks()[t].classes.len();
         seen_end = classes.end;
@@ -273,6 +311,7 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
             seed,
             summary: matrix.summary(),
             matrix: matrix.clone(),
+            tags: cfg.tags.clone(),
         };
         results::write_json(&dir.file(results::METRICS), &metrics)?;
         dir.write_matrix_csv(&matrix)?;
@@ -293,6 +332,14 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>,
         }
     }
     Ok(dir.path.clone())
+}
+
+/// Stops the run (see [`crate::preempt`]) if a signal asked it to.
+fn stop_if_asked(task: usize) -> Result<()> {
+    match crate::preempt::requested() {
+        Some(signal) => Err(crate::preempt::Preempted { signal, task: task + 1 }.into()),
+        None => Ok(()),
+    }
 }
 
 fn fmt_row(row: &[f64]) -> Vec<String> {
@@ -420,6 +467,8 @@ impl TrainJob<'_> {
             pb.set_message(format!("task {} {} epoch {}/{}", t + 1, stage.name, epoch + 1, stage.epochs));
             let (mut loss_sum, mut n, mut correct, mut scored, mut skipped) = (0.0, 0usize, 0i64, 0i64, 0usize);
             for (i, batch) in batches.enumerate() {
+                // Abandons the epoch: the last checkpoint is where a resume starts.
+                stop_if_asked(t)?;
                 let (inputs, labels) = batch?;
                 let size = inputs.len() as usize;
                 opt.set_lr(stage.lr_at(epoch, i, per_epoch));
