@@ -57,3 +57,4 @@ fixtures:
 	$(VENV)/bin/python data-scripts/gen_hide_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_bf16_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_transform_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_adapter_fixtures.py

@@ -43,6 +43,9 @@
 //!   (`_compute_mean`); their Mahalanobis rescoring weighs distances by
 //!   `1/exp(W_eval/delta2)` with the diagonal zeroed and measures them with
 //!   the raw centroid variance + 1e-6, as HierC's evaluation.
+//!
+//! Added with issue #19: `vision/aper` (new); `vision/prototype` was renamed
+//! `vision/simplecil` with its matrix unchanged (the method's registry name).
 
 mod common;
 
@@ -61,6 +64,7 @@ fn vision_params(method: &str) -> String {
             "layers = [0, 1], pool_size = 3, top_k = 2, tii_epochs = 1, tii_align_epochs = 1, align_epochs = 1, statistics = \"variance\"".into()
         }
         "epi" => "layers = [0, 1, 2], length = 2".into(),
+        "aper" => "ffn_num = 8".into(),
         _ => String::new(),
     }
 }

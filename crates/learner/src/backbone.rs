@@ -65,6 +65,14 @@ impl Backbone {
         }
     }
 
+    /// The ViT's MLP hidden width (where SSF's `fc1` place sits); none for BERT.
+    pub fn mlp_hidden(&self) -> Option<i64> {
+        match &self.encoder {
+            Encoder::Vit(m) => Some(m.config().mlp_hidden()),
+            Encoder::Bert(_) => None,
+        }
+    }
+
     /// Width of [`Features::feature`] and of [`Backbone::query`].
     pub fn feature_dim(&self) -> i64 {
         match &self.encoder {

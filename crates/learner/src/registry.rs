@@ -5,7 +5,7 @@
 //! so a method cannot half-exist.
 
 use crate::method::{ContinualMethod, DataScope, MethodContext};
-use crate::methods::{coda_prompt, dualprompt, epi, finetune, hide_prompt, joint, l2p, norga, prototype, wave_cre};
+use crate::methods::{aper, coda_prompt, dualprompt, epi, finetune, hide_prompt, joint, l2p, norga, prototype, wave_cre};
 use crate::params::{describe, parse_over};
 use crate::{LearnerError, Result};
 
@@ -58,11 +58,18 @@ pub const METHODS: &[MethodEntry] = &[
     ),
     entry!("joint", "training on all data seen so far (upper bound)", joint::Params, joint::Params::default(), joint::new),
     entry!(
-        "prototype",
-        "class-mean prototypes of frozen features, cosine classifier (SimpleCIL)",
+        "simplecil",
+        "class-mean prototypes of frozen features, cosine classifier (SimpleCIL, Zhou et al. 2023)",
         prototype::Params,
         prototype::Params::default(),
         prototype::Prototype::new
+    ),
+    entry!(
+        "aper",
+        "first-task adapters or SSF, then prototypes of frozen + adapted features (APER, Zhou et al. 2024)",
+        aper::Params,
+        aper::Params::default(),
+        aper::Aper::new
     ),
     entry!("l2p", "Learning to Prompt: key-matched prompt pool (Wang et al. 2022)", l2p::Params, l2p::Params::default(), l2p::L2P::new),
     entry!(
@@ -107,7 +114,11 @@ pub fn names() -> Vec<&'static str> {
     METHODS.iter().map(|e| e.name).collect()
 }
 
+/// Older names that still work: (alias, method).
+pub const ALIASES: &[(&str, &str)] = &[("prototype", "simplecil")];
+
 pub fn entry(name: &str) -> Result<&'static MethodEntry> {
+    let name = ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name, |(_, to)| to);
     METHODS.iter().find(|e| e.name == name).ok_or_else(|| {
         let valid = names();
         let hint = crate::config::closest(name, &valid).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();

@@ -177,7 +177,8 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("finetune-head", ""),
         ("finetune-full", ""),
         ("joint", ""),
-        ("prototype", ""),
+        ("simplecil", ""),
+        ("aper", "ffn_num = 8"),
         ("l2p", "pool_size = 6\ntop_k = 2\nlength = 3"),
         ("dualprompt", "g_layers = [0]\ne_layers = [1, 2]"),
         ("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0]"),
@@ -233,6 +234,7 @@ impl BatchSource for Fixed {
 #[test]
 fn prototypes_are_class_means_of_frozen_features() {
     let c = ctx();
+    // The older name still builds the same method.
     let mut m = build("prototype", "");
     assert!(m.stages(&task(0), &OptimConfig::default()).is_empty(), "SimpleCIL does not train");
     let (x1, x2) = (images(11), images(12));
@@ -564,4 +566,33 @@ fn hide_prompt_pipeline_keeps_finished_prompts_and_consolidates_from_statistics(
     let pred = m.predict(&images(5), 4).unwrap();
     let ids: Vec<i64> = pred.task_ids.unwrap().try_into().unwrap();
     assert!(ids.iter().all(|&t| t < 2), "{ids:?}");
+}
+
+/// APER adapts only in the first task: later tasks have no stage. Its
+/// adapters start as a no-op (the adapted feature is the frozen one), take
+/// gradients (the backbone none), and its prototypes are the class means of
+/// `[frozen; adapted]` features; SSF also runs.
+#[test]
+fn aper_adapts_on_the_first_task_only_and_prototypes_concatenate_both_features() {
+    let c = ctx();
+    let mut m = build("aper", "ffn_num = 8");
+    let optim = OptimConfig::default();
+    assert_eq!(m.stages(&task(0), &optim).len(), 1);
+    assert!((1..TASKS).all(|t| m.stages(&task(t), &optim).is_empty()), "APER trains in the first task only");
+    let y = Tensor::from_slice(&[0i64, 1, 1, 0]);
+    let q = c.backbone.query(&images(21)).unwrap();
+    m.end_task(&task(0), &mut Fixed(vec![(images(21), y)])).unwrap();
+    let proto = var(&*m, "proto_sums").get(0) / var(&*m, "proto_counts").get(0);
+    let want = Tensor::cat(&[&q, &q], 1).index_select(0, &Tensor::from_slice(&[0i64, 3])).mean_dim(0, false, Kind::Float);
+    assert!((proto - want).abs().max().double_value(&[]) < 1e-5, "zero-initialised adapters: adapted = frozen");
+
+    let info = task(0);
+    m.train_step(&images(22), &labels(0), &info).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "petl.adapter.0.up.weight")), "the up-projection learns");
+    assert!(has_grad(&var(&*m, "cosine_head.sigma")));
+    assert!(c.backbone.vars.variables().values().all(|t| !t.grad().defined()), "the backbone gets no gradient");
+
+    let mut ssf = build("aper", "petl = \"ssf\"");
+    ssf.train_step(&images(23), &labels(0), &info).unwrap().loss.backward();
+    assert!(has_grad(&var(&*ssf, "petl.ssf.1.fc1.scale")) && has_grad(&var(&*ssf, "petl.ssf.final.shift")));
 }

@@ -10,7 +10,7 @@ use tch::{nn, nn::Module, Device, Kind, Tensor};
 use crate::attention::attend;
 use crate::error::{ModelError, Result};
 use crate::layers::{linear, LayerNorm};
-use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, Prefix, PrefixScoreHook, Prompts};
+use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, LayerPrompt, Prompts};
 use crate::vit::ForwardOptions;
 
 /// The subset of a Hugging Face `config.json` the encoder needs.
@@ -108,9 +108,14 @@ impl Layer {
         }
     }
 
+    /// An adapter reads the FFN's input and is added beside its output,
+    /// inside the post-LN residual: `LN(h + FFN(h) + adapter(h))` (the
+    /// parallel adapter of He et al., 2022, placed for a post-LN encoder).
+    ///
     /// # Shapes
     /// - `x`: `[B, T, D]`; `mask`: additive `[B, 1, 1, T]`
-    fn forward(&self, x: &Tensor, mask: &Tensor, prefix: Option<&Prefix>, hook: Option<&dyn PrefixScoreHook>, opts: &ForwardOptions) -> Tensor {
+    fn forward(&self, x: &Tensor, mask: &Tensor, lp: Option<&LayerPrompt>, opts: &ForwardOptions) -> Tensor {
+        let (prefix, hook) = (lp.and_then(|lp| lp.prefix.as_ref()), lp.and_then(|lp| lp.score_hook));
         let s = x.size();
         let (b, t, d) = (s[0], s[1], s[2]);
         let split = |y: Tensor| y.view([b, t, self.heads, d / self.heads]).transpose(1, 2);
@@ -118,7 +123,12 @@ impl Layer {
         let ctx = attend(&q, &k, &v, prefix, hook, Some(mask), opts.attention).transpose(1, 2).reshape([b, t, d]);
         let h = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
         let inter = self.intermediate.forward(&h).gelu("none");
-        self.out_norm.forward(&(self.out.forward(&inter) + h))
+        let ffn = self.out.forward(&inter) + &h;
+        let ffn = match lp.and_then(|lp| lp.adapter) {
+            Some(a) => ffn + a.apply(&h),
+            None => ffn,
+        };
+        self.out_norm.forward(&ffn)
     }
 }
 
@@ -217,6 +227,9 @@ impl BertModel {
             return Err(ModelError::Input(format!("token ids span {min}..={max}, vocabulary is 0..{}", self.cfg.vocab_size)));
         }
         prompts.validate(self.cfg.num_hidden_layers, b, self.cfg.hidden_size, self.cfg.num_attention_heads)?;
+        if prompts.has_ssf() {
+            return Err(ModelError::Input("SSF is implemented for the ViT only; the BERT encoder takes prompts, prefixes and adapters".into()));
+        }
         let device = self.device();
         let mask = match attention_mask {
             Some(m) if m.size() != [b, t] => return Err(ModelError::Input(format!("attention_mask is {:?}, input_ids {:?}", m.size(), s))),
@@ -239,7 +252,7 @@ impl BertModel {
             }
             // transformers' extended mask: (1 − m) · finfo(float32).min.
             let additive = ((mask.ones_like() - &mask) * f64::from(f32::MIN)).view([b, 1, 1, -1]);
-            x = layer.forward(&x, &additive, lp.and_then(|lp| lp.prefix.as_ref()), lp.and_then(|lp| lp.score_hook), opts);
+            x = layer.forward(&x, &additive, lp, opts);
         }
         let x = x.to_kind(Kind::Float);
         let (without_prompts, prompt_tokens) = split_prompt_tokens(&x, n_prompt);

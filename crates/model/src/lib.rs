@@ -18,7 +18,7 @@ pub use attention::AttentionImpl;
 pub use bert::{frozen_bert, mean_pool, BertConfig, BertModel, BertOutput};
 pub use config::ViTConfig;
 pub use error::{ModelError, Result};
-pub use prompt::{GateActivation, LayerPrompt, NoRGaGate, Prefix, PrefixScoreHook, Prompts};
+pub use prompt::{AdaptFormer, GateActivation, LayerPrompt, NoRGaGate, ParallelAdapter, Prefix, PrefixScoreHook, Prompts, Ssf, SsfBlock};
 pub use vit::{frozen_vit, resample_pos_embed, ForwardOptions, VisionTransformer, VitOutput};
 
 /// The dtype a frozen backbone computes in.

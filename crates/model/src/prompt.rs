@@ -6,7 +6,10 @@
 //! - prefixes (prefix-tuning, DualPrompt / HiDe-Prompt / NoRGa): key and value
 //!   rows concatenated in front of the layer's own keys and values;
 //! - a score hook on the prefix columns of the attention logits, before the
-//!   softmax (NoRGa's non-linear residual gate is one).
+//!   softmax (NoRGa's non-linear residual gate is one);
+//! - a parallel adapter beside a block's MLP (AdaptFormer);
+//! - SSF scale-and-shift after the ops of a block, the patch embedding and
+//!   the final norm.
 
 use std::collections::BTreeMap;
 
@@ -86,6 +89,95 @@ impl PrefixScoreHook for NoRGaGate {
     }
 }
 
+/// A branch added beside a block's MLP: reads the residual stream after the
+/// attention (before `norm2`) and returns what is added to it with the MLP's
+/// output. It computes in the dtype of its input.
+///
+/// # Shapes
+/// - `x`: `[B, S, D]` → `[B, S, D]`
+pub trait ParallelAdapter {
+    fn apply(&self, x: &Tensor) -> Tensor;
+}
+
+/// AdaptFormer's adapter as LAMDA-PILOT's ViT uses it (`vit_adapter.py`
+/// `Adapter`, `ffn_option = "parallel"`, no LayerNorm, `add_residual=False`):
+/// `scale · up(dropout(ReLU(down(x))))`. The tensors belong to the method.
+///
+/// # Shapes
+/// - `down_weight`: `[r, D]`, `down_bias`: `[r]`, `up_weight`: `[D, r]`, `up_bias`: `[D]`
+#[derive(Debug)]
+pub struct AdaptFormer {
+    pub down_weight: Tensor,
+    pub down_bias: Tensor,
+    pub up_weight: Tensor,
+    pub up_bias: Tensor,
+    pub scale: f64,
+    /// Dropout after the ReLU (PILOT: 0.1), applied only when `train`.
+    pub dropout: f64,
+    pub train: bool,
+}
+
+impl ParallelAdapter for AdaptFormer {
+    fn apply(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let h = x.linear(&self.down_weight.to_kind(kind), Some(self.down_bias.to_kind(kind))).relu();
+        let h = if self.train && self.dropout > 0.0 { h.dropout(self.dropout, true) } else { h };
+        h.linear(&self.up_weight.to_kind(kind), Some(self.up_bias.to_kind(kind))) * self.scale
+    }
+}
+
+/// SSF's scale and shift of one op's output, over its last dimension:
+/// `x·scale + shift` (Lian et al., 2022; PILOT `vit_ssf.py` `ssf_ada`).
+///
+/// # Shapes
+/// - `scale`, `shift`: `[C]`, C the op's output width
+#[derive(Debug)]
+pub struct Ssf {
+    pub scale: Tensor,
+    pub shift: Tensor,
+}
+
+impl Ssf {
+    pub(crate) fn apply(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        x * self.scale.to_kind(kind) + self.shift.to_kind(kind)
+    }
+
+    fn check(&self, width: i64, where_: &str) -> Result<()> {
+        for (name, t) in [("scale", &self.scale), ("shift", &self.shift)] {
+            if t.size() != [width] {
+                return Err(ModelError::Input(format!("{where_}: SSF {name} must be [{width}], got {:?}", t.size())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SSF inside one block, at PILOT's places: after `norm1`, the attention's
+/// `qkv` and `proj`, after `norm2`, the MLP's `fc1` (before GELU) and `fc2`.
+#[derive(Debug)]
+pub struct SsfBlock {
+    pub norm1: Ssf,
+    pub qkv: Ssf,
+    pub proj: Ssf,
+    pub norm2: Ssf,
+    pub fc1: Ssf,
+    pub fc2: Ssf,
+}
+
+impl SsfBlock {
+    /// `embed_dim` and the MLP's hidden width.
+    pub(crate) fn check(&self, layer: usize, d: i64, hidden: i64) -> Result<()> {
+        let at = |op: &str| format!("layer {layer} {op}");
+        self.norm1.check(d, &at("norm1"))?;
+        self.qkv.check(3 * d, &at("qkv"))?;
+        self.proj.check(d, &at("proj"))?;
+        self.norm2.check(d, &at("norm2"))?;
+        self.fc1.check(hidden, &at("fc1"))?;
+        self.fc2.check(d, &at("fc2"))
+    }
+}
+
 /// What one layer receives.
 #[derive(Default)]
 pub struct LayerPrompt<'a> {
@@ -93,6 +185,8 @@ pub struct LayerPrompt<'a> {
     pub tokens: Option<Tensor>,
     pub prefix: Option<Prefix>,
     pub score_hook: Option<&'a dyn PrefixScoreHook>,
+    pub adapter: Option<&'a dyn ParallelAdapter>,
+    pub ssf: Option<&'a SsfBlock>,
 }
 
 /// Per-layer prompts for one forward call. Layers without an entry run as the
@@ -100,6 +194,10 @@ pub struct LayerPrompt<'a> {
 #[derive(Default)]
 pub struct Prompts<'a> {
     layers: BTreeMap<usize, LayerPrompt<'a>>,
+    /// SSF after the patch embedding (ViT; `[D]`).
+    pub(crate) ssf_embed: Option<&'a Ssf>,
+    /// SSF after the final norm, on every token (ViT; `[D]`).
+    pub(crate) ssf_final: Option<&'a Ssf>,
 }
 
 impl<'a> Prompts<'a> {
@@ -125,6 +223,25 @@ impl<'a> Prompts<'a> {
         self
     }
 
+    /// An adapter beside the MLP of `layer`.
+    pub fn with_adapter(mut self, layer: usize, adapter: &'a dyn ParallelAdapter) -> Self {
+        self.layers.entry(layer).or_default().adapter = Some(adapter);
+        self
+    }
+
+    /// SSF inside `layer`.
+    pub fn with_ssf(mut self, layer: usize, ssf: &'a SsfBlock) -> Self {
+        self.layers.entry(layer).or_default().ssf = Some(ssf);
+        self
+    }
+
+    /// SSF after the patch embedding and after the final norm (the ViT's; BERT has none).
+    pub fn with_ssf_ends(mut self, embed: &'a Ssf, fin: &'a Ssf) -> Self {
+        self.ssf_embed = Some(embed);
+        self.ssf_final = Some(fin);
+        self
+    }
+
     pub fn layer(&self, layer: usize) -> Option<&LayerPrompt<'a>> {
         self.layers.get(&layer)
     }
@@ -135,6 +252,26 @@ impl<'a> Prompts<'a> {
 
     pub fn has_score_hooks(&self) -> bool {
         self.layers.values().any(|l| l.score_hook.is_some())
+    }
+
+    /// Whether any SSF is set (the BERT encoder takes none yet).
+    pub fn has_ssf(&self) -> bool {
+        self.ssf_embed.is_some() || self.ssf_final.is_some() || self.layers.values().any(|l| l.ssf.is_some())
+    }
+
+    /// SSF widths against the ViT's geometry.
+    pub(crate) fn validate_ssf(&self, embed_dim: i64, mlp_hidden: i64) -> Result<()> {
+        for (name, s) in [("patch embedding", self.ssf_embed), ("final norm", self.ssf_final)] {
+            if let Some(s) = s {
+                s.check(embed_dim, name)?;
+            }
+        }
+        for (&layer, p) in &self.layers {
+            if let Some(s) = p.ssf {
+                s.check(layer, embed_dim, mlp_hidden)?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks every hook against the model's geometry so that a wrong prompt

@@ -9,7 +9,7 @@ use crate::attention::{attend, AttentionImpl};
 use crate::config::ViTConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{linear, LayerNorm};
-use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, Prefix, PrefixScoreHook, Prompts};
+use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, LayerPrompt, Prompts, Ssf, SsfBlock};
 use crate::weights::load_strict;
 use crate::Precision;
 
@@ -59,13 +59,15 @@ impl Attention {
 
     /// # Shapes
     /// - `x`: `[B, N, D]` → `[B, N, D]`
-    fn forward(&self, x: &Tensor, prefix: Option<&Prefix>, hook: Option<&dyn PrefixScoreHook>, imp: AttentionImpl) -> Tensor {
+    fn forward(&self, x: &Tensor, lp: Option<&LayerPrompt>, imp: AttentionImpl) -> Tensor {
         let s = x.size();
         let (b, n, c) = (s[0], s[1], s[2]);
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, self.num_heads, c / self.num_heads]).permute([2, 0, 3, 1, 4]);
+        let ssf = lp.and_then(|lp| lp.ssf);
+        let qkv = with_ssf(self.qkv.forward(x), ssf.map(|s| &s.qkv));
+        let qkv = qkv.reshape([b, n, 3, self.num_heads, c / self.num_heads]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let out = attend(&q, &k, &v, prefix, hook, None, imp);
-        self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
+        let out = attend(&q, &k, &v, lp.and_then(|lp| lp.prefix.as_ref()), lp.and_then(|lp| lp.score_hook), None, imp);
+        with_ssf(self.proj.forward(&out.transpose(1, 2).reshape([b, n, c])), ssf.map(|s| &s.proj))
     }
 }
 
@@ -80,9 +82,10 @@ impl Mlp {
         Self { fc1: linear(&p / "fc1", cfg.embed_dim, cfg.mlp_hidden(), true), fc2: linear(&p / "fc2", cfg.mlp_hidden(), cfg.embed_dim, true) }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        // timm's Mlp uses nn.GELU (exact erf form).
-        self.fc2.forward(&self.fc1.forward(x).gelu("none"))
+    fn forward(&self, x: &Tensor, ssf: Option<&SsfBlock>) -> Tensor {
+        // timm's Mlp uses nn.GELU (exact erf form); SSF's fc1 shift comes before it.
+        let h = with_ssf(self.fc1.forward(x), ssf.map(|s| &s.fc1)).gelu("none");
+        with_ssf(self.fc2.forward(&h), ssf.map(|s| &s.fc2))
     }
 }
 
@@ -108,10 +111,19 @@ impl Block {
     /// `x` is the residual stream, fp32 whatever the weights are (as under
     /// autocast): each branch computes in the weights' dtype and is added back
     /// in fp32. With fp32 weights every cast is a no-op.
-    fn forward(&self, x: &Tensor, prefix: Option<&Prefix>, hook: Option<&dyn PrefixScoreHook>, imp: AttentionImpl) -> Tensor {
+    /// An adapter reads the stream after the attention and is added beside
+    /// the MLP: `x + MLP(norm2(x)) + adapter(x)` (PILOT's parallel option).
+    fn forward(&self, x: &Tensor, lp: Option<&LayerPrompt>, imp: AttentionImpl) -> Tensor {
         let kind = self.attn.qkv.ws.kind();
-        let x = x + self.attn.forward(&self.norm1.forward(x).to_kind(kind), prefix, hook, imp).to_kind(Kind::Float);
-        &x + self.mlp.forward(&self.norm2.forward(&x).to_kind(kind)).to_kind(Kind::Float)
+        let ssf = lp.and_then(|lp| lp.ssf);
+        let h = with_ssf(self.norm1.forward(x).to_kind(kind), ssf.map(|s| &s.norm1));
+        let x = x + self.attn.forward(&h, lp, imp).to_kind(Kind::Float);
+        let h = with_ssf(self.norm2.forward(&x).to_kind(kind), ssf.map(|s| &s.norm2));
+        let out = &x + self.mlp.forward(&h, ssf).to_kind(Kind::Float);
+        match lp.and_then(|lp| lp.adapter) {
+            Some(a) => out + a.apply(&x.to_kind(kind)).to_kind(Kind::Float),
+            None => out,
+        }
     }
 }
 
@@ -204,7 +216,8 @@ impl VisionTransformer {
         let kind = self.compute_kind();
         let d = cfg.embed_dim;
 
-        let x = images.to_kind(kind).apply(&self.patch_embed).flatten(2, 3).transpose(1, 2);
+        prompts.validate_ssf(d, cfg.mlp_hidden())?;
+        let x = with_ssf(images.to_kind(kind).apply(&self.patch_embed).flatten(2, 3).transpose(1, 2), prompts.ssf_embed);
         let pos =
             if gh == cfg.grid_size() && gw == cfg.grid_size() { self.pos_embed.shallow_clone() } else { resample_pos_embed(&self.pos_embed, gh, gw) };
         let cls = self.cls_token.to_kind(Kind::Float).expand([b, 1, d], false);
@@ -219,15 +232,13 @@ impl VisionTransformer {
                 x = splice_prompt_tokens(&x, &tokens.to_kind(Kind::Float).expand([b, p, d], false), n_prompt);
                 n_prompt = p;
             }
-            let prefix = lp.and_then(|lp| lp.prefix.as_ref());
-            let hook = lp.and_then(|lp| lp.score_hook);
-            x = block.forward(&x, prefix, hook, opts.attention);
+            x = block.forward(&x, lp, opts.attention);
             if opts.return_hidden {
                 hidden.push(x.to_kind(Kind::Float));
             }
         }
 
-        let x = self.norm.forward(&x);
+        let x = with_ssf(self.norm.forward(&x), prompts.ssf_final);
         let cls = x.select(1, 0);
         let (without_prompts, prompt_tokens) = split_prompt_tokens(&x, n_prompt);
         let patch_mean = x.narrow(1, 1 + n_prompt, x.size()[1] - 1 - n_prompt).mean_dim(1, false, Kind::Float);
@@ -281,6 +292,13 @@ pub fn frozen_vit(cfg: &ViTConfig, path: Option<&Path>, device: Device, precisio
         });
     }
     Ok((vs, model))
+}
+
+fn with_ssf(x: Tensor, ssf: Option<&Ssf>) -> Tensor {
+    match ssf {
+        Some(s) => s.apply(&x),
+        None => x,
+    }
 }
 
 fn is_square(n: i64) -> bool {

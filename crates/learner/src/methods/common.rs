@@ -112,3 +112,25 @@ pub(crate) fn split_prefix(p: &Tensor) -> (Tensor, Tensor) {
     let v = p.select(-4, 1);
     (k.transpose(-3, -2), v.transpose(-3, -2))
 }
+
+/// LAMDA-PILOT's `CosineLinear`: `σ · normalize(x) · normalize(W)ᵀ`, W drawn
+/// U(±1/√dim), σ a learnable scalar starting at 1.
+pub(crate) struct CosineHead {
+    pub weight: Tensor,
+    pub sigma: Tensor,
+}
+
+impl CosineHead {
+    pub(crate) fn new(p: &nn::Path, dim: i64, classes: usize, seed: u64) -> Self {
+        let bound = 1.0 / (dim as f64).sqrt();
+        let w = seeded_uniform(seed, &[0xC05], &[classes as i64, dim], -bound, bound);
+        Self {
+            weight: var_from(&(p / "cosine_head"), "weight", w),
+            sigma: var_from(&(p / "cosine_head"), "sigma", Tensor::ones([1], (Kind::Float, tch::Device::Cpu))),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        l2_normalize(x, 1).matmul(&l2_normalize(&self.weight, 1).tr()) * &self.sigma
+    }
+}

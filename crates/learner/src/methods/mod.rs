@@ -1,5 +1,6 @@
 //! One method per file; the registry (`crate::registry`) lists them.
 
+pub mod aper;
 pub mod coda_prompt;
 pub(crate) mod common;
 pub mod dualprompt;

@@ -1,13 +1,16 @@
-//! Prototype classifier on frozen features (SimpleCIL, Zhou et al. 2023):
-//! no training; after each task, each new class's prototype is the mean of
-//! its frozen class-token features; prediction is cosine similarity.
+//! SimpleCIL (Zhou et al., "Revisiting class-incremental learning with
+//! pre-trained models", 2023; LAMDA-PILOT `models/simplecil.py`): no
+//! training; after each task, each new class's prototype is the mean of its
+//! frozen class-token features over its training images under the test
+//! transform; prediction is the cosine to the prototypes. The registry calls
+//! it `simplecil`, with `prototype` as its older name.
 
 use std::rc::Rc;
 
 use tch::{nn, Kind, Tensor};
 
-use super::common::l2_normalize;
 use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::parts::prototypes::Prototypes;
 use crate::{OptimConfig, Result, Stage};
 
 crate::method_params! {
@@ -17,19 +20,15 @@ crate::method_params! {
 
 pub struct Prototype {
     vs: nn::VarStore,
-    sums: Tensor,
-    counts: Tensor,
+    protos: Prototypes,
     backbone: Rc<Backbone>,
 }
 
 impl Prototype {
     pub fn new(ctx: &MethodContext, _params: Params) -> Result<Self> {
         let vs = nn::VarStore::new(ctx.device);
-        let p = vs.root();
-        let c = ctx.num_classes as i64;
-        let sums = p.zeros_no_train("proto_sums", &[c, ctx.feature_dim()]);
-        let counts = p.zeros_no_train("proto_counts", &[c]);
-        Ok(Self { vs, sums, counts, backbone: ctx.backbone.clone() })
+        let protos = Prototypes::new(&vs.root(), ctx.num_classes, ctx.feature_dim());
+        Ok(Self { vs, protos, backbone: ctx.backbone.clone() })
     }
 }
 
@@ -49,22 +48,14 @@ impl ContinualMethod for Prototype {
     }
 
     fn end_task(&mut self, _task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        let (sums, counts, vit) = (&mut self.sums, &mut self.counts, &self.backbone);
+        let (protos, backbone) = (&mut self.protos, &self.backbone);
         data.for_each(&mut |x, labels| {
-            let f = vit.query(x)?;
-            tch::no_grad(|| {
-                let _ = sums.index_add_(0, labels, &f);
-                let _ = counts.index_add_(0, labels, &Tensor::ones([labels.size()[0]], (Kind::Float, f.device())));
-            });
+            protos.add(&backbone.query(x)?, labels);
             Ok(())
         })
     }
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
-        let f = l2_normalize(&self.backbone.query(x)?, 1);
-        let n = seen as i64;
-        let protos = self.sums.narrow(0, 0, n) / self.counts.narrow(0, 0, n).clamp_min(1.0).unsqueeze(1);
-        let logits = f.matmul(&l2_normalize(&protos, 1).tr());
-        Ok(Prediction::new(logits, None))
+        Ok(Prediction::new(self.protos.cosine(&self.backbone.query(x)?, seen), None))
     }
 }

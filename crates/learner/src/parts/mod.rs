@@ -9,9 +9,13 @@
 //! - [`alignment`]: Gaussian class statistics as a generator of pseudo-feature
 //!   batches, and the stage that retrains a head on them.
 //! - [`gate`]: NoRGa's non-linear residual gate on the prefix logits.
+//! - [`petl`]: AdaptFormer adapters or SSF on the backbone (APER, RanPAC).
+//! - [`prototypes`]: class-mean prototypes and their cosine classifier (SimpleCIL, APER).
 
 pub mod alignment;
 pub mod gate;
+pub mod petl;
+pub mod prototypes;
 pub mod task_prompts;
 pub mod tii;
 

@@ -1,0 +1,96 @@
+//! APER (Zhou et al., "Revisiting class-incremental learning with pre-trained
+//! models: generalizability and adaptivity are all you need", IJCV 2024;
+//! LAMDA-PILOT `models/aper_adapter.py`, `aper_ssf.py`): adapt the backbone
+//! with adapters or SSF on the first task only (a cosine head, SGD, cosine
+//! schedule: the config's `optim`), then freeze it; every class's prototype
+//! is the mean of the frozen and the adapted class tokens concatenated, and
+//! prediction is the cosine to the prototypes (the trained head is dropped).
+//!
+//! Composed of [`Petl`] (the modules), [`Prototypes`] and PILOT's cosine head.
+//! The VPT variant of APER is not here yet.
+
+use std::rc::Rc;
+
+use tch::{nn, Tensor};
+
+use super::common::{ce_step, CosineHead};
+use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::parts::petl::{AdapterShape, Petl, PetlKind};
+use crate::parts::prototypes::Prototypes;
+use crate::{OptimConfig, Result, Stage};
+
+crate::method_params! {
+    pub struct Params {
+        /// `adapter` (AdaptFormer, PILOT `aper_adapter`) or `ssf` (`aper_ssf`, ViT only).
+        pub petl: PetlKind = PetlKind::Adapter,
+        /// Adapter bottleneck width (PILOT `ffn_num`).
+        pub ffn_num: i64 = 64,
+        /// Adapter output scale (PILOT `ffn_adapter_scalar`, fixed).
+        pub adapter_scale: f64 = 0.1,
+        /// Dropout after the adapter's ReLU while training (hard-coded 0.1 in PILOT).
+        pub adapter_dropout: f64 = 0.1,
+    }
+}
+
+pub struct Aper {
+    vs: nn::VarStore,
+    petl: Petl,
+    head: CosineHead,
+    protos: Prototypes,
+    backbone: Rc<Backbone>,
+}
+
+impl Aper {
+    pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
+        let vs = nn::VarStore::new(ctx.device);
+        let root = vs.root();
+        let shape = AdapterShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout };
+        let petl = Petl::new(&(&root / "petl"), params.petl, shape, &ctx.backbone, ctx.seed)?;
+        let head = CosineHead::new(&root, ctx.feature_dim(), ctx.num_classes, ctx.seed);
+        let protos = Prototypes::new(&root, ctx.num_classes, 2 * ctx.feature_dim());
+        Ok(Self { vs, petl, head, protos, backbone: ctx.backbone.clone() })
+    }
+
+    /// `[frozen; adapted]` class tokens, `[B, 2D]`.
+    fn features(&self, x: &Inputs) -> Result<Tensor> {
+        let adapted = tch::no_grad(|| self.petl.forward(&self.backbone, x, false))?;
+        Ok(Tensor::cat(&[self.backbone.query(x)?, adapted], 1))
+    }
+}
+
+impl ContinualMethod for Aper {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// The first task adapts; later tasks only add prototypes.
+    fn stages(&self, task: &TaskInfo, optim: &OptimConfig) -> Vec<Stage> {
+        if task.task == 0 {
+            vec![Stage::from_run("adapt", optim).only(&[("petl", 1.0), ("cosine_head", 1.0)])]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+        let feats = self.petl.forward(&self.backbone, x, true)?;
+        // PILOT's head has the first task's classes only.
+        Ok(ce_step(&self.head.forward(&feats), labels, task.classes.clone()))
+    }
+
+    fn end_task(&mut self, _task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        let mut batches = Vec::new();
+        data.for_each(&mut |x, labels| {
+            batches.push((self.features(x)?, labels.shallow_clone()));
+            Ok(())
+        })?;
+        for (f, y) in &batches {
+            self.protos.add(f, y);
+        }
+        Ok(())
+    }
+
+    fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
+        Ok(Prediction::new(self.protos.cosine(&self.features(x)?, seen), None))
+    }
+}
