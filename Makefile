@@ -58,3 +58,4 @@ fixtures:
 	$(VENV)/bin/python data-scripts/gen_bf16_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_transform_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_adapter_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_ridge_fixtures.py

@@ -250,7 +250,13 @@ pub fn run(device: DeviceChoice, quiet: bool) -> Result<()> {
     let data = cache.join(format!("continual-v{DEMO_VERSION}"));
     write_folder(&data)?;
     let results_dir = PathBuf::from("results/demo");
-    let methods = [("finetune-head", ""), ("simplecil", ""), ("dualprompt", "g_layers = [0, 1], e_layers = [2, 3], e_length = 5")];
+    let methods = [
+        ("finetune-head", ""),
+        ("simplecil", ""),
+        ("aper", "ffn_num = 16"),
+        ("ranpac", "ffn_num = 16, projection = 2000"),
+        ("dualprompt", "g_layers = [0, 1], e_layers = [2, 3], e_length = 5"),
+    ];
     let mut runs = Vec::new();
     for (method, params) in methods {
         println!("\n== {method}");

@@ -17,6 +17,7 @@ fn params(method: &str) -> &'static str {
         "wave-cre" => "layers = [0, 1]\npool_size = 3\ntop_k = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"",
         "epi" => "layers = [0, 1, 2]\nlength = 2",
         "aper" => "ffn_num = 8",
+        "ranpac" => "ffn_num = 8\nprojection = 64",
         _ => "",
     }
 }
@@ -29,6 +30,15 @@ fn config(method: &str, results_dir: &Path) -> RunConfig {
     cfg
 }
 
+/// Tests that train hold this: libtorch's generator is global, and a method
+/// drawing from it (adapter dropout, pseudo-features) in a parallel test
+/// would change what another test's run draws.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn training() -> std::sync::MutexGuard<'static, ()> {
+    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("promptcl-e2e-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -37,6 +47,7 @@ fn tmp(name: &str) -> PathBuf {
 
 #[test]
 fn every_registered_method_runs_end_to_end() {
+    let _one_at_a_time = training();
     let out = tmp("all");
     for name in promptcl_learner::registry::names() {
         let cfg = config(name, &out);
@@ -68,7 +79,7 @@ fn every_registered_method_runs_end_to_end() {
             // APER adapts in task 1 only.
             let want = match name {
                 "hide-prompt" | "norga" | "wave-cre" => 2 + 4 * 4,
-                "aper" => 1,
+                "aper" | "ranpac" => 1,
                 _ => 5,
             };
             assert_eq!(epochs.len(), want, "{name}: one log line per epoch of every stage and task");
@@ -92,12 +103,14 @@ fn every_registered_method_runs_end_to_end() {
     std::fs::remove_dir_all(out).ok();
 }
 
-/// APER's adapters are trained in task 1 only and must come back from the
-/// checkpoint; DualPrompt's per-task prompts too.
+/// APER's and RanPAC's adapters are trained in task 1 only and must come
+/// back from the checkpoint, as RanPAC's Gram statistics; DualPrompt's
+/// per-task prompts too.
 #[test]
 fn resumed_run_matches_uninterrupted_bit_for_bit() {
+    let _one_at_a_time = training();
     let out = tmp("resume");
-    for method in ["dualprompt", "aper"] {
+    for method in ["dualprompt", "aper", "ranpac"] {
         let cfg = config(method, &out);
         let full = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap();
         let part = run::run(&cfg, 7, None, run::RunOptions { quiet: true, stop_after_tasks: Some(2) }).unwrap();
@@ -219,6 +232,7 @@ fn hierc_trees_cover_their_datasets_and_match_the_pinned_orders() {
 /// the config; with the HierC tree for CIFAR-100 and the Mahalanobis evaluation.
 #[test]
 fn hierarchical_ot_regularizer_composes_with_methods_from_config() {
+    let _one_at_a_time = training();
     let out = tmp("hierc");
     let tree = repo().join("benchmarks/trees/cifar100_hierc_leaf_groups.json");
     let reg = "regularizers = [{ kind = \"hierarchical-ot\", statistics = \"variance\", ot_samples = 4, old_samples = 8, mahalanobis_eval = true }]";

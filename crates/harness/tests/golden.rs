@@ -44,7 +44,7 @@
 //!   `1/exp(W_eval/delta2)` with the diagonal zeroed and measures them with
 //!   the raw centroid variance + 1e-6, as HierC's evaluation.
 //!
-//! Added with issue #19: `vision/aper` (new); `vision/prototype` was renamed
+//! Added with issue #19: `vision/aper` and `vision/ranpac` (new); `vision/prototype` was renamed
 //! `vision/simplecil` with its matrix unchanged (the method's registry name).
 
 mod common;
@@ -65,6 +65,7 @@ fn vision_params(method: &str) -> String {
         }
         "epi" => "layers = [0, 1, 2], length = 2".into(),
         "aper" => "ffn_num = 8".into(),
+        "ranpac" => "ffn_num = 8, projection = 64".into(),
         _ => String::new(),
     }
 }

@@ -5,7 +5,7 @@
 //! so a method cannot half-exist.
 
 use crate::method::{ContinualMethod, DataScope, MethodContext};
-use crate::methods::{aper, coda_prompt, dualprompt, epi, finetune, hide_prompt, joint, l2p, norga, prototype, wave_cre};
+use crate::methods::{aper, coda_prompt, dualprompt, epi, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, wave_cre};
 use crate::params::{describe, parse_over};
 use crate::{LearnerError, Result};
 
@@ -27,6 +27,10 @@ impl std::fmt::Debug for MethodEntry {
 
 /// `entry!(name, about, Params type, defaults, builder(ctx, params))`.
 macro_rules! entry {
+    // With a check of the parsed parameters, run at config validation (before any data is read).
+    ($name:literal, $about:literal, $params:ty, $defaults:expr, $build:expr, $validate:expr) => {
+        MethodEntry { check: |t| ($validate)(&parse_over::<$params>($name, &$defaults, t)?), ..entry!($name, $about, $params, $defaults, $build) }
+    };
     ($name:literal, $about:literal, $params:ty, $defaults:expr, $build:expr) => {
         MethodEntry {
             name: $name,
@@ -70,6 +74,14 @@ pub const METHODS: &[MethodEntry] = &[
         aper::Params,
         aper::Params::default(),
         aper::Aper::new
+    ),
+    entry!(
+        "ranpac",
+        "first-task adapters, then a random projection and a ridge classifier on accumulated statistics (RanPAC, McDonnell et al. 2023)",
+        ranpac::Params,
+        ranpac::Params::default(),
+        ranpac::RanPac::new,
+        ranpac::Params::validate
     ),
     entry!("l2p", "Learning to Prompt: key-matched prompt pool (Wang et al. 2022)", l2p::Params, l2p::Params::default(), l2p::L2P::new),
     entry!(

@@ -6,16 +6,15 @@
 //! is the mean of the frozen and the adapted class tokens concatenated, and
 //! prediction is the cosine to the prototypes (the trained head is dropped).
 //!
-//! Composed of [`Petl`] (the modules), [`Prototypes`] and PILOT's cosine head.
+//! Composed of [`FirstTaskAdaptation`] and [`Prototypes`].
 //! The VPT variant of APER is not here yet.
 
 use std::rc::Rc;
 
 use tch::{nn, Tensor};
 
-use super::common::{ce_step, CosineHead};
 use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
-use crate::parts::petl::{AdapterShape, Petl, PetlKind};
+use crate::parts::petl::{AdapterShape, FirstTaskAdaptation, PetlKind};
 use crate::parts::prototypes::Prototypes;
 use crate::{OptimConfig, Result, Stage};
 
@@ -34,8 +33,7 @@ crate::method_params! {
 
 pub struct Aper {
     vs: nn::VarStore,
-    petl: Petl,
-    head: CosineHead,
+    adapt: FirstTaskAdaptation,
     protos: Prototypes,
     backbone: Rc<Backbone>,
 }
@@ -45,16 +43,14 @@ impl Aper {
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let shape = AdapterShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout };
-        let petl = Petl::new(&(&root / "petl"), params.petl, shape, &ctx.backbone, ctx.seed)?;
-        let head = CosineHead::new(&root, ctx.feature_dim(), ctx.num_classes, ctx.seed);
+        let adapt = FirstTaskAdaptation::new(&root, params.petl, shape, ctx)?;
         let protos = Prototypes::new(&root, ctx.num_classes, 2 * ctx.feature_dim());
-        Ok(Self { vs, petl, head, protos, backbone: ctx.backbone.clone() })
+        Ok(Self { vs, adapt, protos, backbone: ctx.backbone.clone() })
     }
 
     /// `[frozen; adapted]` class tokens, `[B, 2D]`.
     fn features(&self, x: &Inputs) -> Result<Tensor> {
-        let adapted = tch::no_grad(|| self.petl.forward(&self.backbone, x, false))?;
-        Ok(Tensor::cat(&[self.backbone.query(x)?, adapted], 1))
+        Ok(Tensor::cat(&[self.backbone.query(x)?, self.adapt.adapted(&self.backbone, x)?], 1))
     }
 }
 
@@ -65,17 +61,11 @@ impl ContinualMethod for Aper {
 
     /// The first task adapts; later tasks only add prototypes.
     fn stages(&self, task: &TaskInfo, optim: &OptimConfig) -> Vec<Stage> {
-        if task.task == 0 {
-            vec![Stage::from_run("adapt", optim).only(&[("petl", 1.0), ("cosine_head", 1.0)])]
-        } else {
-            Vec::new()
-        }
+        self.adapt.stages(task, optim)
     }
 
     fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let feats = self.petl.forward(&self.backbone, x, true)?;
-        // PILOT's head has the first task's classes only.
-        Ok(ce_step(&self.head.forward(&feats), labels, task.classes.clone()))
+        self.adapt.train_step(&self.backbone, x, labels, task)
     }
 
     fn end_task(&mut self, _task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {

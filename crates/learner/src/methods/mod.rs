@@ -11,4 +11,5 @@ pub mod joint;
 pub mod l2p;
 pub mod norga;
 pub mod prototype;
+pub mod ranpac;
 pub mod wave_cre;

@@ -11,11 +11,13 @@
 //! - [`gate`]: NoRGa's non-linear residual gate on the prefix logits.
 //! - [`petl`]: AdaptFormer adapters or SSF on the backbone (APER, RanPAC).
 //! - [`prototypes`]: class-mean prototypes and their cosine classifier (SimpleCIL, APER).
+//! - [`ridge`]: a ridge classifier on accumulated Gram statistics with λ chosen per task (RanPAC).
 
 pub mod alignment;
 pub mod gate;
 pub mod petl;
 pub mod prototypes;
+pub mod ridge;
 pub mod task_prompts;
 pub mod tii;
 

@@ -9,8 +9,8 @@ use promptcl_stream::SplitMix64;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::methods::common::{gaussian, seeded_uniform, var_from};
-use crate::{Backbone, Inputs, LearnerError, Result};
+use crate::methods::common::{ce_step, gaussian, seeded_uniform, var_from, CosineHead};
+use crate::{Backbone, Inputs, LearnerError, MethodContext, OptimConfig, Result, Stage, Step, TaskInfo};
 
 /// Which modules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,5 +146,45 @@ impl Petl {
             prompts = prompts.with_ssf_ends(e, f);
         }
         Ok(backbone.forward(x, &prompts)?.feature)
+    }
+}
+
+/// The first-task adaptation APER and RanPAC share (PILOT stage 1): the
+/// modules and a cosine head train on the first task's classes with the
+/// run's optimizer; later tasks train nothing.
+pub struct FirstTaskAdaptation {
+    pub petl: Petl,
+    head: CosineHead,
+}
+
+impl FirstTaskAdaptation {
+    /// Under `root`: `petl.*` and `cosine_head.*`.
+    pub fn new(root: &nn::Path, kind: PetlKind, shape: AdapterShape, ctx: &MethodContext) -> Result<Self> {
+        let petl = Petl::new(&(root / "petl"), kind, shape, &ctx.backbone, ctx.seed)?;
+        Ok(Self { petl, head: CosineHead::new(root, ctx.feature_dim(), ctx.num_classes, ctx.seed) })
+    }
+
+    pub fn stages(&self, task: &TaskInfo, optim: &OptimConfig) -> Vec<Stage> {
+        if task.task == 0 {
+            vec![Stage::from_run("adapt", optim).only(&[("petl", 1.0), ("cosine_head", 1.0)])]
+        } else {
+            Vec::new()
+        }
+    }
+
+    pub fn train_step(&self, backbone: &Backbone, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+        let feats = self.petl.forward(backbone, x, true)?;
+        // PILOT's head has the first task's classes only.
+        Ok(ce_step(&self.head.forward(&feats), labels, task.classes.clone()))
+    }
+
+    /// The adapted feature, without autograd (dropout off).
+    pub fn adapted(&self, backbone: &Backbone, x: &Inputs) -> Result<Tensor> {
+        tch::no_grad(|| self.petl.forward(backbone, x, false))
+    }
+
+    /// The head's learned scale σ.
+    pub fn sigma(&self) -> Tensor {
+        self.head.sigma.detach()
     }
 }

@@ -1,0 +1,194 @@
+//! RanPAC (McDonnell et al., "RanPAC: Random projections and pre-trained
+//! models for continual learning", NeurIPS 2023; official `RanPAC/RanPAC`
+//! `RanPAC.py`, and LAMDA-PILOT `models/ranpac.py`): adapt the backbone on
+//! the first task (as APER), then freeze it; a fixed random projection
+//! h = ReLU(φ(x)·W_rand), W_rand ~ N(0, 1) of width M, feeds a ridge
+//! classifier whose Gram and cross-correlation accumulate over tasks, with λ
+//! chosen per task on that task's data.
+//!
+//! Composed of [`FirstTaskAdaptation`] and [`Ridge`]. `scoring = "linear"`
+//! is the official RanPAC's `h·Wᵀ`; `"cosine"` is PILOT's, which scores
+//! `σ·cos(h, W_c)` with the first task's learned σ.
+
+use std::rc::Rc;
+
+use promptcl_stream::SplitMix64;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use super::common::{gaussian, l2_normalize};
+use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::parts::petl::{AdapterShape, FirstTaskAdaptation, PetlKind};
+use crate::parts::ridge::{official_grid, select_lambda, Ridge};
+use crate::{LearnerError, OptimConfig, Result, Stage};
+
+/// How a class is scored from the projected feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scoring {
+    /// `h·W_cᵀ` (official RanPAC, `use_RP`).
+    Linear,
+    /// `σ·cos(h, W_c)` (LAMDA-PILOT's `CosineLinear` path).
+    Cosine,
+}
+
+crate::method_params! {
+    pub struct Params {
+        /// `adapter` (AdaptFormer, the official CIFAR-100 setting) or `ssf` (the official ImageNet-R setting).
+        pub petl: PetlKind = PetlKind::Adapter,
+        /// Adapter bottleneck width (official: 64).
+        pub ffn_num: i64 = 64,
+        pub adapter_scale: f64 = 0.1,
+        pub adapter_dropout: f64 = 0.1,
+        /// Random-projection width M (official: 10000); 0 fits the ridge on the features themselves.
+        pub projection: i64 = 10000,
+        /// The λ grid (official: 10^−8 … 10^8).
+        pub ridge_grid: Vec<f64> = official_grid(),
+        /// The share of a task's samples that fits each λ; the rest scores it (official: 0.8).
+        pub ridge_fit_fraction: f64 = 0.8,
+        /// `linear` (official RanPAC) or `cosine` (PILOT).
+        pub scoring: Scoring = Scoring::Linear,
+    }
+}
+
+pub struct RanPac {
+    vs: nn::VarStore,
+    adapt: FirstTaskAdaptation,
+    /// `[D, M]`, fixed (kept in the store; empty with `projection = 0`).
+    w_rand: Option<Tensor>,
+    ridge: Ridge,
+    /// The solved classifier `[M, C]`, rewritten after every task.
+    w_out: Tensor,
+    backbone: Rc<Backbone>,
+    params: Params,
+    seed: u64,
+}
+
+impl Params {
+    /// Run when the config is validated, before any data is read.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(LearnerError::Params { method: "ranpac".into(), reason: m });
+        if self.projection < 0 {
+            return bad(format!("projection must be >= 0, got {}", self.projection));
+        }
+        if self.ridge_grid.is_empty() {
+            return bad("ridge_grid is empty: give the λ values to choose from (official: 1e-8 … 1e8)".into());
+        }
+        if self.ridge_grid.iter().any(|&l| !(l > 0.0)) {
+            return bad(format!("ridge_grid must hold positive values, got {:?}", self.ridge_grid));
+        }
+        if !(self.ridge_fit_fraction > 0.0 && self.ridge_fit_fraction < 1.0) {
+            return bad(format!("ridge_fit_fraction must be in (0, 1), got {}", self.ridge_fit_fraction));
+        }
+        if self.ffn_num < 1 {
+            return bad(format!("ffn_num must be at least 1, got {}", self.ffn_num));
+        }
+        Ok(())
+    }
+}
+
+impl RanPac {
+    pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
+        params.validate()?;
+        let d = ctx.feature_dim();
+        let m = if params.projection == 0 { d } else { params.projection };
+        check_memory(m, ctx)?;
+        let vs = nn::VarStore::new(ctx.device);
+        let root = vs.root();
+        let shape = AdapterShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout };
+        let adapt = FirstTaskAdaptation::new(&root, params.petl, shape, ctx)?;
+        let w_rand = (params.projection > 0).then(|| {
+            let mut rng = SplitMix64::derive(ctx.seed, &[0x4A9D]);
+            let v: Vec<f32> = (0..d * m).map(|_| gaussian(&mut rng) as f32).collect();
+            let mut t = root.zeros_no_train("w_rand", &[d, m]);
+            tch::no_grad(|| t.copy_(&Tensor::from_slice(&v).view([d, m])));
+            t
+        });
+        let ridge = Ridge::new(&(&root / "ridge"), m, ctx.num_classes);
+        let w_out = root.zeros_no_train("w_out", &[m, ctx.num_classes as i64]);
+        Ok(Self { vs, adapt, w_rand, ridge, w_out, backbone: ctx.backbone.clone(), params, seed: ctx.seed })
+    }
+
+    /// h = ReLU(φ(x)·W_rand) (or φ(x) without a projection), `[B, M]`.
+    fn projected(&self, x: &Inputs) -> Result<Tensor> {
+        let f = self.adapt.adapted(&self.backbone, x)?;
+        Ok(match &self.w_rand {
+            Some(w) => f.matmul(w).relu(),
+            None => f,
+        })
+    }
+}
+
+/// G and Q must fit in memory: an M too wide for the machine is an error
+/// before any data is read (on CUDA the device's memory is not known here).
+fn check_memory(m: i64, ctx: &MethodContext) -> Result<()> {
+    let need = Ridge::bytes(m, ctx.num_classes) + 4 * m as u64 * (ctx.feature_dim() as u64 + ctx.num_classes as u64);
+    if ctx.device == tch::Device::Cpu {
+        let available = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+            .map(|kib| kib * 1024);
+        if let Some(avail) = available {
+            if need > avail / 5 * 4 {
+                return Err(LearnerError::Invalid(format!(
+                    "ranpac: projection = {m} needs {:.1} GiB for its f64 Gram matrix and classifier, more than the {:.1} GiB free: lower `projection`",
+                    need as f64 / (1u64 << 30) as f64,
+                    avail as f64 / (1u64 << 30) as f64
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl ContinualMethod for RanPac {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn stages(&self, task: &TaskInfo, optim: &OptimConfig) -> Vec<Stage> {
+        self.adapt.stages(task, optim)
+    }
+
+    fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
+        self.adapt.train_step(&self.backbone, x, labels, task)
+    }
+
+    /// Accumulates the task's statistics, chooses λ on the task's samples in
+    /// a seeded random order (the official loader shuffles), and re-solves.
+    fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        let (mut hs, mut ys) = (Vec::new(), Vec::new());
+        data.for_each(&mut |x, y| {
+            hs.push(self.projected(x)?);
+            ys.push(y.shallow_clone());
+            Ok(())
+        })?;
+        let (h, y) = (Tensor::cat(&hs, 0), Tensor::cat(&ys, 0));
+        self.ridge.add(&h, &y);
+        let n = h.size()[0];
+        let mut order: Vec<usize> = (0..n as usize).collect();
+        SplitMix64::derive(self.seed, &[0x1A3B, task.task as u64]).shuffle(&mut order);
+        let idx = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(h.device());
+        let onehot = y.one_hot(self.w_out.size()[1]);
+        let (lambda, _) = select_lambda(
+            &h.index_select(0, &idx),
+            &onehot.index_select(0, &idx.to_device(onehot.device())),
+            &self.params.ridge_grid,
+            self.params.ridge_fit_fraction,
+        )?;
+        tracing::info!("ranpac: task {} chose λ = {lambda:e}", task.task + 1);
+        let w = self.ridge.solve(lambda);
+        tch::no_grad(|| self.w_out.copy_(&w.to_kind(Kind::Float)));
+        Ok(())
+    }
+
+    fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
+        let h = self.projected(x)?;
+        let w = self.w_out.narrow(1, 0, seen as i64);
+        let logits = match self.params.scoring {
+            Scoring::Linear => h.matmul(&w),
+            Scoring::Cosine => l2_normalize(&h, 1).matmul(&l2_normalize(&w, 0)) * self.adapt.sigma(),
+        };
+        Ok(Prediction::new(logits, None))
+    }
+}
