@@ -44,7 +44,7 @@
 //!   `1/exp(W_eval/delta2)` with the diagonal zeroed and measures them with
 //!   the raw centroid variance + 1e-6, as HierC's evaluation.
 //!
-//! Added with issue #19: `vision/aper` and `vision/ranpac` (new); `vision/prototype` was renamed
+//! Added with issue #19: `vision/aper`, `vision/ranpac` and `vision/fecam` (new); `vision/prototype` was renamed
 //! `vision/simplecil` with its matrix unchanged (the method's registry name).
 
 mod common;

@@ -5,7 +5,7 @@
 //! so a method cannot half-exist.
 
 use crate::method::{ContinualMethod, DataScope, MethodContext};
-use crate::methods::{aper, coda_prompt, dualprompt, epi, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, wave_cre};
+use crate::methods::{aper, coda_prompt, dualprompt, epi, fecam, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, wave_cre};
 use crate::params::{describe, parse_over};
 use crate::{LearnerError, Result};
 
@@ -82,6 +82,13 @@ pub const METHODS: &[MethodEntry] = &[
         ranpac::Params::default(),
         ranpac::RanPac::new,
         ranpac::Params::validate
+    ),
+    entry!(
+        "fecam",
+        "per-class shrunk covariances of frozen features, Mahalanobis classifier (FeCAM, Goswami et al. 2023)",
+        fecam::Params,
+        fecam::Params::default(),
+        fecam::FeCam::new
     ),
     entry!("l2p", "Learning to Prompt: key-matched prompt pool (Wang et al. 2022)", l2p::Params, l2p::Params::default(), l2p::L2P::new),
     entry!(

@@ -180,6 +180,7 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("simplecil", ""),
         ("aper", "ffn_num = 8"),
         ("ranpac", "ffn_num = 8\nprojection = 16"),
+        ("fecam", ""),
         ("l2p", "pool_size = 6\ntop_k = 2\nlength = 3"),
         ("dualprompt", "g_layers = [0]\ne_layers = [1, 2]"),
         ("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0]"),

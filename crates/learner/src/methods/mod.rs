@@ -5,6 +5,7 @@ pub mod coda_prompt;
 pub(crate) mod common;
 pub mod dualprompt;
 pub mod epi;
+pub mod fecam;
 pub mod finetune;
 pub mod hide_prompt;
 pub mod joint;

@@ -1,0 +1,145 @@
+//! FeCAM (Goswami et al., "FeCAM: Exploiting the heterogeneity of class
+//! distributions in exemplar-free continual learning", NeurIPS 2023; official
+//! `dipamgoswami/FeCAM` `FeCAM_vit_cifar100.py`): a frozen ViT, no training;
+//! per class the mean and unbiased covariance (f64) of the L2-normalised class
+//! tokens of its training images, shrunk as
+//! `S + a₁·mean(diag S)·I + a₂·mean(offdiag S)·(1 − I)`, turned into a
+//! correlation matrix `S / (σσᵀ)` and inverted; a test feature goes to the
+//! class of least Mahalanobis distance `(x − μ)ᵀ R⁻¹ (x − μ)`.
+//!
+//! The inverses are computed once, when the class arrives, and kept in the
+//! method's store (f64, `[classes, D, D]`), so a resumed run has them.
+
+use std::rc::Rc;
+
+use tch::{nn, Kind, Tensor};
+
+use super::common::l2_normalize;
+use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::{LearnerError, OptimConfig, Result, Stage};
+
+crate::method_params! {
+    pub struct Params {
+        /// a₁: the diagonal shrinkage, times the mean variance (official: 1 on CIFAR-100, 10 on ImageNet-R).
+        pub shrink_diagonal: f64 = 1.0,
+        /// a₂: the off-diagonal shrinkage, times the mean off-diagonal covariance (official: 0 on CIFAR-100, 10 on ImageNet-R).
+        pub shrink_off_diagonal: f64 = 0.0,
+        /// Divide the shrunk covariance by σσᵀ (official: yes).
+        pub correlation: bool = true,
+    }
+}
+
+pub struct FeCam {
+    vs: nn::VarStore,
+    means: Tensor,
+    inverses: Tensor,
+    backbone: Rc<Backbone>,
+    params: Params,
+}
+
+fn f64_var(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
+    let mut t = p.zeros_no_train(name, dims);
+    tch::no_grad(|| t.set_data(&t.to_kind(Kind::Double)));
+    t
+}
+
+/// The official `shrink_cov`: the off-diagonal mean is over the non-zero
+/// off-diagonal entries.
+pub fn shrink(s: &Tensor, a1: f64, a2: f64) -> Tensor {
+    let d = s.size()[0];
+    let eye = Tensor::eye(d, (s.kind(), s.device()));
+    let diag_mean = s.diagonal(0, 0, 1).mean(Kind::Double);
+    let off = s * (eye.ones_like() - &eye);
+    let nonzero = off.ne(0.0);
+    let count = nonzero.sum(Kind::Double).clamp_min(1.0);
+    let off_mean = off.sum(Kind::Double) / count;
+    s + &eye * (diag_mean * a1) + (eye.ones_like() - &eye) * (off_mean * a2)
+}
+
+/// `S / (σσᵀ)`, σ = √diag S (the official `normalize_cov`).
+pub fn correlation(s: &Tensor) -> Tensor {
+    let sd = s.diagonal(0, 0, 1).sqrt();
+    s / sd.unsqueeze(1).matmul(&sd.unsqueeze(0))
+}
+
+/// A class's mean and the inverse of its shrunk (correlation) covariance,
+/// from its features `[N, D]` (f64).
+pub fn class_statistics(x: &Tensor, p: &Params) -> (Tensor, Tensor) {
+    let cov = x.tr().cov(1, None::<Tensor>, None::<Tensor>);
+    let mut s = shrink(&cov, p.shrink_diagonal, p.shrink_off_diagonal);
+    if p.correlation {
+        s = correlation(&s);
+    }
+    // `np.linalg.pinv`'s default cut-off and SVD.
+    (x.mean_dim(0, false, Kind::Double), s.linalg_pinv(1e-15, false))
+}
+
+/// Squared Mahalanobis distances `[B, C]` of features `[B, D]` to classes
+/// with `means` `[C, D]` and `inverses` `[C, D, D]`.
+pub fn mahalanobis(f: &Tensor, means: &Tensor, inverses: &Tensor) -> Tensor {
+    let delta = f.unsqueeze(1) - means.unsqueeze(0);
+    let projected = Tensor::einsum("bcd,cde->bce", &[&delta, inverses], None::<i64>);
+    (projected * delta).sum_dim_intlist(-1, false, Kind::Double)
+}
+
+impl FeCam {
+    pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
+        let vs = nn::VarStore::new(ctx.device);
+        let (c, d) = (ctx.num_classes as i64, ctx.feature_dim());
+        let root = vs.root();
+        let (means, inverses) = (f64_var(&root, "class_means", &[c, d]), f64_var(&root, "class_inverses", &[c, d, d]));
+        Ok(Self { vs, means, inverses, backbone: ctx.backbone.clone(), params })
+    }
+
+    fn features(&self, x: &Inputs) -> Result<Tensor> {
+        Ok(l2_normalize(&self.backbone.query(x)?, 1).to_kind(Kind::Double))
+    }
+
+    /// Squared Mahalanobis distances `[B, seen]` (f64).
+    pub fn distances(&self, x: &Inputs, seen: usize) -> Result<Tensor> {
+        let n = seen as i64;
+        Ok(mahalanobis(&self.features(x)?, &self.means.narrow(0, 0, n), &self.inverses.narrow(0, 0, n)))
+    }
+}
+
+impl ContinualMethod for FeCam {
+    fn vars(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// No training.
+    fn stages(&self, _task: &TaskInfo, _optim: &OptimConfig) -> Vec<Stage> {
+        Vec::new()
+    }
+
+    fn train_step(&mut self, x: &Inputs, _labels: &Tensor, _task: &TaskInfo) -> Result<Step> {
+        Ok(Tensor::zeros([], (Kind::Float, x.device())).into())
+    }
+
+    fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        let (mut fs, mut ys) = (Vec::new(), Vec::new());
+        data.for_each(&mut |x, y| {
+            fs.push(self.features(x)?);
+            ys.push(y.shallow_clone());
+            Ok(())
+        })?;
+        let (f, y) = (Tensor::cat(&fs, 0), Tensor::cat(&ys, 0));
+        for class in task.classes.clone() {
+            let rows = y.eq(class as i64).nonzero().squeeze_dim(1);
+            if rows.size()[0] < 2 {
+                return Err(LearnerError::Invalid(format!("fecam: class {class} has {} training sample(s); a covariance needs 2", rows.size()[0])));
+            }
+            let (mean, inverse) = class_statistics(&f.index_select(0, &rows), &self.params);
+            tch::no_grad(|| {
+                self.means.get(class as i64).copy_(&mean);
+                self.inverses.get(class as i64).copy_(&inverse);
+            });
+        }
+        Ok(())
+    }
+
+    fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
+        // Least distance wins: the logits are the negated distances.
+        Ok(Prediction::new(-self.distances(x, seen)?.to_kind(Kind::Float), None))
+    }
+}
