@@ -256,6 +256,7 @@ pub fn run(device: DeviceChoice, quiet: bool) -> Result<()> {
         ("aper", "ffn_num = 16"),
         ("ranpac", "ffn_num = 16, projection = 2000"),
         ("fecam", ""),
+        ("slca", "samples_per_class = 64"),
         ("dualprompt", "g_layers = [0, 1], e_layers = [2, 3], e_length = 5"),
     ];
     let mut runs = Vec::new();

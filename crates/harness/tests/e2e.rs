@@ -18,6 +18,7 @@ fn params(method: &str) -> &'static str {
         "epi" => "layers = [0, 1, 2]\nlength = 2",
         "aper" => "ffn_num = 8",
         "ranpac" => "ffn_num = 8\nprojection = 64",
+        "slca" => "ca_epochs = 1\nsamples_per_class = 8",
         _ => "",
     }
 }
@@ -80,6 +81,8 @@ fn every_registered_method_runs_end_to_end() {
             let want = match name {
                 "hide-prompt" | "norga" | "wave-cre" => 2 + 4 * 4,
                 "aper" | "ranpac" => 1,
+                // `train` in every task, `align` from the second.
+                "slca" => 1 + 4 * 2,
                 _ => 5,
             };
             assert_eq!(epochs.len(), want, "{name}: one log line per epoch of every stage and task");
@@ -110,7 +113,7 @@ fn every_registered_method_runs_end_to_end() {
 fn resumed_run_matches_uninterrupted_bit_for_bit() {
     let _one_at_a_time = training();
     let out = tmp("resume");
-    for method in ["dualprompt", "aper", "ranpac"] {
+    for method in ["dualprompt", "aper", "ranpac", "slca"] {
         let cfg = config(method, &out);
         let full = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap();
         let part = run::run(&cfg, 7, None, run::RunOptions { quiet: true, stop_after_tasks: Some(2) }).unwrap();

@@ -44,7 +44,7 @@
 //!   `1/exp(W_eval/delta2)` with the diagonal zeroed and measures them with
 //!   the raw centroid variance + 1e-6, as HierC's evaluation.
 //!
-//! Added with issue #19: `vision/aper`, `vision/ranpac` and `vision/fecam` (new); `vision/prototype` was renamed
+//! Added with issue #19: `vision/aper`, `vision/ranpac`, `vision/fecam` and `vision/slca` (new); `vision/prototype` was renamed
 //! `vision/simplecil` with its matrix unchanged (the method's registry name).
 
 mod common;
@@ -66,6 +66,7 @@ fn vision_params(method: &str) -> String {
         "epi" => "layers = [0, 1, 2], length = 2".into(),
         "aper" => "ffn_num = 8".into(),
         "ranpac" => "ffn_num = 8, projection = 64".into(),
+        "slca" => "ca_epochs = 1, samples_per_class = 8".into(),
         _ => String::new(),
     }
 }

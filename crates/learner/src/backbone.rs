@@ -93,13 +93,7 @@ impl Backbone {
 
     /// The queries and labels of every batch of `data`: `([N, D], [N])`.
     pub fn queries(&self, data: &mut dyn crate::BatchSource) -> Result<(Tensor, Tensor)> {
-        let (mut qs, mut ys) = (Vec::new(), Vec::new());
-        data.for_each(&mut |x, y| {
-            qs.push(self.query(x)?);
-            ys.push(y.shallow_clone());
-            Ok(())
-        })?;
-        Ok((Tensor::cat(&qs, 0), Tensor::cat(&ys, 0)))
+        crate::method::collect_features(data, &mut |x| self.query(x))
     }
 
     /// A trainable copy of the encoder under `p` (for full fine-tuning),

@@ -173,6 +173,17 @@ pub trait BatchSource {
     fn for_each(&mut self, f: &mut dyn FnMut(&Inputs, &Tensor) -> Result<()>) -> Result<()>;
 }
 
+/// `feature(inputs)` of every batch of `data`, and the labels: `([N, …], [N])`.
+pub fn collect_features(data: &mut dyn BatchSource, feature: &mut dyn FnMut(&Inputs) -> Result<Tensor>) -> Result<(Tensor, Tensor)> {
+    let (mut fs, mut ys) = (Vec::new(), Vec::new());
+    data.for_each(&mut |x, y| {
+        fs.push(feature(x)?);
+        ys.push(y.shallow_clone());
+        Ok(())
+    })?;
+    Ok((Tensor::cat(&fs, 0), Tensor::cat(&ys, 0)))
+}
+
 /// A continual-learning method. The harness owns stages, epochs, the
 /// optimizers, the random generator's seeds, evaluation, checkpoints and
 /// results; a method says what it trains in which stage, how to compute its

@@ -5,7 +5,7 @@
 //! so a method cannot half-exist.
 
 use crate::method::{ContinualMethod, DataScope, MethodContext};
-use crate::methods::{aper, coda_prompt, dualprompt, epi, fecam, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, wave_cre};
+use crate::methods::{aper, coda_prompt, dualprompt, epi, fecam, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, slca, wave_cre};
 use crate::params::{describe, parse_over};
 use crate::{LearnerError, Result};
 
@@ -89,6 +89,13 @@ pub const METHODS: &[MethodEntry] = &[
         fecam::Params,
         fecam::Params::default(),
         fecam::FeCam::new
+    ),
+    entry!(
+        "slca",
+        "slow fine-tuning of the whole backbone, per-task heads aligned on Gaussian pseudo-features (SLCA, Zhang et al. 2023)",
+        slca::Params,
+        slca::Params::default(),
+        slca::Slca::new
     ),
     entry!("l2p", "Learning to Prompt: key-matched prompt pool (Wang et al. 2022)", l2p::Params, l2p::Params::default(), l2p::L2P::new),
     entry!(

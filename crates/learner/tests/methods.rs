@@ -181,6 +181,7 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("aper", "ffn_num = 8"),
         ("ranpac", "ffn_num = 8\nprojection = 16"),
         ("fecam", ""),
+        ("slca", "samples_per_class = 4"),
         ("l2p", "pool_size = 6\ntop_k = 2\nlength = 3"),
         ("dualprompt", "g_layers = [0]\ne_layers = [1, 2]"),
         ("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0]"),
@@ -597,4 +598,45 @@ fn aper_adapts_on_the_first_task_only_and_prototypes_concatenate_both_features()
     let mut ssf = build("aper", "petl = \"ssf\"");
     ssf.train_step(&images(23), &labels(0), &info).unwrap().loss.backward();
     assert!(has_grad(&var(&*ssf, "petl.ssf.1.fc1.scale")) && has_grad(&var(&*ssf, "petl.ssf.final.shift")));
+}
+
+/// SLCA: the backbone copy and the task's own head train in the first stage
+/// (the shared backbone and earlier heads do not); from the second task an
+/// alignment stage trains every seen head, and the next task starts from the
+/// heads as they were before it (the official `fc.recall()`).
+#[test]
+fn slca_trains_slowly_aligns_and_recalls_the_heads() {
+    let c = ctx();
+    let mut m = build("slca", "samples_per_class = 4");
+    let optim = OptimConfig::default();
+    let s0 = m.stages(&task(0), &optim);
+    assert_eq!(s0.iter().map(|s| s.name).collect::<Vec<_>>(), ["train"]);
+    assert_eq!(s0[0].lr_scale("backbone.blocks.0.attn.qkv.weight"), Some(0.01));
+    assert_eq!(s0[0].lr_scale("head.0.weight"), Some(1.0));
+    assert_eq!(s0[0].lr_scale("head.1.weight"), None, "a later task's head does not train now");
+    let s1 = m.stages(&task(1), &optim);
+    assert_eq!(s1.iter().map(|s| s.name).collect::<Vec<_>>(), ["train", "align"]);
+    assert_eq!(s1[1].lr_scale("head.0.weight"), Some(1.0));
+    assert_eq!(s1[1].lr_scale("backbone.norm.weight"), None);
+    assert!(var(&*m, "backbone.norm.weight").equal(&Tensor::ones([64], (Kind::Float, Device::Cpu))), "a fresh final norm");
+
+    let data = || Fixed((0..2).map(|i| (images(40 + i), Tensor::from_slice(&[0i64, 1, 2, 3]))).collect());
+    m.end_stage(&task(0).in_stage(&s0[0]), &mut data()).unwrap();
+    let info = task(1).in_stage(&s1[0]);
+    m.begin_task(&info).unwrap();
+    m.train_step(&images(30), &labels(1), &info).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "head.1.weight")) && has_grad(&var(&*m, "backbone.blocks.1.mlp.fc1.weight")));
+    assert!(!has_grad(&var(&*m, "head.0.weight")), "CE over the task's classes: earlier heads get nothing");
+    assert!(c.backbone.vars.variables().values().all(|t| !t.grad().defined()), "the shared backbone is untouched");
+    m.end_stage(&info, &mut data()).unwrap();
+    let before = var(&*m, "head.0.weight").copy();
+    let _ = tch::no_grad(|| var(&*m, "head.0.weight").shallow_clone().fill_(3.0));
+    m.begin_task(&task(2)).unwrap();
+    assert!(var(&*m, "head.0.weight").equal(&before), "the heads are recalled");
+    let align = task(1).in_stage(&s1[1]);
+    let batches = m.generate(&align).unwrap();
+    assert_eq!(batches.len(), 4);
+    let (fx, fy) = &batches[0];
+    assert_eq!(fx.size(), [4, 64]);
+    m.train_step(&Inputs::Features(fx.shallow_clone()), fy, &align).unwrap().loss.backward();
 }

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use tch::{nn, Tensor};
 
-use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::method::{collect_features, Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::parts::petl::{AdapterShape, FirstTaskAdaptation, PetlKind};
 use crate::parts::prototypes::Prototypes;
 use crate::{OptimConfig, Result, Stage};
@@ -69,14 +69,8 @@ impl ContinualMethod for Aper {
     }
 
     fn end_task(&mut self, _task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        let mut batches = Vec::new();
-        data.for_each(&mut |x, labels| {
-            batches.push((self.features(x)?, labels.shallow_clone()));
-            Ok(())
-        })?;
-        for (f, y) in &batches {
-            self.protos.add(f, y);
-        }
+        let (f, y) = collect_features(data, &mut |x| self.features(x))?;
+        self.protos.add(&f, &y);
         Ok(())
     }
 

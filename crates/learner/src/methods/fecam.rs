@@ -15,7 +15,7 @@ use std::rc::Rc;
 use tch::{nn, Kind, Tensor};
 
 use super::common::l2_normalize;
-use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::method::{collect_features, Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::{LearnerError, OptimConfig, Result, Stage};
 
 crate::method_params! {
@@ -117,13 +117,7 @@ impl ContinualMethod for FeCam {
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        let (mut fs, mut ys) = (Vec::new(), Vec::new());
-        data.for_each(&mut |x, y| {
-            fs.push(self.features(x)?);
-            ys.push(y.shallow_clone());
-            Ok(())
-        })?;
-        let (f, y) = (Tensor::cat(&fs, 0), Tensor::cat(&ys, 0));
+        let (f, y) = collect_features(data, &mut |x| self.features(x))?;
         for class in task.classes.clone() {
             let rows = y.eq(class as i64).nonzero().squeeze_dim(1);
             if rows.size()[0] < 2 {

@@ -13,4 +13,5 @@ pub mod l2p;
 pub mod norga;
 pub mod prototype;
 pub mod ranpac;
+pub mod slca;
 pub mod wave_cre;

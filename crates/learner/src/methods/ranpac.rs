@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use super::common::{gaussian, l2_normalize};
-use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::method::{collect_features, Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::parts::petl::{AdapterShape, FirstTaskAdaptation, PetlKind};
 use crate::parts::ridge::{official_grid, select_lambda, Ridge};
 use crate::{LearnerError, OptimConfig, Result, Stage};
@@ -157,13 +157,7 @@ impl ContinualMethod for RanPac {
     /// Accumulates the task's statistics, chooses λ on the task's samples in
     /// a seeded random order (the official loader shuffles), and re-solves.
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
-        let (mut hs, mut ys) = (Vec::new(), Vec::new());
-        data.for_each(&mut |x, y| {
-            hs.push(self.projected(x)?);
-            ys.push(y.shallow_clone());
-            Ok(())
-        })?;
-        let (h, y) = (Tensor::cat(&hs, 0), Tensor::cat(&ys, 0));
+        let (h, y) = collect_features(data, &mut |x| self.projected(x))?;
         self.ridge.add(&h, &y);
         let n = h.size()[0];
         let mut order: Vec<usize> = (0..n as usize).collect();
