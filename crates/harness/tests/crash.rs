@@ -107,16 +107,16 @@ fn sigkill_between_tasks_then_resume_equals_uninterrupted() {
     assert_eq!(resume(&run).matrix, want.matrix);
 }
 
-/// A HiDe-Prompt run with `params` (`epochs` prompt epochs, a checkpoint every
+/// A run of `method` with `params` (`epochs` epochs, a checkpoint every
 /// epoch): once to completion for the reference metrics, then again,
 /// SIGKILLed once task 2's stage `stage` has checkpointed an epoch in
 /// `epochs_done`; returns the reference and the killed run's folder.
-fn kill_inside_stage(tag: &str, params: &str, epochs: usize, stage: &str, epochs_done: std::ops::Range<usize>) -> (Metrics, PathBuf) {
+fn kill_inside_stage(tag: &str, method: &str, params: &str, epochs: usize, stage: &str, epochs_done: std::ops::Range<usize>) -> (Metrics, PathBuf) {
     let extra = "checkpoint_every_epoch = true";
     let dir = workdir(&format!("ref-{tag}"));
-    let want = reference_at(&dir, write_method_config(&dir, "hide-prompt", params, epochs, extra));
+    let want = reference_at(&dir, write_method_config(&dir, method, params, epochs, extra));
     let dir = workdir(&format!("kill-{tag}"));
-    let cfg = write_method_config(&dir, "hide-prompt", params, epochs, extra);
+    let cfg = write_method_config(&dir, method, params, epochs, extra);
     let mut child = promptcl(&["run", cfg.to_str().unwrap()], None).spawn().unwrap();
     let run = kill_when(&mut child, &dir.join("results"), |d| {
         state(d).is_some_and(|s| s.epoch_checkpoint.is_some_and(|m| m.task == 1 && m.stage_name == stage && epochs_done.contains(&m.epochs_done)))
@@ -131,7 +131,7 @@ fn kill_inside_stage(tag: &str, params: &str, epochs: usize, stage: &str, epochs
 #[test]
 fn sigkill_inside_a_generated_alignment_stage_resumes_bit_identically() {
     let params = "layers = [0, 1], length = 2, tii_epochs = 1, tii_align_epochs = 2, align_epochs = 150, statistics = \"variance\"";
-    let (want, run) = kill_inside_stage("align", params, 1, "align", 5..140);
+    let (want, run) = kill_inside_stage("align", "hide-prompt", params, 1, "align", 5..140);
     let mark = state(&run).unwrap().epoch_checkpoint.unwrap();
     assert_eq!((mark.task, mark.stage_name.as_str()), (1, "align"), "killed inside task 2's alignment stage");
     let log = std::fs::read_to_string(run.join(results::LOG)).unwrap();
@@ -147,9 +147,20 @@ fn sigkill_inside_a_generated_alignment_stage_resumes_bit_identically() {
 fn sigkill_inside_a_hierc_task_resumes_bit_identically() {
     let params = "layers = [0, 1], length = 2, tii_epochs = 1, tii_align_epochs = 1, align_epochs = 1, statistics = \"variance\", \
                   regularizers = [{ kind = \"hierarchical-ot\", statistics = \"variance\", ot_samples = 4, old_samples = 8, mahalanobis_eval = true }]";
-    let (want, run) = kill_inside_stage("hierc", params, 10, "prompt", 2..8);
+    let (want, run) = kill_inside_stage("hierc", "hide-prompt", params, 10, "prompt", 2..8);
     let mark = state(&run).unwrap().epoch_checkpoint.unwrap();
     assert_eq!((mark.task, mark.stage_name.as_str()), (1, "prompt"), "killed inside task 2's prompt stage");
+    assert_eq!(resume(&run).matrix, want.matrix);
+}
+
+/// SLCA keeps state beside its heads (the class statistics, the heads'
+/// pre-alignment backup that the next task recalls): a kill inside task 2's
+/// alignment stage resumes bit-identically.
+#[test]
+fn sigkill_inside_slca_alignment_resumes_bit_identically() {
+    let (want, run) = kill_inside_stage("slca", "slca", "ca_epochs = 40, samples_per_class = 8", 1, "align", 3..36);
+    let mark = state(&run).unwrap().epoch_checkpoint.unwrap();
+    assert_eq!((mark.task, mark.stage_name.as_str()), (1, "align"), "killed inside task 2's alignment stage");
     assert_eq!(resume(&run).matrix, want.matrix);
 }
 
