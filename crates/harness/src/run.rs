@@ -109,7 +109,11 @@ pub fn run(cfg: &RunConfig, seed: u64, resume: Option<&Path>, opts: RunOptions) 
 }
 
 pub fn run_prepared(cfg: &RunConfig, seed: u64, prep: &Prepared, resume: Option<&Path>, opts: RunOptions) -> Result<PathBuf> {
-    let target = resume.map_or(Target::New, Target::Resume);
+    run_registered(cfg, seed, prep, resume.map_or(Target::New, Target::Resume), opts)
+}
+
+/// The config's method, built from the registry.
+fn run_registered(cfg: &RunConfig, seed: u64, prep: &Prepared, target: Target, opts: RunOptions) -> Result<PathBuf> {
     run_built(cfg, seed, prep, target, opts, &|ctx| Ok(registry::build(&cfg.method.name, ctx, &cfg.method.params)?))
 }
 
@@ -131,8 +135,7 @@ pub fn run_in(folder: &Path, opts: RunOptions) -> Result<PathBuf> {
     } else {
         Target::At(folder)
     };
-    let prep = prepare(&cfg, seed)?;
-    run_built(&cfg, seed, &prep, target, opts, &|ctx| Ok(registry::build(&cfg.method.name, ctx, &cfg.method.params)?))
+    run_registered(&cfg, seed, &prepare(&cfg, seed)?, target, opts)
 }
 
 /// Where a run's results go.

@@ -28,6 +28,14 @@ pub(crate) fn var_from(p: &nn::Path, name: &str, init: Tensor) -> Tensor {
     p.var_copy(name, &init.to_device(p.device()))
 }
 
+/// A zero f64 variable that does not train (statistics kept in the store, so
+/// a resumed run has them): FeCAM's class statistics, RanPAC's Gram matrix.
+pub(crate) fn zeros_f64_no_train(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
+    let mut t = p.zeros_no_train(name, dims);
+    tch::no_grad(|| t.set_data(&t.to_kind(Kind::Double)));
+    t
+}
+
 /// How an official code base initialises its linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LinearInit {

@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use tch::{nn, Kind, Tensor};
 
-use super::common::l2_normalize;
+use super::common::{l2_normalize, zeros_f64_no_train};
 use crate::method::{collect_features, Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::{LearnerError, OptimConfig, Result, Stage};
 
@@ -35,12 +35,6 @@ pub struct FeCam {
     inverses: Tensor,
     backbone: Rc<Backbone>,
     params: Params,
-}
-
-fn f64_var(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
-    let mut t = p.zeros_no_train(name, dims);
-    tch::no_grad(|| t.set_data(&t.to_kind(Kind::Double)));
-    t
 }
 
 /// The official `shrink_cov`: the off-diagonal mean is over the non-zero
@@ -87,7 +81,7 @@ impl FeCam {
         let vs = nn::VarStore::new(ctx.device);
         let (c, d) = (ctx.num_classes as i64, ctx.feature_dim());
         let root = vs.root();
-        let (means, inverses) = (f64_var(&root, "class_means", &[c, d]), f64_var(&root, "class_inverses", &[c, d, d]));
+        let (means, inverses) = (zeros_f64_no_train(&root, "class_means", &[c, d]), zeros_f64_no_train(&root, "class_inverses", &[c, d, d]));
         Ok(Self { vs, means, inverses, backbone: ctx.backbone.clone(), params })
     }
 

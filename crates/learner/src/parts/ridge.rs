@@ -12,6 +12,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use crate::methods::common::zeros_f64_no_train;
 use crate::{LearnerError, Result};
 
 /// The official λ grid: `10.0 ** np.arange(-8, 9)`.
@@ -56,12 +57,7 @@ pub fn select_lambda(h: &Tensor, y: &Tensor, grid: &[f64], fit_fraction: f64) ->
 impl Ridge {
     /// `gram` `[dim, dim]` and `cross` `[dim, classes]` (f64, on the store's device) under `p`.
     pub fn new(p: &nn::Path, dim: i64, classes: usize) -> Self {
-        let f64_var = |name: &str, dims: &[i64]| {
-            let mut t = p.zeros_no_train(name, dims);
-            tch::no_grad(|| t.set_data(&t.to_kind(Kind::Double)));
-            t
-        };
-        Self { gram: f64_var("gram", &[dim, dim]), cross: f64_var("cross", &[dim, classes as i64]) }
+        Self { gram: zeros_f64_no_train(p, "gram", &[dim, dim]), cross: zeros_f64_no_train(p, "cross", &[dim, classes as i64]) }
     }
 
     /// Bytes the statistics take: what a width must fit in.
