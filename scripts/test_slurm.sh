@@ -139,6 +139,9 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
+# A loaded test machine (cargo test runs beside it) must not get its node
+# marked down and its jobs requeued behind the test's back.
+SlurmdTimeout=600
 SwitchType=switch/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -152,7 +155,9 @@ PreemptMode=OFF
 JobRequeue=1
 KillWait=2
 MinJobAge=600
-MessageTimeout=5
+# A short timeout on a loaded machine fails batch launches that did start:
+# the controller then requeues a job whose script is running.
+MessageTimeout=30
 InactiveLimit=0
 ReturnToService=2
 SlurmdParameters=config_overrides
