@@ -255,6 +255,7 @@ pub fn run(device: DeviceChoice, quiet: bool) -> Result<()> {
         ("simplecil", ""),
         ("aper", "ffn_num = 16"),
         ("ranpac", "ffn_num = 16, projection = 2000"),
+        ("ease", "ffn_num = 16"),
         ("fecam", ""),
         ("slca", "samples_per_class = 64"),
         ("dualprompt", "g_layers = [0, 1], e_layers = [2, 3], e_length = 5"),

@@ -5,7 +5,7 @@
 //! so a method cannot half-exist.
 
 use crate::method::{ContinualMethod, DataScope, MethodContext};
-use crate::methods::{aper, coda_prompt, dualprompt, epi, fecam, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, slca, wave_cre};
+use crate::methods::{aper, coda_prompt, dualprompt, ease, epi, fecam, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, slca, wave_cre};
 use crate::params::{describe, parse_over};
 use crate::{LearnerError, Result};
 
@@ -96,6 +96,14 @@ pub const METHODS: &[MethodEntry] = &[
         slca::Params,
         slca::Params::default(),
         slca::Slca::new
+    ),
+    entry!(
+        "ease",
+        "a fresh adapter subspace per task, old classes' prototypes completed in new subspaces (EASE, Zhou et al. 2024)",
+        ease::Params,
+        ease::Params::default(),
+        ease::Ease::new,
+        ease::Params::validate
     ),
     entry!("l2p", "Learning to Prompt: key-matched prompt pool (Wang et al. 2022)", l2p::Params, l2p::Params::default(), l2p::L2P::new),
     entry!(

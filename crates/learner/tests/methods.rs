@@ -179,6 +179,7 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("joint", ""),
         ("simplecil", ""),
         ("aper", "ffn_num = 8"),
+        ("ease", "ffn_num = 8"),
         ("ranpac", "ffn_num = 8\nprojection = 16"),
         ("fecam", ""),
         ("slca", "samples_per_class = 4"),

@@ -4,6 +4,7 @@ pub mod aper;
 pub mod coda_prompt;
 pub(crate) mod common;
 pub mod dualprompt;
+pub mod ease;
 pub mod epi;
 pub mod fecam;
 pub mod finetune;
