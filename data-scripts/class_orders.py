@@ -8,8 +8,10 @@ sequence as the papers without reimplementing their RNGs.
   calls `random.shuffle(labels)` after the scripts seed Python's RNG with S
   (the NoRGa scripts use seeds 42, 40, 44).
 - PyCIL / LAMDA-PILOT: `np.random.seed(1993); np.random.permutation(n)`.
+- VPT-NSP (`utils/continual_manager.py`): `np.random.Generator(np.random.PCG64(seed)).shuffle`
+  of the sorted class ids (seed 2024 in the official scripts).
 
-Usage: class_orders.py {python-shuffle,numpy-permutation} NUM_CLASSES SEED [--json]
+Usage: class_orders.py {python-shuffle,numpy-permutation,numpy-pcg64-shuffle} NUM_CLASSES SEED [--json]
 """
 import argparse
 import json
@@ -30,14 +32,23 @@ def numpy_permutation(n, seed):
     return [int(c) for c in np.random.permutation(n)]
 
 
+def pcg64_shuffle(n, seed):
+    order = np.arange(n, dtype=np.int64)
+    np.random.Generator(np.random.PCG64(seed)).shuffle(order)
+    return [int(c) for c in order]
+
+
+KINDS = {"python-shuffle": python_shuffle, "numpy-permutation": numpy_permutation, "numpy-pcg64-shuffle": pcg64_shuffle}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["python-shuffle", "numpy-permutation"])
+    ap.add_argument("kind", choices=sorted(KINDS))
     ap.add_argument("num_classes", type=int)
     ap.add_argument("seed", type=int)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    order = (python_shuffle if a.kind == "python-shuffle" else numpy_permutation)(a.num_classes, a.seed)
+    order = KINDS[a.kind](a.num_classes, a.seed)
     print(json.dumps(order) if a.json else f"order = {order}  # {a.kind} seed {a.seed}")
 
 

@@ -259,6 +259,7 @@ pub fn run(device: DeviceChoice, quiet: bool) -> Result<()> {
         ("fecam", ""),
         ("slca", "samples_per_class = 64"),
         ("dualprompt", "g_layers = [0, 1], e_layers = [2, 3], e_length = 5"),
+        ("vpt-nsp", "eta = 0.97"),
     ];
     let mut runs = Vec::new();
     for (method, params) in methods {

@@ -430,6 +430,7 @@ impl TrainJob<'_> {
         resumed: Option<(usize, &std::collections::HashMap<String, Tensor>)>,
     ) -> Result<()> {
         let mut opt = stage.optimizer(method.vars());
+        opt.project(method.update_projections(info))?;
         let start_epoch = match resumed {
             Some((done, saved)) => {
                 opt.load_state(saved)?;

@@ -16,6 +16,7 @@ fn params(method: &str) -> &'static str {
         "hide-prompt" | "norga" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"",
         "wave-cre" => "layers = [0, 1]\npool_size = 3\ntop_k = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"",
         "epi" => "layers = [0, 1, 2]\nlength = 2",
+        "vpt-nsp" => "length = 3",
         "aper" | "ease" => "ffn_num = 8",
         "ranpac" => "ffn_num = 8\nprojection = 64",
         "slca" => "ca_epochs = 1\nsamples_per_class = 8",
@@ -108,12 +109,13 @@ fn every_registered_method_runs_end_to_end() {
 
 /// APER's and RanPAC's adapters are trained in task 1 only and must come
 /// back from the checkpoint, as RanPAC's Gram statistics; DualPrompt's
-/// per-task prompts and EASE's per-task adapters and prototypes too.
+/// per-task prompts, EASE's per-task adapters and prototypes, and
+/// VPT-NSP's statistics and projections too.
 #[test]
 fn resumed_run_matches_uninterrupted_bit_for_bit() {
     let _one_at_a_time = training();
     let out = tmp("resume");
-    for method in ["dualprompt", "aper", "ranpac", "slca", "ease"] {
+    for method in ["dualprompt", "aper", "ranpac", "slca", "ease", "vpt-nsp"] {
         let cfg = config(method, &out);
         let full = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap();
         let part = run::run(&cfg, 7, None, run::RunOptions { quiet: true, stop_after_tasks: Some(2) }).unwrap();

@@ -45,7 +45,8 @@
 //!   the raw centroid variance + 1e-6, as HierC's evaluation.
 //!
 //! Added with issue #19: `vision/aper`, `vision/ranpac`, `vision/fecam` and `vision/slca` (new); `vision/prototype` was renamed
-//! `vision/simplecil` with its matrix unchanged (the method's registry name); later `vision/ease` (new).
+//! `vision/simplecil` with its matrix unchanged (the method's registry name); later `vision/ease` and
+//! `vision/vpt-nsp` (new).
 
 mod common;
 
@@ -64,6 +65,7 @@ fn vision_params(method: &str) -> String {
             "layers = [0, 1], pool_size = 3, top_k = 2, tii_epochs = 1, tii_align_epochs = 1, align_epochs = 1, statistics = \"variance\"".into()
         }
         "epi" => "layers = [0, 1, 2], length = 2".into(),
+        "vpt-nsp" => "length = 3".into(),
         "aper" | "ease" => "ffn_num = 8".into(),
         "ranpac" => "ffn_num = 8, projection = 64".into(),
         "slca" => "ca_epochs = 1, samples_per_class = 8".into(),

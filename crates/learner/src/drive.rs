@@ -23,6 +23,7 @@ pub fn run_task(
     for stage in method.stages(task, optim) {
         let mut at = task.in_stage(&stage);
         let mut opt = stage.optimizer(method.vars());
+        opt.project(method.update_projections(&at))?;
         for epoch in 0..stage.epochs {
             at.epoch = epoch;
             method.begin_epoch(&at)?;

@@ -248,6 +248,12 @@ pub trait ContinualMethod {
     /// - `inputs`: see [`Inputs`]; `labels`: `[B]` int64 incremental labels
     fn train_step(&mut self, inputs: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step>;
 
+    /// Projections of the updates of variables the stage trains (VPT-NSP's
+    /// null space), asked for when the stage's optimizer is made.
+    fn update_projections(&self, _task: &TaskInfo) -> Vec<crate::UpdateProjection> {
+        Vec::new()
+    }
+
     fn end_epoch(&mut self, _task: &TaskInfo) -> Result<()> {
         Ok(())
     }

@@ -38,6 +38,12 @@ pub enum Schedule {
         every: usize,
         rate: f64,
     },
+    /// `lr · rate^(number of milestones ≤ epoch)`: timm's `MultiStepLRScheduler`
+    /// (VPT-NSP decays after passes 40 and 70 of 100).
+    Milestones {
+        at: [usize; 2],
+        rate: f64,
+    },
     /// CODA-Prompt's `CosineSchedule(K = E)`: a quarter cosine,
     /// `lr · cos(99π·max(e − 1, 0) / (200·(E − 1)))` at epoch e. The
     /// `max(e − 1, 0)` is the official order of calls: the scheduler steps
@@ -63,6 +69,7 @@ impl Schedule {
                 0.5 * lr * (1.0 + (std::f64::consts::PI * t).cos())
             }
             Self::Step { every, rate } => lr * rate.powi((epoch / every.max(1)) as i32),
+            Self::Milestones { at, rate } => lr * rate.powi(at.iter().filter(|&&m| m <= epoch).count() as i32),
             Self::CodaCosine => {
                 // One epoch: the official K − 1 = 0 divides by zero; the only epoch runs at lr.
                 let t = if epochs < 2 { 0.0 } else { epoch.saturating_sub(1) as f64 / (epochs - 1) as f64 };
@@ -75,6 +82,9 @@ impl Schedule {
         match *self {
             Self::Step { every, rate } if every == 0 || !(rate > 0.0) => {
                 Err(format!("schedule.step: every = {every} must be >= 1 and rate = {rate} > 0"))
+            }
+            Self::Milestones { at, rate } if at[0] > at[1] || !(rate > 0.0) => {
+                Err(format!("schedule.milestones: at = {at:?} must be increasing and rate = {rate} > 0"))
             }
             _ => Ok(()),
         }
@@ -153,6 +163,21 @@ pub struct Optimizer {
     cfg: StageOptim,
     params: Vec<Param>,
     lr: f64,
+    /// Per variable: `left · Δ · right` replaces its update Δ.
+    projections: HashMap<String, UpdateProjection>,
+}
+
+/// A projection of one 2-D variable's update (after the optimizer has made
+/// it: learning rate, moments and weight decay included), as VPT-NSP's
+/// `mod_adam.py` does: `Δ ← left · Δ · right`.
+///
+/// # Shapes
+/// - `left`: `[rows, rows]`, `right`: `[cols, cols]` for a variable `[rows, cols]`
+#[derive(Debug)]
+pub struct UpdateProjection {
+    pub name: String,
+    pub left: Tensor,
+    pub right: Tensor,
 }
 
 const EPS: f64 = 1e-8;
@@ -170,7 +195,23 @@ impl Optimizer {
                 Some(Param { name, tensor, lr_scale: scale, m, v, steps: 0 })
             })
             .collect();
-        Self { cfg: cfg.clone(), params, lr: cfg.lr }
+        Self { cfg: cfg.clone(), params, lr: cfg.lr, projections: HashMap::new() }
+    }
+
+    /// Projects the updates of these variables from now on.
+    pub fn project(&mut self, projections: Vec<UpdateProjection>) -> Result<()> {
+        for p in projections {
+            let param = self.params.iter().find(|q| q.name == p.name);
+            let Some(param) = param else {
+                return Err(LearnerError::Invalid(format!("update projection for `{}`, which this stage does not train", p.name)));
+            };
+            let (size, l, r) = (param.tensor.size(), p.left.size(), p.right.size());
+            if size.len() != 2 || l != [size[0], size[0]] || r != [size[1], size[1]] {
+                return Err(LearnerError::Invalid(format!("update projection for `{}` {size:?}: left {l:?} and right {r:?} do not fit", p.name)));
+            }
+            self.projections.insert(p.name.clone(), p);
+        }
+        Ok(())
     }
 
     /// Names of the variables this optimizer updates.
@@ -227,7 +268,8 @@ impl Optimizer {
                         let c1 = 1.0 - b1.powi(p.steps as i32);
                         let c2 = 1.0 - b2.powi(p.steps as i32);
                         let denom = p.v.sqrt() / c2.sqrt() + EPS;
-                        let _ = p.tensor.g_sub_(&(&p.m / denom * (lr / c1)));
+                        let update = &p.m / denom * (lr / c1);
+                        let _ = p.tensor.g_sub_(&project(self.projections.get(&p.name), update));
                     }
                     OptimizerKind::Sgd => {
                         if momentum != 0.0 {
@@ -236,9 +278,9 @@ impl Optimizer {
                             } else {
                                 let _ = p.m.g_mul_scalar_(momentum).g_add_(&g);
                             }
-                            let _ = p.tensor.g_sub_(&(&p.m * lr));
+                            let _ = p.tensor.g_sub_(&project(self.projections.get(&p.name), &p.m * lr));
                         } else {
-                            let _ = p.tensor.g_sub_(&(g * lr));
+                            let _ = p.tensor.g_sub_(&project(self.projections.get(&p.name), g * lr));
                         }
                     }
                 }
@@ -279,6 +321,13 @@ impl Optimizer {
     }
 }
 
+fn project(projection: Option<&UpdateProjection>, update: Tensor) -> Tensor {
+    match projection {
+        Some(p) => p.left.to_kind(update.kind()).matmul(&update).matmul(&p.right.to_kind(update.kind())),
+        None => update,
+    }
+}
+
 /// The trainable variables of `vs` with their names, in the store's order
 /// (whether or not `requires_grad` is set now).
 pub fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
@@ -308,6 +357,19 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) {
 mod tests {
     use super::*;
     use tch::nn::OptimizerConfig;
+
+    /// timm's `MultiStepLRScheduler` as VPT-NSP meets it: decays at the milestones, not before.
+    #[test]
+    fn milestones_decay_at_each_milestone() {
+        let s = Schedule::Milestones { at: [40, 70], rate: 0.1 };
+        let lrs: Vec<f64> = [0, 39, 40, 69, 70, 99].iter().map(|&e| s.lr(0.01, e, 0, 1, 100)).collect();
+        for (got, want) in lrs.iter().zip([1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4]) {
+            assert!((got - want).abs() < 1e-12, "{lrs:?}");
+        }
+        assert!(Schedule::Milestones { at: [70, 40], rate: 0.1 }.validate().unwrap_err().contains("increasing"));
+        let parsed: Schedule = toml::from_str::<toml::Table>("s = { milestones = { at = [40, 70], rate = 0.1 } }").unwrap()["s"].clone().try_into().unwrap();
+        assert_eq!(parsed, s);
+    }
 
     /// Same trajectory as libtorch's own Adam / AdamW / SGD (which cannot be checkpointed).
     #[test]

@@ -5,7 +5,9 @@
 //! so a method cannot half-exist.
 
 use crate::method::{ContinualMethod, DataScope, MethodContext};
-use crate::methods::{aper, coda_prompt, dualprompt, ease, epi, fecam, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, slca, wave_cre};
+use crate::methods::{
+    aper, coda_prompt, dualprompt, ease, epi, fecam, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, slca, vpt_nsp, wave_cre,
+};
 use crate::params::{describe, parse_over};
 use crate::{LearnerError, Result};
 
@@ -134,6 +136,14 @@ pub const METHODS: &[MethodEntry] = &[
         hide_prompt::Params,
         wave_cre::defaults(),
         wave_cre::new
+    ),
+    entry!(
+        "vpt-nsp",
+        "shared per-layer prompts whose Adam updates are projected towards a null space of earlier tasks' attention (VPT-NSP, Lu et al. 2024)",
+        vpt_nsp::Params,
+        vpt_nsp::Params::default(),
+        vpt_nsp::VptNsp::new,
+        vpt_nsp::Params::validate
     ),
     entry!(
         "epi",

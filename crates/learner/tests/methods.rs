@@ -190,6 +190,7 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("norga", HIDE),
         ("wave-cre", "layers = [0, 1]\npool_size = 3\ntop_k = 2"),
         ("epi", "layers = [0, 1, 2]\nlength = 2"),
+        ("vpt-nsp", "length = 3"),
     ];
     assert_eq!(params.len(), registry::METHODS.len(), "a new method needs a line here");
     for (name, p) in params {

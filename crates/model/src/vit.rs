@@ -21,6 +21,10 @@ pub struct ForwardOptions {
     pub keep_prompt_tokens: bool,
     /// Collect each block's output in `VitOutput::hidden`.
     pub return_hidden: bool,
+    /// Collect each block's input (the residual stream it reads, prompt
+    /// tokens included) in `VitOutput::block_inputs`: what statistics of a
+    /// layer's attention inputs are computed from (VPT-NSP).
+    pub return_block_inputs: bool,
     pub attention: AttentionImpl,
 }
 
@@ -33,6 +37,7 @@ pub struct ForwardOptions {
 /// - `patch_mean`: `[B, D]` — mean of the patch tokens (no class or prompt tokens)
 /// - `prompt_tokens`: `[B, P, D]` when the call inserted prompt tokens
 /// - `hidden`: one `[B, S, D]` per block (before the final norm) when asked for
+/// - `block_inputs`: one `[B, S, D]` per block, the stream entering it, when asked for
 /// - `logits`: `[B, num_classes]` when the model has a head
 #[derive(Debug)]
 pub struct VitOutput {
@@ -41,6 +46,7 @@ pub struct VitOutput {
     pub patch_mean: Tensor,
     pub prompt_tokens: Option<Tensor>,
     pub hidden: Vec<Tensor>,
+    pub block_inputs: Vec<Tensor>,
     pub logits: Option<Tensor>,
 }
 
@@ -225,12 +231,16 @@ impl VisionTransformer {
 
         let mut n_prompt = 0;
         let mut hidden = Vec::new();
+        let mut block_inputs = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             let lp = prompts.layer(i);
             if let Some(tokens) = lp.and_then(|lp| lp.tokens.as_ref()) {
                 let p = tokens.size()[1];
                 x = splice_prompt_tokens(&x, &tokens.to_kind(Kind::Float).expand([b, p, d], false), n_prompt);
                 n_prompt = p;
+            }
+            if opts.return_block_inputs {
+                block_inputs.push(x.shallow_clone());
             }
             x = block.forward(&x, lp, opts.attention);
             if opts.return_hidden {
@@ -244,7 +254,7 @@ impl VisionTransformer {
         let patch_mean = x.narrow(1, 1 + n_prompt, x.size()[1] - 1 - n_prompt).mean_dim(1, false, Kind::Float);
         let tokens = if opts.keep_prompt_tokens { x } else { without_prompts };
         let logits = self.head.as_ref().map(|h| h.forward(&cls.to_kind(h.ws.kind())).to_kind(Kind::Float));
-        Ok(VitOutput { tokens, cls, patch_mean, prompt_tokens, hidden, logits })
+        Ok(VitOutput { tokens, cls, patch_mean, prompt_tokens, hidden, block_inputs, logits })
     }
 
     fn check_images(&self, images: &Tensor) -> Result<(i64, i64, i64)> {

@@ -21,7 +21,7 @@ use promptcl_stream::SplitMix64;
 use tch::{nn, Kind, Tensor};
 
 use super::common::{ce_step, l2_normalize, CosineHead};
-use crate::method::{collect_features, Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::method::{collect_features, tasks_seen, Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
 use crate::parts::petl::{AdapterShape, Petl, PetlKind};
 use crate::{LearnerError, OptimConfig, Result, Stage};
 
@@ -91,11 +91,6 @@ impl Layout {
     pub fn classes(&self, t: usize) -> Range<usize> {
         self.starts[t]..self.starts[t + 1]
     }
-
-    /// The task whose classes end at `seen`.
-    fn task_ending_at(&self, seen: usize) -> usize {
-        self.starts[1..].iter().position(|&e| e >= seen).unwrap_or(self.starts.len() - 2)
-    }
 }
 
 /// The official `solve_sim_reset` (`all`) or `solve_similarity`, after task `t`:
@@ -163,6 +158,7 @@ pub struct Ease {
     /// `[C, blocks, D]`: each class's prototype in each subspace.
     protos: Tensor,
     layout: Layout,
+    task_sizes: Vec<usize>,
     params: Params,
     backbone: Rc<Backbone>,
 }
@@ -189,7 +185,7 @@ impl Ease {
         let layout = Layout::new(&ctx.task_sizes, params.use_init_ptm);
         let blocks = layout.blocks(ctx.num_tasks - 1) as i64;
         let protos = root.zeros_no_train("prototypes", &[ctx.num_classes as i64, blocks, d]);
-        Ok(Self { vs, subspaces, heads, protos, layout, params, backbone: ctx.backbone.clone() })
+        Ok(Self { vs, subspaces, heads, protos, layout, task_sizes: ctx.task_sizes.clone(), params, backbone: ctx.backbone.clone() })
     }
 
     /// The class token of every subspace after task `t`, without autograd: `[B, blocks, D]`.
@@ -242,7 +238,7 @@ impl ContinualMethod for Ease {
     }
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
-        let t = self.layout.task_ending_at(seen);
+        let t = tasks_seen(&self.task_sizes, seen) - 1;
         let logits = reweighted_logits(&self.features(x, t)?, &self.protos, &self.layout, t, self.params.alpha, self.params.beta);
         Ok(Prediction::new(logits.narrow(1, 0, seen as i64), None))
     }

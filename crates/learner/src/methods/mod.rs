@@ -15,4 +15,5 @@ pub mod norga;
 pub mod prototype;
 pub mod ranpac;
 pub mod slca;
+pub mod vpt_nsp;
 pub mod wave_cre;

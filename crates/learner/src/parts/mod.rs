@@ -12,9 +12,11 @@
 //! - [`petl`]: AdaptFormer adapters or SSF on the backbone (APER, RanPAC).
 //! - [`prototypes`]: class-mean prototypes and their cosine classifier (SimpleCIL, APER).
 //! - [`ridge`]: a ridge classifier on accumulated Gram statistics with λ chosen per task (RanPAC).
+//! - [`null_space`]: prompts as prefixes through the frozen attention, and the null-space projection of their updates (VPT-NSP).
 
 pub mod alignment;
 pub mod gate;
+pub mod null_space;
 pub mod petl;
 pub mod prototypes;
 pub mod ridge;
