@@ -96,6 +96,14 @@ impl EncoderConfig {
             Self::Bert(c) => c.num_hidden_layers,
         }
     }
+
+    /// Width of the feature methods read (`Backbone::feature_dim`).
+    pub fn feature_dim(&self) -> i64 {
+        match self {
+            Self::Vit(c) => c.embed_dim,
+            Self::Bert(c) => 2 * c.hidden_size,
+        }
+    }
 }
 
 impl ModelSection {

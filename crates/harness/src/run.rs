@@ -56,9 +56,27 @@ pub struct Prepared {
     pub device: Device,
 }
 
+/// Whether what the method will hold fits on the device (RanPAC's Gram
+/// matrix): before the data is read when the dataset's class count is known.
+fn check_method_memory(cfg: &RunConfig, classes: usize, device: Device) -> Result<()> {
+    let feature_dim = cfg.model.encoder(cfg.stream.dataset.tokenizer().is_some())?.feature_dim();
+    let sizes = promptcl_learner::Sizes { feature_dim, num_classes: classes };
+    if let Some(need) = registry::memory_need(&cfg.method.name, &cfg.method.params, &sizes).context("method")? {
+        need.check(device).context("method.params")?;
+    }
+    Ok(())
+}
+
 pub fn prepare(cfg: &RunConfig, seed: u64) -> Result<Prepared> {
     let device = device_for(cfg.run.device)?;
+    let known = cfg.stream.dataset.known_num_classes();
+    if let Some(classes) = known {
+        check_method_memory(cfg, classes, device)?;
+    }
     let dataset = cfg.stream.dataset.load_for_seed(seed).context("loading the dataset")?;
+    if known.is_none() {
+        check_method_memory(cfg, dataset.num_classes(), device)?;
+    }
     let stream = match &dataset.plan {
         // The protocol fixes the tasks (relation extraction); the seed picks their order.
         Some(plan) => {

@@ -143,6 +143,20 @@ fn unknown_method_and_bad_keys_are_config_errors() {
     std::fs::remove_dir_all(out).ok();
 }
 
+/// A RanPAC projection too wide for the machine is an error naming the
+/// parameter before the dataset is read (here it does not even exist).
+#[test]
+fn a_random_projection_that_does_not_fit_fails_before_any_data_is_read() {
+    let mut cfg = RunConfig::parse(&repo().join("benchmarks/configs/cifar100_ranpac.toml")).unwrap();
+    cfg.method.params.insert("projection".into(), toml::Value::Integer(10_000_000));
+    cfg.stream.dataset = toml::from_str("kind = \"cifar100\"\nroot = \"/nonexistent/cifar\"").unwrap();
+    let e = format!("{:#}", run::prepare(&cfg, 1).err().unwrap());
+    assert!(e.contains("projection = 10000000") && e.contains("lower `projection`") && !e.contains("dataset"), "{e}");
+    cfg.method.params.insert("projection".into(), toml::Value::Integer(100));
+    let e = format!("{:#}", run::prepare(&cfg, 1).err().unwrap());
+    assert!(e.contains("loading the dataset"), "a projection that fits gets as far as the data: {e}");
+}
+
 /// The paper configs parse and everything but their data and weight paths
 /// validates (those exist only on users' machines).
 #[test]

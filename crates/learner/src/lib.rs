@@ -24,7 +24,9 @@ pub mod stats;
 pub use backbone::{Encoder, Features};
 pub use config::{closest, did_you_mean, OptimConfig};
 pub use error::{LearnerError, Result};
-pub use method::{tasks_seen, Backbone, BatchSource, ContinualMethod, DataScope, Inputs, MethodContext, Prediction, Step, TaskInfo};
+pub use method::{
+    tasks_seen, Backbone, BatchSource, ContinualMethod, DataScope, Inputs, MemoryNeed, MethodContext, Prediction, Sizes, Step, TaskInfo,
+};
 pub use methods::common::{ce_step, l2_normalize, mask_outside};
 pub use optim::{OptimizerKind, Schedule, StageOptim, UpdateProjection};
 pub use params::{parse_over, Documented};

@@ -294,3 +294,57 @@ pub fn task_of(task_sizes: &[usize], class: usize) -> usize {
     }
     task_sizes.len().saturating_sub(1)
 }
+
+/// What a method's memory need can depend on, known from the config before
+/// any data is read (`registry::memory_need`).
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub feature_dim: i64,
+    pub num_classes: usize,
+}
+
+/// Memory a method will hold beyond the backbone, where that can be large.
+#[derive(Debug, Clone)]
+pub struct MemoryNeed {
+    pub bytes: u64,
+    /// What needs it, for the message (`ranpac: projection = 10000`).
+    pub what: String,
+    /// What to change when it does not fit.
+    pub fix: &'static str,
+}
+
+impl MemoryNeed {
+    /// Whether it fits on `device`: on the CPU within 4/5 of the memory the
+    /// kernel calls available, on a GPU by allocating it once (the caching
+    /// allocator keeps the block for the run).
+    pub fn check(&self, device: Device) -> Result<()> {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        match device {
+            Device::Cpu => {
+                let available = std::fs::read_to_string("/proc/meminfo")
+                    .ok()
+                    .and_then(|s| s.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+                    .map(|kib| kib * 1024);
+                match available {
+                    Some(avail) if self.bytes > avail / 5 * 4 => Err(LearnerError::Invalid(format!(
+                        "{} needs {:.1} GiB, more than the {:.1} GiB of memory available: {}",
+                        self.what,
+                        gib(self.bytes),
+                        gib(avail),
+                        self.fix
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            _ => match Tensor::f_empty([self.bytes as i64], (tch::Kind::Uint8, device)) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(LearnerError::Invalid(format!(
+                    "{} needs {:.1} GiB, which {device:?} cannot allocate: {}",
+                    self.what,
+                    gib(self.bytes),
+                    self.fix
+                ))),
+            },
+        }
+    }
+}

@@ -367,7 +367,8 @@ mod tests {
             assert!((got - want).abs() < 1e-12, "{lrs:?}");
         }
         assert!(Schedule::Milestones { at: [70, 40], rate: 0.1 }.validate().unwrap_err().contains("increasing"));
-        let parsed: Schedule = toml::from_str::<toml::Table>("s = { milestones = { at = [40, 70], rate = 0.1 } }").unwrap()["s"].clone().try_into().unwrap();
+        let parsed: Schedule =
+            toml::from_str::<toml::Table>("s = { milestones = { at = [40, 70], rate = 0.1 } }").unwrap()["s"].clone().try_into().unwrap();
         assert_eq!(parsed, s);
     }
 

@@ -4,7 +4,7 @@
 //! parsing, checking and `promptcl methods --params` all read the same entry,
 //! so a method cannot half-exist.
 
-use crate::method::{ContinualMethod, DataScope, MethodContext};
+use crate::method::{ContinualMethod, DataScope, MemoryNeed, MethodContext, Sizes};
 use crate::methods::{
     aper, coda_prompt, dualprompt, ease, epi, fecam, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, slca, vpt_nsp, wave_cre,
 };
@@ -19,6 +19,9 @@ pub struct MethodEntry {
     /// Every parameter with its default and doc comment.
     pub describe: fn() -> String,
     pub build: fn(&MethodContext, &toml::Table) -> Result<Box<dyn ContinualMethod>>,
+    /// Bytes the method will hold beyond the backbone, when that can be large
+    /// (checked before any data is read).
+    pub memory: fn(&toml::Table, &Sizes) -> Result<Option<MemoryNeed>>,
 }
 
 impl std::fmt::Debug for MethodEntry {
@@ -29,6 +32,13 @@ impl std::fmt::Debug for MethodEntry {
 
 /// `entry!(name, about, Params type, defaults, builder(ctx, params))`.
 macro_rules! entry {
+    // With a check and a memory need, both from the parsed parameters.
+    ($name:literal, $about:literal, $params:ty, $defaults:expr, $build:expr, $validate:expr, $memory:expr) => {
+        MethodEntry {
+            memory: |t, s| Ok(($memory)(&parse_over::<$params>($name, &$defaults, t)?, s)),
+            ..entry!($name, $about, $params, $defaults, $build, $validate)
+        }
+    };
     // With a check of the parsed parameters, run at config validation (before any data is read).
     ($name:literal, $about:literal, $params:ty, $defaults:expr, $build:expr, $validate:expr) => {
         MethodEntry { check: |t| ($validate)(&parse_over::<$params>($name, &$defaults, t)?), ..entry!($name, $about, $params, $defaults, $build) }
@@ -43,6 +53,7 @@ macro_rules! entry {
                 let p: $params = parse_over($name, &$defaults, t)?;
                 Ok(Box::new(($build)(ctx, p)?))
             },
+            memory: |_, _| Ok(None),
         }
     };
 }
@@ -83,7 +94,8 @@ pub const METHODS: &[MethodEntry] = &[
         ranpac::Params,
         ranpac::Params::default(),
         ranpac::RanPac::new,
-        ranpac::Params::validate
+        ranpac::Params::validate,
+        ranpac::Params::memory
     ),
     entry!(
         "fecam",
@@ -176,6 +188,13 @@ pub fn build(name: &str, ctx: &MethodContext, params: &toml::Table) -> Result<Bo
     // `regularizers = [...]` is for the wrapper, everything else for the method.
     let (params, regs) = crate::regularizer::split_params(params)?;
     crate::regularizer::wrap(name, (e.build)(ctx, &params)?, ctx, &regs)
+}
+
+/// What the method will hold beyond the backbone, where that can be large.
+pub fn memory_need(name: &str, params: &toml::Table, sizes: &Sizes) -> Result<Option<MemoryNeed>> {
+    let e = entry(name)?;
+    let (params, _) = crate::regularizer::split_params(params)?;
+    (e.memory)(&params, sizes)
 }
 
 /// Checks that a method name exists and its parameters parse, without building it.

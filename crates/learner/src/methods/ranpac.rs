@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use super::common::{gaussian, l2_normalize};
-use crate::method::{collect_features, Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::method::{collect_features, Backbone, BatchSource, ContinualMethod, Inputs, MemoryNeed, MethodContext, Prediction, Sizes, Step, TaskInfo};
 use crate::parts::petl::{AdapterShape, FirstTaskAdaptation, PetlKind};
 use crate::parts::ridge::{official_grid, select_lambda, Ridge};
 use crate::{LearnerError, OptimConfig, Result, Stage};
@@ -85,6 +85,13 @@ impl Params {
         }
         Ok(())
     }
+
+    /// The f64 Gram matrix, cross-correlation and classifier, and the projection matrix.
+    pub fn memory(&self, sizes: &Sizes) -> Option<MemoryNeed> {
+        let m = if self.projection == 0 { sizes.feature_dim } else { self.projection };
+        let bytes = Ridge::bytes(m, sizes.num_classes) + 4 * m as u64 * (sizes.feature_dim as u64 + sizes.num_classes as u64);
+        Some(MemoryNeed { bytes, what: format!("ranpac: projection = {m} (its f64 Gram matrix and classifier)"), fix: "lower `projection`" })
+    }
 }
 
 impl RanPac {
@@ -92,7 +99,9 @@ impl RanPac {
         params.validate()?;
         let d = ctx.feature_dim();
         let m = if params.projection == 0 { d } else { params.projection };
-        check_memory(m, ctx)?;
+        if let Some(need) = params.memory(&Sizes { feature_dim: d, num_classes: ctx.num_classes }) {
+            need.check(ctx.device)?;
+        }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let shape = AdapterShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout };
@@ -121,26 +130,6 @@ impl RanPac {
 
 /// G and Q must fit in memory: an M too wide for the machine is an error
 /// before any data is read (on CUDA the device's memory is not known here).
-fn check_memory(m: i64, ctx: &MethodContext) -> Result<()> {
-    let need = Ridge::bytes(m, ctx.num_classes) + 4 * m as u64 * (ctx.feature_dim() as u64 + ctx.num_classes as u64);
-    if ctx.device == tch::Device::Cpu {
-        let available = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
-            .map(|kib| kib * 1024);
-        if let Some(avail) = available {
-            if need > avail / 5 * 4 {
-                return Err(LearnerError::Invalid(format!(
-                    "ranpac: projection = {m} needs {:.1} GiB for its f64 Gram matrix and classifier, more than the {:.1} GiB free: lower `projection`",
-                    need as f64 / (1u64 << 30) as f64,
-                    avail as f64 / (1u64 << 30) as f64
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 impl ContinualMethod for RanPac {
     fn vars(&self) -> &nn::VarStore {
         &self.vs
