@@ -7,7 +7,11 @@ them (sun-hailong/LAMDA-PILOT @ 2647455), reimplemented on the tiny fixture ViT:
   `x = x + attn(norm1(x)); x = x + mlp(norm2(x)) + 0.1 * up(dropout(relu(down(x))))`
   (dropout inactive here: the golden is in eval mode);
 - `backbone/vit_ssf.py`: `ssf_ada(x, scale, shift) = x * scale + shift` after the
-  patch embedding, norm1, qkv, proj, norm2, fc1 (before GELU), fc2 and the final norm.
+  patch embedding, norm1, qkv, proj, norm2, fc1 (before GELU), fc2 and the final norm;
+- `backbone/vpt.py` `VPT_ViT.forward_features` (APER's VPT variant): "Deep" appends
+  each block's prompt tokens to its input and drops their outputs after the
+  block; "Shallow" appends them once before the first block and drops them
+  after the last.
 
 The adapter's up-projection is random here (PILOT zero-initialises it, which
 would make the check trivial). Outputs: the final-norm class token and the
@@ -56,6 +60,33 @@ def forward(w, x, g, adapters, use_ssf):
     return ssf(norm(x, "norm"), s, "ssf.final")[:, 0]
 
 
+def forward_vpt(w, x, prompts, deep):
+    hd = D // HEADS
+    lin = lambda h, name: F.linear(h, w[name + ".weight"], w[name + ".bias"])
+    norm = lambda h, name: F.layer_norm(h, (D,), w[name + ".weight"], w[name + ".bias"], 1e-6)
+
+    def block(x, i):
+        p, n = f"blocks.{i}.", x.shape[1]
+        q, k, v = lin(norm(x, p + "norm1"), p + "attn.qkv").reshape(-1, n, 3, HEADS, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        att = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1)
+        x = x + lin((att @ v).transpose(1, 2).reshape(-1, n, D), p + "attn.proj")
+        return x + lin(F.gelu(lin(norm(x, p + "norm2"), p + "mlp.fc1")), p + "mlp.fc2")
+
+    x = F.conv2d(x, w["patch_embed.proj.weight"], w["patch_embed.proj.bias"], stride=PATCH).flatten(2).transpose(1, 2)
+    x = torch.cat([w["cls_token"].expand(x.shape[0], -1, -1), x], 1) + w["pos_embed"]
+    L = prompts.shape[1]
+    if deep:
+        for i in range(DEPTH):
+            x = torch.cat((x, prompts[i].unsqueeze(0).expand(x.shape[0], -1, -1)), dim=1)
+            x = block(x, i)[:, : x.shape[1] - L]
+    else:
+        x = torch.cat((x, prompts.expand(x.shape[0], -1, -1)), dim=1)
+        for i in range(DEPTH):
+            x = block(x, i)
+        x = x[:, : x.shape[1] - L]
+    return norm(x, "norm")[:, 0]
+
+
 def main():
     w = load_file(FIX / "vit_tiny_test.safetensors")
     torch.manual_seed(3)
@@ -84,6 +115,14 @@ def main():
         for k, v in params.items():
             out[k] = v.detach()
             out[f"{case}.grad.{k}"] = v.grad
+    # Drawn after everything above, so the adapter and SSF tensors stay as they were.
+    for case, deep, rows in [("vpt_deep", True, DEPTH), ("vpt_shallow", False, 1)]:
+        prompts = (0.5 * torch.randn(rows, 3, D)).requires_grad_(True)
+        cls = forward_vpt(w, x, prompts, deep)
+        (cls * probe).sum().backward()
+        out[f"{case}.prompts"] = prompts.detach()
+        out[f"{case}.cls"] = cls.detach()
+        out[f"{case}.grad"] = prompts.grad
     save_file({n: t.contiguous() for n, t in out.items()}, FIX / "vit_adapter_golden.safetensors")
     print(f"wrote {len(out)} tensors to {FIX / 'vit_adapter_golden.safetensors'}")
 

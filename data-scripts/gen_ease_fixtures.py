@@ -27,6 +27,21 @@ def cls_range(task):
     return s, s + INC
 
 
+def combine(A, B, A_hat):
+    """The loops both official routines share: softmax over the cosines of
+    A_hat's rows with A's, times B."""
+    sim = torch.zeros(len(A_hat), len(A))
+    for i in range(len(A_hat)):
+        for j in range(len(A)):
+            sim[i][j] = torch.cosine_similarity(A_hat[i], A[j], dim=0)
+    sim = F.softmax(sim, dim=1)
+    B_hat = torch.zeros(A_hat.shape[0], B.shape[1])
+    for i in range(len(A_hat)):
+        for j in range(len(A)):
+            B_hat[i] += sim[i][j] * B[j]
+    return B_hat
+
+
 def solve_sim_reset(w, cur, ptm):
     for task_id in range(cur):
         dims = range(task_id + 2, cur + 2) if ptm else range(task_id + 1, cur + 1)
@@ -42,16 +57,7 @@ def solve_sim_reset(w, cur, ptm):
             A = w[s_old:e_old, sd_old:ed_old].clone()
             B = w[s_old:e_old, start_dim:end_dim].clone()
             A_hat = w[start_cls:end_cls, sd_old:ed_old].clone()
-            sim = torch.zeros(len(A_hat), len(A))
-            for i in range(len(A_hat)):
-                for j in range(len(A)):
-                    sim[i][j] = torch.cosine_similarity(A_hat[i], A[j], dim=0)
-            sim = F.softmax(sim, dim=1)
-            B_hat = torch.zeros(A_hat.shape[0], B.shape[1])
-            for i in range(len(A_hat)):
-                for j in range(len(A)):
-                    B_hat[i] += sim[i][j] * B[j]
-            w[start_cls:end_cls, start_dim:end_dim] = B_hat
+            w[start_cls:end_cls, start_dim:end_dim] = combine(A, B, A_hat)
 
 
 def solve_similarity(w, cur, ptm, known):
@@ -61,16 +67,7 @@ def solve_similarity(w, cur, ptm, known):
         A = w[known:, start_dim:start_dim + D].clone()
         B = w[known:, -D:].clone()
         A_hat = w[start_cls:end_cls, start_dim:start_dim + D].clone()
-        sim = torch.zeros(len(A_hat), len(A))
-        for i in range(len(A_hat)):
-            for j in range(len(A)):
-                sim[i][j] = torch.cosine_similarity(A_hat[i], A[j], dim=0)
-        sim = F.softmax(sim, dim=1)
-        B_hat = torch.zeros(A_hat.shape[0], B.shape[1])
-        for i in range(len(A_hat)):
-            for j in range(len(A)):
-                B_hat[i] += sim[i][j] * B[j]
-        w[start_cls:end_cls, -D:] = B_hat
+        w[start_cls:end_cls, -D:] = combine(A, B, A_hat)
 
 
 def forward_reweight(x, weight, cur, alpha, beta, ptm):

@@ -59,6 +59,10 @@ pub struct Prepared {
 /// Whether what the method will hold fits on the device (RanPAC's Gram
 /// matrix): before the data is read when the dataset's class count is known.
 fn check_method_memory(cfg: &RunConfig, classes: usize, device: Device) -> Result<()> {
+    // A method built outside the registry (`run_with`) states no need.
+    if !registry::names().contains(&cfg.method.name.as_str()) {
+        return Ok(());
+    }
     let feature_dim = cfg.model.encoder(cfg.stream.dataset.tokenizer().is_some())?.feature_dim();
     let sizes = promptcl_learner::Sizes { feature_dim, num_classes: classes };
     if let Some(need) = registry::memory_need(&cfg.method.name, &cfg.method.params, &sizes).context("method")? {
@@ -90,6 +94,10 @@ pub fn prepare(cfg: &RunConfig, seed: u64) -> Result<Prepared> {
             // A `{ seed = .. }` order without its own seed follows the run's seed.
             let order = match &cfg.stream.order {
                 ClassOrder::Seeded { seed: 0 } => ClassOrder::Seeded { seed },
+                ClassOrder::NumpyPermutation { numpy_seed: 0 } => ClassOrder::NumpyPermutation {
+                    numpy_seed: u32::try_from(seed)
+                        .map_err(|_| anyhow::anyhow!("stream.order: numpy seeds are 32-bit, the run seed {seed} is not"))?,
+                },
                 o => o.clone(),
             };
             TaskStream::new(dataset.num_classes(), &order, &cfg.stream.split()).context("stream")?
@@ -351,6 +359,11 @@ fn run_built(cfg: &RunConfig, seed: u64, prep: &Prepared, target: Target, opts: 
         if !quiet {
             eprintln!("task {}/{}: accuracy on seen classes {seen_acc:.2}%  per task {:?}", t + 1, stream.num_tasks(), fmt_row(&row));
         }
+        if injected_fault().is_some_and(|(kind, after)| kind == "kill-after-task" && after == t + 1) {
+            // Dies as a SIGKILL from outside would, at a point a test can name
+            // (later tasks of first-task methods are too quick to catch).
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGKILL);
+        }
     }
     Ok(dir.path.clone())
 }
@@ -396,7 +409,7 @@ fn restore_vars(vs: &nn::VarStore, saved: &std::collections::HashMap<String, Ten
 /// Training steps taken by this process, for fault injection only.
 static STEPS_TAKEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// A fault to inject (tests only): `PROMPTCL_FAULT=nan@<step>` or `oom@<step>`,
+/// A fault to inject (tests only): `PROMPTCL_FAULT=nan@<step>`, `oom@<step>` or `kill-after-task@<tasks>`,
 /// counting training steps from 0 across this process.
 fn injected_fault() -> Option<(String, usize)> {
     let spec = std::env::var("PROMPTCL_FAULT").ok()?;

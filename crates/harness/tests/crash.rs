@@ -124,6 +124,41 @@ fn kill_inside_stage(tag: &str, method: &str, params: &str, epochs: usize, stage
     (want, run)
 }
 
+/// The methods whose state is all outside training (APER's and RanPAC's
+/// first-task modules, prototypes, Gram matrix; FeCAM's covariances) and
+/// EASE's and VPT-NSP's per-task subspaces and statistics: SIGKILLed right
+/// after task 2 is written (their later tasks are too quick to catch from
+/// outside), each resumes to the uninterrupted run's matrix.
+#[test]
+fn sigkill_after_a_task_resumes_every_statistics_method_bit_identically() {
+    for (method, params) in
+        [("aper", "ffn_num = 8"), ("ranpac", "ffn_num = 8, projection = 64"), ("fecam", ""), ("ease", "ffn_num = 8"), ("vpt-nsp", "length = 3")]
+    {
+        let dir = workdir(&format!("ref-after-{method}"));
+        let want = reference_at(&dir, write_method_config(&dir, method, params, 1, ""));
+        let dir = workdir(&format!("kill-after-{method}"));
+        let cfg = write_method_config(&dir, method, params, 1, "");
+        let out = promptcl(&["run", cfg.to_str().unwrap()], Some("kill-after-task@2")).output().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9), "{method}: killed");
+        let run = run_dir(&dir.join("results"));
+        assert_eq!(state(&run).unwrap().completed_tasks, 2, "{method}");
+        assert_eq!(resume(&run).matrix, want.matrix, "{method}: resumed after a SIGKILL");
+    }
+}
+
+/// A kill inside task 2's training: EASE's second subspace half-trained,
+/// VPT-NSP's prompts moving under the projections built after task 1 (the
+/// resumed optimizer must project again).
+#[test]
+fn sigkill_inside_ease_and_vpt_nsp_training_resumes_bit_identically() {
+    for (method, params) in [("ease", "ffn_num = 8"), ("vpt-nsp", "length = 3")] {
+        let (want, run) = kill_inside_stage(method, method, params, 10, "train", 2..8);
+        let mark = state(&run).unwrap().epoch_checkpoint.unwrap();
+        assert_eq!((mark.task, mark.stage_name.as_str()), (1, "train"), "{method}: killed inside task 2");
+        assert_eq!(resume(&run).matrix, want.matrix, "{method}");
+    }
+}
+
 /// HiDe-Prompt's `align` stage trains on pseudo-features it samples from
 /// libtorch's generator: a kill inside it resumes bit-identically, because the
 /// harness seeds the generator per (task, stage, epoch) and the statistics and

@@ -2,8 +2,9 @@
 //! `data-scripts/gen_ease_fixtures.py` (the official loops), and the
 //! method's properties on the tiny ViT.
 
+use promptcl_learner::drive::Held;
 use promptcl_learner::methods::ease::{complete_prototypes, reweighted_logits, Layout};
-use promptcl_learner::{registry, BatchSource, Inputs, OptimConfig, TaskInfo};
+use promptcl_learner::{registry, Inputs, OptimConfig, TaskInfo};
 use tch::{Device, Kind, Tensor};
 
 mod common;
@@ -50,14 +51,6 @@ fn completion_and_logits_match_the_official_loops() {
     }
 }
 
-struct Fixed(Vec<(Inputs, Tensor)>);
-
-impl BatchSource for Fixed {
-    fn for_each(&mut self, f: &mut dyn FnMut(&Inputs, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
-        self.0.iter().try_for_each(|(x, y)| f(x, y))
-    }
-}
-
 /// Task 1 trains its own adapters and head only (gradients reach nothing
 /// else); the task-0 classes keep their real prototypes in subspace 0 and get
 /// completed ones in subspace 1; bad parameters are config errors.
@@ -71,7 +64,7 @@ fn each_task_trains_its_own_subspace_and_completes_the_old_classes() {
     let batch = || Inputs::Images(images.shallow_clone());
     let t0 = TaskInfo::new(0, 2, 0..2, 0..2);
     let t1 = TaskInfo::new(1, 2, 2..4, 0..4);
-    m.end_task(&t0, &mut Fixed(vec![(batch(), Tensor::from_slice(&[0i64, 1, 0, 1, 0, 1]))])).unwrap();
+    m.end_task(&t0, &mut Held(vec![(batch(), Tensor::from_slice(&[0i64, 1, 0, 1, 0, 1]))])).unwrap();
     let vars = m.vars().variables();
     let protos_before = vars["prototypes"].copy();
 
@@ -91,7 +84,7 @@ fn each_task_trains_its_own_subspace_and_completes_the_old_classes() {
         assert!(stages[0].lr_scale(name).is_none(), "task 1 trains {name}");
     }
 
-    m.end_task(&t1, &mut Fixed(vec![(batch(), Tensor::from_slice(&[2i64, 3, 2, 3, 2, 3]))])).unwrap();
+    m.end_task(&t1, &mut Held(vec![(batch(), Tensor::from_slice(&[2i64, 3, 2, 3, 2, 3]))])).unwrap();
     let protos = &vars["prototypes"];
     let old = |p: &Tensor, block: i64| p.narrow(0, 0, 2).select(1, block);
     assert_eq!(max_err(&old(protos, 0), &old(&protos_before, 0)), 0.0, "a real prototype changed");

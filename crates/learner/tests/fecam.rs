@@ -2,8 +2,9 @@
 //! official ViT script's shrinkage, correlation and pinv in numpy f64), and
 //! the method's properties.
 
+use promptcl_learner::drive::Held;
 use promptcl_learner::methods::fecam::{class_statistics, mahalanobis, Params};
-use promptcl_learner::{registry, BatchSource, Inputs, OptimConfig, TaskInfo};
+use promptcl_learner::{registry, Inputs, OptimConfig, TaskInfo};
 use tch::{Device, Kind, Tensor};
 
 mod common;
@@ -29,14 +30,6 @@ fn distances_match_the_official_script() {
     }
 }
 
-struct Fixed(Vec<(Inputs, Tensor)>);
-
-impl BatchSource for Fixed {
-    fn for_each(&mut self, f: &mut dyn FnMut(&Inputs, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
-        self.0.iter().try_for_each(|(x, y)| f(x, y))
-    }
-}
-
 /// No training; the class of least distance wins; a class with one sample is
 /// a clear error, not a NaN covariance.
 #[test]
@@ -48,7 +41,7 @@ fn fecam_trains_nothing_and_predicts_the_nearest_class() {
     let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
     let y = Tensor::from_slice(&[0i64, 1, 0, 1, 0, 1, 0, 1]);
     let info = TaskInfo::new(0, 2, 0..2, 0..2);
-    m.end_task(&info, &mut Fixed(vec![(Inputs::Images(x.shallow_clone()), y.shallow_clone())])).unwrap();
+    m.end_task(&info, &mut Held(vec![(Inputs::Images(x.shallow_clone()), y.shallow_clone())])).unwrap();
     let logits = tch::no_grad(|| m.predict(&Inputs::Images(x.shallow_clone()), 2)).unwrap().logits;
     assert_eq!(logits.size(), [8, 2]);
     // Training samples sit closer to their own class (its covariance was fitted on them).
@@ -56,6 +49,6 @@ fn fecam_trains_nothing_and_predicts_the_nearest_class() {
     assert!(pred.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) >= 6, "{pred:?}");
     let lonely = Tensor::from_slice(&[2i64, 3, 3]);
     let x3 = Inputs::Images(x.narrow(0, 0, 3));
-    let err = m.end_task(&TaskInfo::new(1, 2, 2..4, 0..4), &mut Fixed(vec![(x3, lonely)])).unwrap_err().to_string();
+    let err = m.end_task(&TaskInfo::new(1, 2, 2..4, 0..4), &mut Held(vec![(x3, lonely)])).unwrap_err().to_string();
     assert!(err.contains("class 2 has 1 training sample"), "{err}");
 }

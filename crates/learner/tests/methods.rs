@@ -1,5 +1,6 @@
 //! The properties that make each method what it is, on the tiny timm-fixture ViT.
 
+use promptcl_learner::drive::Held;
 use promptcl_learner::{drive, registry, BatchSource, ContinualMethod, Inputs, MethodContext, OptimConfig, TaskInfo};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -14,6 +15,10 @@ fn ctx() -> MethodContext {
 
 fn build(name: &str, params: &str) -> Box<dyn ContinualMethod> {
     registry::build(name, &ctx(), &toml::from_str(params).unwrap()).unwrap()
+}
+
+fn build_err(name: &str, params: &str) -> String {
+    registry::build(name, &ctx(), &toml::from_str(params).unwrap()).err().expect("a build error").to_string()
 }
 
 fn task(t: usize) -> TaskInfo {
@@ -228,14 +233,6 @@ fn finetune_full_trains_its_own_backbone_copy_only() {
     }
 }
 
-struct Fixed(Vec<(Inputs, Tensor)>);
-
-impl BatchSource for Fixed {
-    fn for_each(&mut self, f: &mut dyn FnMut(&Inputs, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
-        self.0.iter().try_for_each(|(x, y)| f(x, y))
-    }
-}
-
 #[test]
 fn prototypes_are_class_means_of_frozen_features() {
     let c = ctx();
@@ -246,7 +243,7 @@ fn prototypes_are_class_means_of_frozen_features() {
     let y1 = Tensor::from_slice(&[0i64, 1, 0, 1]);
     let y2 = Tensor::from_slice(&[1i64, 1, 0, 0]);
     let f = Tensor::cat(&[c.backbone.query(&x1).unwrap(), c.backbone.query(&x2).unwrap()], 0);
-    m.end_task(&task(0), &mut Fixed(vec![(x1, y1.shallow_clone()), (x2, y2.shallow_clone())])).unwrap();
+    m.end_task(&task(0), &mut Held(vec![(x1, y1.shallow_clone()), (x2, y2.shallow_clone())])).unwrap();
     let y = Tensor::cat(&[y1, y2], 0);
     let sums = var(&*m, "proto_sums");
     for class in 0..2i64 {
@@ -586,7 +583,7 @@ fn aper_adapts_on_the_first_task_only_and_prototypes_concatenate_both_features()
     assert!((1..TASKS).all(|t| m.stages(&task(t), &optim).is_empty()), "APER trains in the first task only");
     let y = Tensor::from_slice(&[0i64, 1, 1, 0]);
     let q = c.backbone.query(&images(21)).unwrap();
-    m.end_task(&task(0), &mut Fixed(vec![(images(21), y)])).unwrap();
+    m.end_task(&task(0), &mut Held(vec![(images(21), y)])).unwrap();
     let proto = var(&*m, "proto_sums").get(0) / var(&*m, "proto_counts").get(0);
     let want = Tensor::cat(&[&q, &q], 1).index_select(0, &Tensor::from_slice(&[0i64, 3])).mean_dim(0, false, Kind::Float);
     assert!((proto - want).abs().max().double_value(&[]) < 1e-5, "zero-initialised adapters: adapted = frozen");
@@ -600,6 +597,18 @@ fn aper_adapts_on_the_first_task_only_and_prototypes_concatenate_both_features()
     let mut ssf = build("aper", "petl = \"ssf\"");
     ssf.train_step(&images(23), &labels(0), &info).unwrap().loss.backward();
     assert!(has_grad(&var(&*ssf, "petl.ssf.1.fc1.scale")) && has_grad(&var(&*ssf, "petl.ssf.final.shift")));
+
+    // VPT: zero tokens per block (deep) or one set (shallow), trained in the first task.
+    for (kind, rows) in [("vpt-deep", c.backbone.depth() as i64), ("vpt-shallow", 1)] {
+        let mut vpt = build("aper", &format!("petl = \"{kind}\"\nprompt_tokens = 3"));
+        let p = var(&*vpt, "petl.vpt.prompts");
+        assert_eq!(p.size(), [rows, 3, c.token_dim()], "{kind}");
+        assert_eq!(p.abs().max().double_value(&[]), 0.0, "{kind}: PILOT's zeros");
+        vpt.train_step(&images(24), &labels(0), &info).unwrap().loss.backward();
+        assert!(has_grad(&p), "{kind}: the tokens learn");
+        assert_eq!(vpt.stages(&task(0), &optim)[0].lr_scale("petl.vpt.prompts"), Some(1.0));
+    }
+    assert!(build_err("aper", "petl = \"vpt-deep\"\nprompt_tokens = 0").contains("prompt_tokens"));
 }
 
 /// SLCA: the backbone copy and the task's own head train in the first stage
@@ -622,7 +631,7 @@ fn slca_trains_slowly_aligns_and_recalls_the_heads() {
     assert_eq!(s1[1].lr_scale("backbone.norm.weight"), None);
     assert!(var(&*m, "backbone.norm.weight").equal(&Tensor::ones([64], (Kind::Float, Device::Cpu))), "a fresh final norm");
 
-    let data = || Fixed((0..2).map(|i| (images(40 + i), Tensor::from_slice(&[0i64, 1, 2, 3]))).collect());
+    let data = || Held((0..2).map(|i| (images(40 + i), Tensor::from_slice(&[0i64, 1, 2, 3]))).collect());
     m.end_stage(&task(0).in_stage(&s0[0]), &mut data()).unwrap();
     let info = task(1).in_stage(&s1[0]);
     m.begin_task(&info).unwrap();

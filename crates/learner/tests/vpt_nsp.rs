@@ -4,9 +4,10 @@
 //! task, the prompts move only within the null space of earlier tasks'
 //! statistics.
 
+use promptcl_learner::drive::Held;
 use promptcl_learner::optim::Optimizer;
 use promptcl_learner::parts::null_space::{adaptive_threshold, null_projection, FrozenAttention};
-use promptcl_learner::{registry, BatchSource, Encoder, Inputs, OptimConfig, StageOptim, TaskInfo, UpdateProjection};
+use promptcl_learner::{registry, Encoder, Inputs, OptimConfig, StageOptim, TaskInfo, UpdateProjection};
 use promptcl_model::{ForwardOptions, Prompts};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -83,14 +84,6 @@ fn projected_adam_steps_match_mod_adam() {
     assert!(opt.project(vec![missing]).unwrap_err().to_string().contains("does not train"));
 }
 
-struct Fixed(Vec<(Inputs, Tensor)>);
-
-impl BatchSource for Fixed {
-    fn for_each(&mut self, f: &mut dyn FnMut(&Inputs, &Tensor) -> promptcl_learner::Result<()>) -> promptcl_learner::Result<()> {
-        self.0.iter().try_for_each(|(x, y)| f(x, y))
-    }
-}
-
 /// With η = 1 the projection keeps only the null space: a task-1 step moves
 /// every layer's prompts by Δ with Δ·V₁ᵀ = 0 for the leading right singular
 /// vectors V₁ of M₁ and U₂ᵀ·Δ = 0 for those of M₂ (to float precision). Task
@@ -106,7 +99,7 @@ fn later_tasks_move_the_prompts_only_in_the_null_space() {
     let batch = || Inputs::Images(images.shallow_clone());
     let t0 = TaskInfo::new(0, 3, 0..2, 0..2);
     assert!(m.update_projections(&t0).is_empty());
-    m.end_task(&t0, &mut Fixed(vec![(batch(), Tensor::from_slice(&[0i64, 1, 0, 1, 0, 1]))])).unwrap();
+    m.end_task(&t0, &mut Held(vec![(batch(), Tensor::from_slice(&[0i64, 1, 0, 1, 0, 1]))])).unwrap();
 
     let t1 = TaskInfo::new(1, 3, 2..4, 0..4);
     // A large rate, so that a prompt's change (values near 1) is far above f32's resolution.
@@ -142,7 +135,7 @@ fn later_tasks_move_the_prompts_only_in_the_null_space() {
 
     let last = TaskInfo::new(2, 3, 4..6, 0..6);
     let m1 = vars["null.0.m1"].copy();
-    m.end_task(&last, &mut Fixed(vec![(batch(), Tensor::from_slice(&[4i64, 5, 4, 5, 4, 5]))])).unwrap();
+    m.end_task(&last, &mut Held(vec![(batch(), Tensor::from_slice(&[4i64, 5, 4, 5, 4, 5]))])).unwrap();
     assert_eq!(rel_err(&vars["null.0.m1"], &m1), 0.0, "the last task's statistics are never used");
     let logits = tch::no_grad(|| m.predict(&batch(), 6)).unwrap().logits;
     assert_eq!(logits.size(), [6, 6]);

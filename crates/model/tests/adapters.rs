@@ -179,3 +179,25 @@ fn bert_takes_adapters_and_refuses_ssf() {
     let err = bert.forward(&ids, None, &Prompts::none().with_ssf_ends(&s, &s), &opts).unwrap_err().to_string();
     assert!(err.contains("SSF is implemented for the ViT only"), "{err}");
 }
+
+/// APER's VPT variant (PILOT `vpt.py`): deep tokens per block replace the
+/// previous block's, shallow ones enter before the first block and stay; both
+/// give PILOT's class token and prompt gradients (its tokens sit after the
+/// patches, promptcl's after the class token: the attention does not care).
+#[test]
+fn vpt_deep_and_shallow_match_pilot() {
+    let g = golden();
+    let (_vs, m) = model();
+    for (case, rows) in [("vpt_deep", 3), ("vpt_shallow", 1)] {
+        let p = leaf(&g, &format!("{case}.prompts"));
+        let mut prompts = Prompts::none();
+        for i in 0..rows {
+            prompts = prompts.with_tokens(i as usize, &p.narrow(0, i, 1));
+        }
+        let cls = m.forward(&g["input"], &prompts).unwrap().cls;
+        assert!(max_abs(&cls, &g[&format!("{case}.cls")]) < 1e-5, "{case} cls {}", max_abs(&cls, &g[&format!("{case}.cls")]));
+        (&cls * &g["probe"]).sum(Kind::Float).backward();
+        let err = max_abs(&p.grad(), &g[&format!("{case}.grad")]);
+        assert!(err < 1e-5, "{case} prompt gradient: {err}");
+    }
+}

@@ -6,8 +6,11 @@ use crate::error::{Result, StreamError};
 use crate::rng::SplitMix64;
 
 /// `natural` (0, 1, 2, …), `{ seed = N }` (promptcl's documented shuffle, see
-/// `rng`), or an explicit list such as the orders the official code's RNGs
-/// produce (`data-scripts/class_orders.py` prints them).
+/// `rng`), `{ numpy_seed = N }` (numpy's legacy `np.random.seed(N);
+/// np.random.permutation(n)`, PyCIL / LAMDA-PILOT / SLCA), or an explicit
+/// list such as the orders other official RNGs produce
+/// (`data-scripts/class_orders.py` prints them). A seed of 0 in a config
+/// stands for the run's seed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(untagged)]
 pub enum ClassOrder {
@@ -16,6 +19,9 @@ pub enum ClassOrder {
     Natural,
     Seeded {
         seed: u64,
+    },
+    NumpyPermutation {
+        numpy_seed: u32,
     },
     Explicit(Vec<usize>),
 }
@@ -45,6 +51,7 @@ impl ClassOrder {
                 SplitMix64::new(*seed).shuffle(&mut order);
                 Ok(order)
             }
+            Self::NumpyPermutation { numpy_seed } => Ok(crate::pyrandom::numpy_permutation(num_classes, *numpy_seed)),
             Self::Explicit(order) => {
                 check_permutation(order, num_classes)?;
                 Ok(order.clone())

@@ -1,6 +1,8 @@
 //! CPython's `random` module (MT19937, `random.seed(int)`, `random.shuffle`),
 //! bit for bit, so that the continual relation-extraction protocols reproduce
-//! the relation orders and splits the official code draws — without Python.
+//! the relation orders and splits the official code draws — without Python;
+//! and numpy's legacy `np.random.seed(s); np.random.permutation(n)` on the
+//! same generator (the class order of PyCIL / LAMDA-PILOT / SLCA).
 
 /// The Mersenne Twister as CPython seeds and draws it.
 #[derive(Debug, Clone)]
@@ -42,6 +44,28 @@ impl PyRandom {
         }
         r.mt[0] = 0x8000_0000;
         r
+    }
+
+    /// numpy's legacy `np.random.seed(seed)`: `init_genrand` alone.
+    pub fn numpy(seed: u32) -> Self {
+        let mut r = Self { mt: [0; 624], index: 624 };
+        r.init_genrand(seed);
+        r
+    }
+
+    /// numpy's `random_interval(max)` for `max < 2³²`: the smallest all-ones
+    /// mask ≥ max, redrawn while above max.
+    fn numpy_interval(&mut self, max: u32) -> u32 {
+        if max == 0 {
+            return 0;
+        }
+        let mask = u32::MAX >> max.leading_zeros();
+        loop {
+            let v = self.next_u32() & mask;
+            if v <= max {
+                return v;
+            }
+        }
     }
 
     fn init_genrand(&mut self, s: u32) {
@@ -103,6 +127,18 @@ pub fn argsort_shuffle(seed: u64, n: usize) -> Vec<usize> {
     inv
 }
 
+/// `np.random.seed(seed); np.random.permutation(n)`: Fisher–Yates from the
+/// last index down with `random_interval` draws.
+pub fn numpy_permutation(n: usize, seed: u32) -> Vec<usize> {
+    let mut rng = PyRandom::numpy(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.numpy_interval(i as u32) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +158,14 @@ mod tests {
         assert_eq!(shuffled(2021, 80)[..12], [46, 44, 19, 10, 22, 16, 61, 24, 58, 66, 76, 2]);
         assert_eq!(shuffled((1 << 40) + 5, 10), [1, 2, 3, 6, 7, 0, 5, 4, 9, 8], "two-word seed");
         assert_eq!(shuffled(7, 700)[..8], [664, 615, 30, 509, 435, 158, 461, 535], "ten-bit rejection sampling");
+    }
+
+    /// The values numpy 2.x prints for these seeds (`np.random.seed(s); np.random.permutation(n)`).
+    #[test]
+    fn numpy_permutation_matches_numpy() {
+        assert_eq!(numpy_permutation(10, 0), [2, 8, 4, 9, 1, 6, 7, 3, 0, 5]);
+        assert_eq!(numpy_permutation(100, 1993)[..12], [68, 56, 78, 8, 23, 84, 90, 65, 74, 76, 40, 89]);
+        assert_eq!(numpy_permutation(100, 1996)[..12], [35, 18, 40, 85, 63, 62, 77, 73, 12, 44, 31, 26]);
+        assert_eq!(numpy_permutation(100, 1997)[..12], [88, 77, 36, 54, 92, 4, 11, 24, 71, 31, 23, 99]);
     }
 }

@@ -6,21 +6,22 @@
 //! is the mean of the frozen and the adapted class tokens concatenated, and
 //! prediction is the cosine to the prototypes (the trained head is dropped).
 //!
-//! Composed of [`FirstTaskAdaptation`] and [`Prototypes`].
-//! The VPT variant of APER is not here yet.
+//! Composed of [`FirstTaskAdaptation`] and [`Prototypes`]. The VPT variant
+//! (`petl = "vpt-deep"` or `"vpt-shallow"`, PILOT `aper_vpt.py`) adapts
+//! zero-initialised prompt tokens instead.
 
 use std::rc::Rc;
 
 use tch::{nn, Tensor};
 
 use crate::method::{collect_features, Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
-use crate::parts::petl::{AdapterShape, FirstTaskAdaptation, PetlKind};
+use crate::parts::petl::{FirstTaskAdaptation, PetlKind, PetlShape};
 use crate::parts::prototypes::Prototypes;
 use crate::{OptimConfig, Result, Stage};
 
 crate::method_params! {
     pub struct Params {
-        /// `adapter` (AdaptFormer, PILOT `aper_adapter`) or `ssf` (`aper_ssf`, ViT only).
+        /// `adapter` (AdaptFormer, PILOT `aper_adapter`), `ssf` (`aper_ssf`, ViT only), `vpt-deep` or `vpt-shallow` (`aper_vpt`).
         pub petl: PetlKind = PetlKind::Adapter,
         /// Adapter bottleneck width (PILOT `ffn_num`).
         pub ffn_num: i64 = 64,
@@ -28,6 +29,8 @@ crate::method_params! {
         pub adapter_scale: f64 = 0.1,
         /// Dropout after the adapter's ReLU while training (hard-coded 0.1 in PILOT).
         pub adapter_dropout: f64 = 0.1,
+        /// VPT tokens per prompted block (PILOT `prompt_token_num`).
+        pub prompt_tokens: i64 = 5,
     }
 }
 
@@ -42,7 +45,8 @@ impl Aper {
     pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let shape = AdapterShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout };
+        let shape =
+            PetlShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout, prompt_tokens: params.prompt_tokens };
         let adapt = FirstTaskAdaptation::new(&root, params.petl, shape, ctx)?;
         let protos = Prototypes::new(&root, ctx.num_classes, 2 * ctx.feature_dim());
         Ok(Self { vs, adapt, protos, backbone: ctx.backbone.clone() })

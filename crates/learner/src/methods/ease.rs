@@ -22,7 +22,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::common::{ce_step, l2_normalize, CosineHead};
 use crate::method::{collect_features, tasks_seen, Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
-use crate::parts::petl::{AdapterShape, Petl, PetlKind};
+use crate::parts::petl::{Petl, PetlKind, PetlShape};
 use crate::{LearnerError, OptimConfig, Result, Stage};
 
 crate::method_params! {
@@ -172,7 +172,7 @@ impl Ease {
         params.validate()?;
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let shape = AdapterShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout };
+        let shape = PetlShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout, prompt_tokens: 0 };
         let d = ctx.feature_dim();
         let mut subspaces = Vec::new();
         let mut heads = Vec::new();

@@ -18,7 +18,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::common::{gaussian, l2_normalize};
 use crate::method::{collect_features, Backbone, BatchSource, ContinualMethod, Inputs, MemoryNeed, MethodContext, Prediction, Sizes, Step, TaskInfo};
-use crate::parts::petl::{AdapterShape, FirstTaskAdaptation, PetlKind};
+use crate::parts::petl::{FirstTaskAdaptation, PetlKind, PetlShape};
 use crate::parts::ridge::{official_grid, select_lambda, Ridge};
 use crate::{LearnerError, OptimConfig, Result, Stage};
 
@@ -34,12 +34,14 @@ pub enum Scoring {
 
 crate::method_params! {
     pub struct Params {
-        /// `adapter` (AdaptFormer, the official CIFAR-100 setting) or `ssf` (the official ImageNet-R setting).
+        /// `adapter` (AdaptFormer, the official CIFAR-100 setting), `ssf` (the official ImageNet-R setting), or PILOT's `vpt-deep` / `vpt-shallow`.
         pub petl: PetlKind = PetlKind::Adapter,
         /// Adapter bottleneck width (official: 64).
         pub ffn_num: i64 = 64,
         pub adapter_scale: f64 = 0.1,
         pub adapter_dropout: f64 = 0.1,
+        /// VPT tokens per prompted block (PILOT `prompt_token_num`).
+        pub prompt_tokens: i64 = 5,
         /// Random-projection width M (official: 10000); 0 fits the ridge on the features themselves.
         pub projection: i64 = 10000,
         /// The λ grid (official: 10^−8 … 10^8).
@@ -104,7 +106,8 @@ impl RanPac {
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let shape = AdapterShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout };
+        let shape =
+            PetlShape { width: params.ffn_num, scale: params.adapter_scale, dropout: params.adapter_dropout, prompt_tokens: params.prompt_tokens };
         let adapt = FirstTaskAdaptation::new(&root, params.petl, shape, ctx)?;
         let w_rand = (params.projection > 0).then(|| {
             let mut rng = SplitMix64::derive(ctx.seed, &[0x4A9D]);

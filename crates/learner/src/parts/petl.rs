@@ -1,8 +1,10 @@
 //! Parameter-efficient tuning modules on the backbone: AdaptFormer adapters
-//! beside every block's MLP, or SSF scale-and-shift after the ops of every
-//! block (ViT), in the method's own store and initialised as LAMDA-PILOT's
-//! `vit_adapter.py` / `vit_ssf.py` (drawn from promptcl's seeded RNG).
-//! APER adapts them on the first task, RanPAC too; the backbone stays frozen.
+//! beside every block's MLP, SSF scale-and-shift after the ops of every
+//! block (ViT), or VPT prompt tokens (every block's own, or the first
+//! block's carried through), in the method's own store and initialised as
+//! LAMDA-PILOT's `vit_adapter.py` / `vit_ssf.py` / `vpt.py` (drawn from
+//! promptcl's seeded RNG). APER adapts them on the first task, RanPAC too;
+//! the backbone stays frozen.
 
 use promptcl_model::{AdaptFormer, Prompts, Ssf, SsfBlock};
 use promptcl_stream::SplitMix64;
@@ -20,14 +22,23 @@ pub enum PetlKind {
     Adapter,
     /// SSF after the patch embedding, norm1, qkv, proj, norm2, fc1, fc2 and the final norm: ViT only.
     Ssf,
+    /// VPT-deep (PILOT `vpt_type = "deep"`): zero-initialised tokens appended to every block's
+    /// input, their outputs dropped after the block.
+    #[serde(rename = "vpt-deep")]
+    VptDeep,
+    /// VPT-shallow: tokens appended before the first block, carried through every block.
+    #[serde(rename = "vpt-shallow")]
+    VptShallow,
 }
 
-/// Adapter settings (PILOT's defaults: `ffn_num = 64`, scalar 0.1, dropout 0.1).
+/// Module settings: the adapter's (PILOT's defaults: `ffn_num = 64`, scalar
+/// 0.1, dropout 0.1) and VPT's number of tokens (`prompt_token_num`).
 #[derive(Debug, Clone, Copy)]
-pub struct AdapterShape {
+pub struct PetlShape {
     pub width: i64,
     pub scale: f64,
     pub dropout: f64,
+    pub prompt_tokens: i64,
 }
 
 struct AdapterVars {
@@ -42,19 +53,21 @@ type SsfVars = [Tensor; 2];
 
 pub struct Petl {
     kind: PetlKind,
-    shape: AdapterShape,
+    shape: PetlShape,
     adapters: Vec<AdapterVars>,
     /// Per block: norm1, qkv, proj, norm2, fc1, fc2.
     ssf_blocks: Vec<[SsfVars; 6]>,
     ssf_ends: Option<[SsfVars; 2]>,
+    /// VPT: `[depth or 1, tokens, D]`.
+    prompts: Option<Tensor>,
 }
 
 impl Petl {
-    /// Under `p` (`adapter.<layer>.{down,up}.{weight,bias}` or `ssf.<place>.{scale,shift}`).
-    pub fn new(p: &nn::Path, kind: PetlKind, shape: AdapterShape, backbone: &Backbone, seed: u64) -> Result<Self> {
+    /// Under `p` (`adapter.<layer>.{down,up}.{weight,bias}`, `ssf.<place>.{scale,shift}` or `vpt.prompts`).
+    pub fn new(p: &nn::Path, kind: PetlKind, shape: PetlShape, backbone: &Backbone, seed: u64) -> Result<Self> {
         let (depth, d) = (backbone.depth(), backbone.token_dim());
         let zeros = |dims: &[i64]| Tensor::zeros(dims, (Kind::Float, tch::Device::Cpu));
-        let mut petl = Self { kind, shape, adapters: Vec::new(), ssf_blocks: Vec::new(), ssf_ends: None };
+        let mut petl = Self { kind, shape, adapters: Vec::new(), ssf_blocks: Vec::new(), ssf_ends: None, prompts: None };
         match kind {
             PetlKind::Adapter => {
                 if shape.width < 1 {
@@ -97,6 +110,14 @@ impl Petl {
                     ]);
                 }
                 petl.ssf_ends = Some([place(p / "ssf" / "embed", d), place(p / "ssf" / "final", d)]);
+            }
+            PetlKind::VptDeep | PetlKind::VptShallow => {
+                if shape.prompt_tokens < 1 {
+                    return Err(LearnerError::Invalid(format!("prompt_tokens must be at least 1, got {}", shape.prompt_tokens)));
+                }
+                let rows = if kind == PetlKind::VptDeep { depth as i64 } else { 1 };
+                // `nn.Parameter(torch.zeros(...))` in PILOT's `VPT_ViT`.
+                petl.prompts = Some(var_from(&(p / "vpt"), "prompts", zeros(&[rows, shape.prompt_tokens, d])));
             }
         }
         Ok(petl)
@@ -145,6 +166,12 @@ impl Petl {
         if let Some((e, f)) = &ends {
             prompts = prompts.with_ssf_ends(e, f);
         }
+        if let Some(p) = &self.prompts {
+            // Deep: each block's own tokens replace the previous block's; shallow: the first block's stay.
+            for i in 0..p.size()[0] {
+                prompts = prompts.with_tokens(i as usize, &p.narrow(0, i, 1));
+            }
+        }
         Ok(backbone.forward(x, &prompts)?.feature)
     }
 }
@@ -159,7 +186,7 @@ pub struct FirstTaskAdaptation {
 
 impl FirstTaskAdaptation {
     /// Under `root`: `petl.*` and `cosine_head.*`.
-    pub fn new(root: &nn::Path, kind: PetlKind, shape: AdapterShape, ctx: &MethodContext) -> Result<Self> {
+    pub fn new(root: &nn::Path, kind: PetlKind, shape: PetlShape, ctx: &MethodContext) -> Result<Self> {
         let petl = Petl::new(&(root / "petl"), kind, shape, &ctx.backbone, ctx.seed)?;
         Ok(Self { petl, head: CosineHead::new(root, ctx.feature_dim(), ctx.num_classes, ctx.seed) })
     }
