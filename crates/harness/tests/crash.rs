@@ -125,15 +125,21 @@ fn kill_inside_stage(tag: &str, method: &str, params: &str, epochs: usize, stage
 }
 
 /// The methods whose state is all outside training (APER's and RanPAC's
-/// first-task modules, prototypes, Gram matrix; FeCAM's covariances) and
+/// first-task modules, prototypes, Gram matrix; FeCAM's covariances, and
+/// PILOT's FeCAM with its first-task adapters) and
 /// EASE's and VPT-NSP's per-task subspaces and statistics: SIGKILLed right
 /// after task 2 is written (their later tasks are too quick to catch from
 /// outside), each resumes to the uninterrupted run's matrix.
 #[test]
 fn sigkill_after_a_task_resumes_every_statistics_method_bit_identically() {
-    for (method, params) in
-        [("aper", "ffn_num = 8"), ("ranpac", "ffn_num = 8, projection = 64"), ("fecam", ""), ("ease", "ffn_num = 8"), ("vpt-nsp", "length = 3")]
-    {
+    for (method, params) in [
+        ("aper", "ffn_num = 8"),
+        ("ranpac", "ffn_num = 8, projection = 64"),
+        ("fecam", ""),
+        ("fecam-pilot", "ffn_num = 8"),
+        ("ease", "ffn_num = 8"),
+        ("vpt-nsp", "length = 3"),
+    ] {
         let dir = workdir(&format!("ref-after-{method}"));
         let want = reference_at(&dir, write_method_config(&dir, method, params, 1, ""));
         let dir = workdir(&format!("kill-after-{method}"));

@@ -17,7 +17,7 @@ fn params(method: &str) -> &'static str {
         "wave-cre" => "layers = [0, 1]\npool_size = 3\ntop_k = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"",
         "epi" => "layers = [0, 1, 2]\nlength = 2",
         "vpt-nsp" => "length = 3",
-        "aper" | "ease" => "ffn_num = 8",
+        "aper" | "ease" | "fecam-pilot" => "ffn_num = 8",
         "ranpac" => "ffn_num = 8\nprojection = 64",
         "slca" => "ca_epochs = 1\nsamples_per_class = 8",
         _ => "",
@@ -81,7 +81,7 @@ fn every_registered_method_runs_end_to_end() {
             // APER adapts in task 1 only.
             let want = match name {
                 "hide-prompt" | "norga" | "wave-cre" => 2 + 4 * 4,
-                "aper" | "ranpac" => 1,
+                "aper" | "ranpac" | "fecam-pilot" => 1,
                 // `train` in every task, `align` from the second.
                 "slca" => 1 + 4 * 2,
                 _ => 5,

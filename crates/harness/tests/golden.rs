@@ -45,8 +45,9 @@
 //!   the raw centroid variance + 1e-6, as HierC's evaluation.
 //!
 //! Added with issue #19: `vision/aper`, `vision/ranpac`, `vision/fecam` and `vision/slca` (new); `vision/prototype` was renamed
-//! `vision/simplecil` with its matrix unchanged (the method's registry name); later `vision/ease` and
-//! `vision/vpt-nsp` (new).
+//! `vision/simplecil` with its matrix unchanged (the method's registry name); later `vision/ease`,
+//! `vision/vpt-nsp` and `vision/fecam-pilot` (new); `vision/slca` re-blessed when its fresh
+//! final norm took the official eps 1e-5.
 
 mod common;
 
@@ -66,7 +67,7 @@ fn vision_params(method: &str) -> String {
         }
         "epi" => "layers = [0, 1, 2], length = 2".into(),
         "vpt-nsp" => "length = 3".into(),
-        "aper" | "ease" => "ffn_num = 8".into(),
+        "aper" | "ease" | "fecam-pilot" => "ffn_num = 8".into(),
         "ranpac" => "ffn_num = 8, projection = 64".into(),
         "slca" => "ca_epochs = 1, samples_per_class = 8".into(),
         _ => String::new(),

@@ -105,6 +105,13 @@ pub const METHODS: &[MethodEntry] = &[
         fecam::FeCam::new
     ),
     entry!(
+        "fecam-pilot",
+        "FeCAM as LAMDA-PILOT runs it: first-task adapters, corrcoef(S + 100·I) of raw adapted features (models/fecam.py)",
+        fecam::PilotParams,
+        fecam::PilotParams::default(),
+        fecam::FeCam::pilot
+    ),
+    entry!(
         "slca",
         "slow fine-tuning of the whole backbone, per-task heads aligned on Gaussian pseudo-features (SLCA, Zhang et al. 2023)",
         slca::Params,

@@ -3,7 +3,8 @@
 //! the method's properties.
 
 use promptcl_learner::drive::Held;
-use promptcl_learner::methods::fecam::{class_statistics, mahalanobis, Params};
+use promptcl_learner::l2_normalize;
+use promptcl_learner::methods::fecam::{class_statistics, mahalanobis, pilot_statistics, Params};
 use promptcl_learner::{registry, Inputs, OptimConfig, TaskInfo};
 use tch::{Device, Kind, Tensor};
 
@@ -28,6 +29,21 @@ fn distances_match_the_official_script() {
         let err = (&d - &g[&format!("{name}.distances")]).abs().max().double_value(&[]);
         assert!(err < 1e-8, "{name}: {err}");
     }
+}
+
+/// LAMDA-PILOT's recipe (raw features, `corrcoef(S + 100·I)`, pinv,
+/// normalised x and μ): within 1e-8 of its float64 twin with float32's
+/// cut-off, and within 1e-5 of PILOT's own float32 computation.
+#[test]
+fn pilot_distances_match_lamda_pilot() {
+    let g = golden();
+    let (f, y) = (&g["pilot.features"], &g["labels"]);
+    let (means, inverses): (Vec<Tensor>, Vec<Tensor>) =
+        (0..3).map(|c| pilot_statistics(&f.index_select(0, &y.eq(c).nonzero().squeeze_dim(1)), 100.0)).unzip();
+    let d = mahalanobis(&l2_normalize(&g["pilot.test"], 1), &l2_normalize(&Tensor::stack(&means, 0), 1), &Tensor::stack(&inverses, 0));
+    let rel = |want: &Tensor| ((&d - want).abs().max() / want.abs().max()).double_value(&[]);
+    assert!(rel(&g["pilot.distances"]) < 1e-8, "{}", rel(&g["pilot.distances"]));
+    assert!(rel(&g["pilot.distances.f32"]) < 1e-5, "{}", rel(&g["pilot.distances.f32"]));
 }
 
 /// No training; the class of least distance wins; a class with one sample is

@@ -187,6 +187,7 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("ease", "ffn_num = 8"),
         ("ranpac", "ffn_num = 8\nprojection = 16"),
         ("fecam", ""),
+        ("fecam-pilot", "ffn_num = 8"),
         ("slca", "samples_per_class = 4"),
         ("l2p", "pool_size = 6\ntop_k = 2\nlength = 3"),
         ("dualprompt", "g_layers = [0]\ne_layers = [1, 2]"),

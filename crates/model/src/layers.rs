@@ -17,6 +17,10 @@ impl LayerNorm {
         Self { weight: p.ones("weight", &[dim]), bias: p.zeros("bias", &[dim]), dim, eps }
     }
 
+    pub(crate) fn set_eps(&mut self, eps: f64) {
+        self.eps = eps;
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         x.to_kind(Kind::Float)

@@ -185,6 +185,12 @@ impl VisionTransformer {
         Ok(model)
     }
 
+    /// The final norm's eps, when a method replaces that norm with a fresh
+    /// one of another eps (SLCA's `nn.LayerNorm(768)`: 1e-5, the blocks' 1e-6).
+    pub fn set_final_norm_eps(&mut self, eps: f64) {
+        self.norm.set_eps(eps);
+    }
+
     pub fn config(&self) -> &ViTConfig {
         &self.cfg
     }

@@ -31,6 +31,8 @@ crate::method_params! {
         pub samples_per_class: i64 = 256,
         /// Logit-norm temperature (official `ca_with_logit_norm`); 0 = plain CE.
         pub logit_norm: f64 = 0.1,
+        /// eps of the fresh final LayerNorm (the official `nn.LayerNorm(768)`: 1e-5; the blocks keep theirs).
+        pub fresh_norm_eps: f64 = 1e-5,
     }
 }
 
@@ -57,15 +59,18 @@ fn head_name(t: usize) -> String {
 
 impl Slca {
     pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
-        if params.samples_per_class < 1 || !(params.logit_norm >= 0.0) {
+        if params.samples_per_class < 1 || !(params.logit_norm >= 0.0) || !(params.fresh_norm_eps > 0.0) {
             return Err(LearnerError::Invalid(format!(
-                "slca: samples_per_class must be at least 1 and logit_norm >= 0, got {} and {}",
-                params.samples_per_class, params.logit_norm
+                "slca: samples_per_class must be at least 1, logit_norm >= 0 and fresh_norm_eps > 0, got {}, {} and {}",
+                params.samples_per_class, params.logit_norm, params.fresh_norm_eps
             )));
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let encoder = ctx.backbone.trainable_copy(&root / "backbone", &vs);
+        let mut encoder = ctx.backbone.trainable_copy(&root / "backbone", &vs);
+        if let Encoder::Vit(vit) = &mut encoder {
+            vit.set_final_norm_eps(params.fresh_norm_eps);
+        }
         // A fresh final LayerNorm, as the official `vit_base_patch16_224_in21k` builder.
         let vars = vs.variables();
         tch::no_grad(|| {
