@@ -62,3 +62,4 @@ fixtures:
 	$(VENV)/bin/python data-scripts/gen_fecam_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_ease_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_vptnsp_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_zeroinit_fixtures.py

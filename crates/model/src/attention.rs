@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::prompt::{Prefix, PrefixScoreHook};
+use crate::prompt::{Prefix, PrefixScoreHook, ZeroInitGate};
 
 /// Which attention kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -47,6 +47,7 @@ pub(crate) fn attend(
     v: &Tensor,
     prefix: Option<&Prefix>,
     hook: Option<&dyn PrefixScoreHook>,
+    zero_gate: Option<&ZeroInitGate>,
     mask: Option<&Tensor>,
     imp: AttentionImpl,
 ) -> Tensor {
@@ -69,6 +70,13 @@ pub(crate) fn attend(
         })
     };
     let prefix_len = prefix.as_ref().map_or(0, |(pk, _)| pk.size()[2]);
+
+    if let (Some(gate), Some((pk, pv))) = (zero_gate, &prefix) {
+        // Two softmaxes: the tokens' (masked) as the frozen layer, the prefix's on its own.
+        let tokens = attend(q, k, v, None, None, None, mask, imp);
+        let ps = (q.matmul(&pk.transpose(-2, -1)).to_kind(Kind::Float) * scale).softmax(-1, Kind::Float);
+        return tokens + (ps * gate.factor(q)).to_kind(kind).matmul(pv);
+    }
 
     if imp.fused(q.device().is_cuda(), hook.is_some()) {
         let (k_all, v_all) = match &prefix {

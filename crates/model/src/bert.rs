@@ -120,7 +120,7 @@ impl Layer {
         let (b, t, d) = (s[0], s[1], s[2]);
         let split = |y: Tensor| y.view([b, t, self.heads, d / self.heads]).transpose(1, 2);
         let (q, k, v) = (split(self.query.forward(x)), split(self.key.forward(x)), split(self.value.forward(x)));
-        let ctx = attend(&q, &k, &v, prefix, hook, Some(mask), opts.attention).transpose(1, 2).reshape([b, t, d]);
+        let ctx = attend(&q, &k, &v, prefix, hook, lp.and_then(|lp| lp.zero_gate), Some(mask), opts.attention).transpose(1, 2).reshape([b, t, d]);
         let h = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
         let inter = self.intermediate.forward(&h).gelu("none");
         let ffn = self.out.forward(&inter) + &h;

@@ -178,6 +178,31 @@ impl SsfBlock {
     }
 }
 
+/// The zero-initialised gate of LLaMA-Adapter and of Diep et al. (ICML 2025,
+/// official `llama-adaptor-nonlinear` `llama/model.py`): the prefix gets its
+/// own softmax, scaled by `tanh(g)`, and is added to the token attention,
+/// `softmax(q·k_tokᵀ/√d)·v_tok + tanh(g)·softmax(q·k_preᵀ/√d)·v_pre`, so a
+/// gate at 0 leaves the layer exactly as it was.
+///
+/// # Shapes
+/// - `PerHead`: `[heads]` (the official `typ_gate = "random"`)
+/// - `PerQuery`: `[heads, head_dim]`, `g = q_h · w_h` for every query (`typ_gate = "adapt"`)
+#[derive(Debug)]
+pub enum ZeroInitGate {
+    PerHead(Tensor),
+    PerQuery(Tensor),
+}
+
+impl ZeroInitGate {
+    /// `tanh(g)` broadcastable to `[B, H, N, 1]`, for queries `q [B, H, N, d]` (fp32).
+    pub(crate) fn factor(&self, q: &Tensor) -> Tensor {
+        match self {
+            Self::PerHead(g) => g.to_kind(Kind::Float).view([1, -1, 1, 1]).tanh(),
+            Self::PerQuery(w) => q.to_kind(Kind::Float).matmul(&w.to_kind(Kind::Float).unsqueeze(-1)).tanh(),
+        }
+    }
+}
+
 /// What one layer receives.
 #[derive(Default)]
 pub struct LayerPrompt<'a> {
@@ -185,6 +210,8 @@ pub struct LayerPrompt<'a> {
     pub tokens: Option<Tensor>,
     pub prefix: Option<Prefix>,
     pub score_hook: Option<&'a dyn PrefixScoreHook>,
+    /// The prefix as a gated, separately normalised branch (instead of one joint softmax).
+    pub zero_gate: Option<&'a ZeroInitGate>,
     pub adapter: Option<&'a dyn ParallelAdapter>,
     pub ssf: Option<&'a SsfBlock>,
 }
@@ -224,6 +251,12 @@ impl<'a> Prompts<'a> {
     }
 
     /// An adapter beside the MLP of `layer`.
+    /// The prefix of `layer` as a zero-initialised gated branch ([`ZeroInitGate`]).
+    pub fn with_zero_gate(mut self, layer: usize, gate: &'a ZeroInitGate) -> Self {
+        self.layers.entry(layer).or_default().zero_gate = Some(gate);
+        self
+    }
+
     pub fn with_adapter(mut self, layer: usize, adapter: &'a dyn ParallelAdapter) -> Self {
         self.layers.entry(layer).or_default().adapter = Some(adapter);
         self
@@ -301,8 +334,20 @@ impl<'a> Prompts<'a> {
                 if pre.key.size()[2] != pre.value.size()[2] {
                     return bad(format!("layer {layer}: prefix key length {} differs from value length {}", pre.key.size()[2], pre.value.size()[2]));
                 }
-            } else if p.score_hook.is_some() {
-                return bad(format!("layer {layer}: a score hook needs a prefix on the same layer"));
+            } else if p.score_hook.is_some() || p.zero_gate.is_some() {
+                return bad(format!("layer {layer}: a score hook or a zero-init gate needs a prefix on the same layer"));
+            }
+            if let Some(g) = p.zero_gate {
+                if p.score_hook.is_some() {
+                    return bad(format!("layer {layer}: a zero-init gate and a score hook are two gates; give one"));
+                }
+                let (s, want) = match g {
+                    ZeroInitGate::PerHead(t) => (t.size(), vec![heads]),
+                    ZeroInitGate::PerQuery(t) => (t.size(), vec![heads, head_dim]),
+                };
+                if s != want {
+                    return bad(format!("layer {layer}: zero-init gate must be {want:?}, got {s:?}"));
+                }
             }
         }
         Ok(())

@@ -72,7 +72,8 @@ impl Attention {
         let qkv = with_ssf(self.qkv.forward(x), ssf.map(|s| &s.qkv));
         let qkv = qkv.reshape([b, n, 3, self.num_heads, c / self.num_heads]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let out = attend(&q, &k, &v, lp.and_then(|lp| lp.prefix.as_ref()), lp.and_then(|lp| lp.score_hook), None, imp);
+        let out =
+            attend(&q, &k, &v, lp.and_then(|lp| lp.prefix.as_ref()), lp.and_then(|lp| lp.score_hook), lp.and_then(|lp| lp.zero_gate), None, imp);
         with_ssf(self.proj.forward(&out.transpose(1, 2).reshape([b, n, c])), ssf.map(|s| &s.proj))
     }
 }
