@@ -157,14 +157,14 @@ struct Param {
     /// Adam: second moment.
     v: Tensor,
     steps: i64,
+    /// `left · Δ · right` replaces this variable's update Δ.
+    projection: Option<UpdateProjection>,
 }
 
 pub struct Optimizer {
     cfg: StageOptim,
     params: Vec<Param>,
     lr: f64,
-    /// Per variable: `left · Δ · right` replaces its update Δ.
-    projections: HashMap<String, UpdateProjection>,
 }
 
 /// A projection of one 2-D variable's update (after the optimizer has made
@@ -192,16 +192,16 @@ impl Optimizer {
             .filter_map(|(name, tensor)| {
                 let scale = lr_scale(&name)?;
                 let (m, v) = (tensor.zeros_like().detach(), tensor.zeros_like().detach());
-                Some(Param { name, tensor, lr_scale: scale, m, v, steps: 0 })
+                Some(Param { name, tensor, lr_scale: scale, m, v, steps: 0, projection: None })
             })
             .collect();
-        Self { cfg: cfg.clone(), params, lr: cfg.lr, projections: HashMap::new() }
+        Self { cfg: cfg.clone(), params, lr: cfg.lr }
     }
 
     /// Projects the updates of these variables from now on.
     pub fn project(&mut self, projections: Vec<UpdateProjection>) -> Result<()> {
         for p in projections {
-            let param = self.params.iter().find(|q| q.name == p.name);
+            let param = self.params.iter_mut().find(|q| q.name == p.name);
             let Some(param) = param else {
                 return Err(LearnerError::Invalid(format!("update projection for `{}`, which this stage does not train", p.name)));
             };
@@ -209,7 +209,7 @@ impl Optimizer {
             if size.len() != 2 || l != [size[0], size[0]] || r != [size[1], size[1]] {
                 return Err(LearnerError::Invalid(format!("update projection for `{}` {size:?}: left {l:?} and right {r:?} do not fit", p.name)));
             }
-            self.projections.insert(p.name.clone(), p);
+            param.projection = Some(p);
         }
         Ok(())
     }
@@ -269,7 +269,7 @@ impl Optimizer {
                         let c2 = 1.0 - b2.powi(p.steps as i32);
                         let denom = p.v.sqrt() / c2.sqrt() + EPS;
                         let update = &p.m / denom * (lr / c1);
-                        let _ = p.tensor.g_sub_(&project(self.projections.get(&p.name), update));
+                        let _ = p.tensor.g_sub_(&project(p.projection.as_ref(), update));
                     }
                     OptimizerKind::Sgd => {
                         if momentum != 0.0 {
@@ -278,9 +278,9 @@ impl Optimizer {
                             } else {
                                 let _ = p.m.g_mul_scalar_(momentum).g_add_(&g);
                             }
-                            let _ = p.tensor.g_sub_(&project(self.projections.get(&p.name), &p.m * lr));
+                            let _ = p.tensor.g_sub_(&project(p.projection.as_ref(), &p.m * lr));
                         } else {
-                            let _ = p.tensor.g_sub_(&project(self.projections.get(&p.name), g * lr));
+                            let _ = p.tensor.g_sub_(&project(p.projection.as_ref(), g * lr));
                         }
                     }
                 }
