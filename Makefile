@@ -63,3 +63,4 @@ fixtures:
 	$(VENV)/bin/python data-scripts/gen_ease_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_vptnsp_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_zeroinit_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_prompt_param_fixtures.py

@@ -168,10 +168,14 @@ fn sigkill_inside_ease_and_vpt_nsp_training_resumes_bit_identically() {
 /// HiDe-Prompt's `align` stage trains on pseudo-features it samples from
 /// libtorch's generator: a kill inside it resumes bit-identically, because the
 /// harness seeds the generator per (task, stage, epoch) and the statistics and
-/// optimizer state are in the epoch checkpoint.
+/// optimizer state are in the epoch checkpoint. The prompts are generated
+/// (`reparam-mlp`, momentum-mixed and sealed at the end of the prompt stage):
+/// the sealed prefixes and their flags come back too, so the resumed run
+/// reads the mix rather than regenerating.
 #[test]
 fn sigkill_inside_a_generated_alignment_stage_resumes_bit_identically() {
-    let params = "layers = [0, 1], length = 2, tii_epochs = 1, tii_align_epochs = 2, align_epochs = 150, statistics = \"variance\"";
+    let params = "layers = [0, 1], length = 2, tii_epochs = 1, tii_align_epochs = 2, align_epochs = 150, statistics = \"variance\", \
+                  prompt = { param = \"reparam-mlp\" }";
     let (want, run) = kill_inside_stage("align", "hide-prompt", params, 1, "align", 5..140);
     let mark = state(&run).unwrap().epoch_checkpoint.unwrap();
     assert_eq!((mark.task, mark.stage_name.as_str()), (1, "align"), "killed inside task 2's alignment stage");

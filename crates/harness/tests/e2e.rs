@@ -13,9 +13,11 @@ fn params(method: &str) -> &'static str {
         "dualprompt" => "g_layers = [0]\ne_layers = [1, 2]\ne_length = 3",
         "coda-prompt" => "pool_size = 10\nlength = 4\nlayers = [0, 1, 2]",
         "l2p" => "pool_size = 6\ntop_k = 2\nlength = 3",
-        "hide-prompt" | "norga" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"",
-        "wave-cre" => "layers = [0, 1]\npool_size = 3\ntop_k = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"",
-        "epi" => "layers = [0, 1, 2]\nlength = 2",
+        // Each prompt parameterisation and gate of issue #18 once (the goldens cover the direct prefixes).
+        "hide-prompt" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nprompt = { param = \"nonlinear\", gate = \"zero-init\" }",
+        "norga" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nprompt = { param = \"reparam-mlp\", gate = \"sigmoid\" }",
+        "wave-cre" => "layers = [0, 1]\npool_size = 3\ntop_k = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nprompt = { param = \"frozen-projection\", gate = \"zero-init-query\" }",
+        "epi" => "layers = [0, 1, 2]\nlength = 2\nprompt = { param = \"reparam-linear\", generator = \"per-task\" }",
         "vpt-nsp" => "length = 3",
         "aper" | "ease" | "fecam-pilot" => "ffn_num = 8",
         "ranpac" => "ffn_num = 8\nprojection = 64",
@@ -110,12 +112,13 @@ fn every_registered_method_runs_end_to_end() {
 /// APER's and RanPAC's adapters are trained in task 1 only and must come
 /// back from the checkpoint, as RanPAC's Gram statistics; DualPrompt's
 /// per-task prompts, EASE's per-task adapters and prototypes, and
-/// VPT-NSP's statistics and projections too.
+/// VPT-NSP's statistics and projections too, and NoRGa's generated prefixes
+/// (sealed per task, with their flags).
 #[test]
 fn resumed_run_matches_uninterrupted_bit_for_bit() {
     let _one_at_a_time = training();
     let out = tmp("resume");
-    for method in ["dualprompt", "aper", "ranpac", "slca", "ease", "vpt-nsp"] {
+    for method in ["dualprompt", "aper", "ranpac", "slca", "ease", "vpt-nsp", "norga"] {
         let cfg = config(method, &out);
         let full = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap();
         let part = run::run(&cfg, 7, None, run::RunOptions { quiet: true, stop_after_tasks: Some(2) }).unwrap();

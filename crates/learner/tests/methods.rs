@@ -524,16 +524,25 @@ fn alignment_stages_have_the_official_weight_decay_and_rates() {
 fn task_prompts_mix_with_earlier_tasks_write_back_and_copy_forward() {
     use promptcl_learner::parts::task_prompts::{PromptSetConfig, TaskPrompts};
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = PromptSetConfig { prompt_name: "p", key_name: "k", layers: vec![0, 1], length: 2, pool_size: 1, top_k: 1, seed_tag: 7 };
+    let cfg = PromptSetConfig {
+        prompt_name: "p",
+        key_name: "k",
+        layers: vec![0, 1],
+        length: 2,
+        pool_size: 1,
+        top_k: 1,
+        seed_tag: 7,
+        expert: Default::default(),
+    };
     let mut p = TaskPrompts::new(&vs.root(), &ctx(), cfg).unwrap();
-    let (p0, p1) = (p.prompts[0].copy(), p.prompts[1].copy());
+    let (p0, p1) = (p.pool(0).copy(), p.pool(1).copy());
     let want = &p1 * 0.99 + &p0 * 0.01;
     assert!((p.mixed(1, 0.01) - &want).abs().max().double_value(&[]) < 1e-7);
-    p.write_mixed(1, 0.01);
-    assert!((&p.prompts[1] - &want).abs().max().double_value(&[]) < 1e-7 && p.prompts[0].equal(&p0));
+    p.seal(1, 0.01);
+    assert!((&p.pool(1) - &want).abs().max().double_value(&[]) < 1e-7 && p.pool(0).equal(&p0));
     p.begin_task(2, true);
-    assert!(p.prompts[2].equal(&p.prompts[1]), "shared_prompt_pool: task 2 starts from task 1");
-    let grads: Vec<bool> = p.prompts.iter().map(Tensor::requires_grad).collect();
+    assert!(p.pool(2).equal(&p.pool(1)), "shared_prompt_pool: task 2 starts from task 1");
+    let grads: Vec<bool> = (0..5).map(|t| p.pool(t).requires_grad()).collect();
     assert_eq!(grads, [false, false, true, false, false]);
 }
 
@@ -651,4 +660,59 @@ fn slca_trains_slowly_aligns_and_recalls_the_heads() {
     let (fx, fy) = &batches[0];
     assert_eq!(fx.size(), [4, 64]);
     m.train_step(&Inputs::Features(fx.shallow_clone()), fy, &align).unwrap().loss.backward();
+}
+
+/// HiDe-Prompt with task-specific zero-init gates: before its gate opens, a
+/// task's prompted feature is exactly the frozen one; the prompt stage trains
+/// the task's prompt, generator and gate only; after a later task, the
+/// earlier task's sealed prefixes and gate are bit-identical; at inference,
+/// each sample gets its identified task's gate.
+#[test]
+fn hide_prompt_experts_start_as_no_ops_train_their_own_parts_and_keep_finished_ones() {
+    let params = format!("{HIDE}\nprompt = {{ param = \"nonlinear\", gate = \"zero-init\" }}");
+    let mut m = build("hide-prompt", &params);
+    m.begin_task(&task(0)).unwrap();
+    let x = images(3);
+    let frozen = tch::no_grad(|| ctx().backbone.query(&x).unwrap());
+    let f = m.task_features(&x, &task(0)).unwrap().unwrap();
+    assert!(f.equal(&frozen), "a closed gate is the frozen model, by {}", (&f - &frozen).abs().max().double_value(&[]));
+    m.train_step(&x, &labels(0), &in_stage(&*m, 0, "prompt")).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "zero_gate.0")), "the gate opens by gradient");
+    for name in ["e_prompt.1", "zero_gate.1", "tii.head.weight"] {
+        assert!(!has_grad(&var(&*m, name)), "{name}");
+    }
+    run_task(&mut *m, 0, &mut task_data(0));
+    assert_eq!(var(&*m, "e_prompt_sealed").double_value(&[0]), 1.0, "task 0 sealed after its prompt stage");
+    let (stored, gate) = (var(&*m, "e_prompt_stored.0").copy(), var(&*m, "zero_gate.0").copy());
+    assert!(stored.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    run_task(&mut *m, 1, &mut task_data(1));
+    assert!(var(&*m, "e_prompt_stored.0").equal(&stored) && var(&*m, "zero_gate.0").equal(&gate), "task 0's expert moved");
+    assert!(!var(&*m, "zero_gate.1").equal(&var(&*m, "zero_gate.2")), "task 1's gate trained");
+    let pred = m.predict(&images(5), 4).unwrap();
+    assert_eq!(pred.logits.size(), [4, 4]);
+
+    // Every parameterisation and gate builds and runs a task's stages.
+    for prompt in [
+        "{ param = \"reparam-mlp\" }",
+        "{ param = \"reparam-linear\", generator = \"per-task\" }",
+        "{ param = \"frozen-projection\", gate = \"zero-init-query\" }",
+        "{ param = \"reparam-mlp\", gate = \"sigmoid\" }",
+    ] {
+        let mut m = build("hide-prompt", &format!("{HIDE}\nprompt = {prompt}"));
+        run_task(&mut *m, 0, &mut task_data(0));
+        assert!(m.predict(&images(5), 2).unwrap().logits.isfinite().all().int64_value(&[]) == 1, "{prompt}");
+    }
+    let mut m = build("epi", "layers = [0, 1]\nlength = 2\nprompt = { param = \"reparam-mlp\" }");
+    run_task(&mut *m, 0, &mut task_data(0));
+    assert_eq!(var(&*m, "prompt_sealed").double_value(&[0]), 1.0, "EPI seals at the end of its task");
+
+    // Bad values name the key.
+    let err = build_err("hide-prompt", &format!("{HIDE}\nprompt = {{ gate = \"zero\" }}"));
+    assert!(err.contains("unknown gate `zero`") && err.contains("zero-init"), "{err}");
+    let err = build_err("hide-prompt", &format!("{HIDE}\nprompt = {{ param = \"mlp\" }}"));
+    assert!(err.contains("mlp") && err.contains("reparam-mlp"), "{err}");
+    let err = build_err("hide-prompt", &format!("{HIDE}\nprompt = {{ reparam_hidden = 0 }}"));
+    assert!(err.contains("prompt.reparam_hidden"), "{err}");
+    let err = build_err("epi", "prompt = { gate = \"zero-init\" }");
+    assert!(err.contains("prompt.gate"), "{err}");
 }

@@ -185,8 +185,10 @@ impl SsfBlock {
 /// gate at 0 leaves the layer exactly as it was.
 ///
 /// # Shapes
-/// - `PerHead`: `[heads]` (the official `typ_gate = "random"`)
-/// - `PerQuery`: `[heads, head_dim]`, `g = q_h · w_h` for every query (`typ_gate = "adapt"`)
+/// - `PerHead`: `[heads]` (the official `typ_gate = "random"`), or `[B or 1, heads]`
+///   when samples carry different gates (task-specific prompts routed per sample)
+/// - `PerQuery`: `[heads, head_dim]`, `g = q_h · w_h` for every query (`typ_gate = "adapt"`),
+///   or `[B or 1, heads, head_dim]`
 #[derive(Debug)]
 pub enum ZeroInitGate {
     PerHead(Tensor),
@@ -197,7 +199,10 @@ impl ZeroInitGate {
     /// `tanh(g)` broadcastable to `[B, H, N, 1]`, for queries `q [B, H, N, d]` (fp32).
     pub(crate) fn factor(&self, q: &Tensor) -> Tensor {
         match self {
-            Self::PerHead(g) => g.to_kind(Kind::Float).view([1, -1, 1, 1]).tanh(),
+            Self::PerHead(g) => {
+                let heads = *g.size().last().unwrap_or(&1);
+                g.to_kind(Kind::Float).view([-1, heads, 1, 1]).tanh()
+            }
             Self::PerQuery(w) => q.to_kind(Kind::Float).matmul(&w.to_kind(Kind::Float).unsqueeze(-1)).tanh(),
         }
     }
@@ -341,13 +346,17 @@ impl<'a> Prompts<'a> {
                 if p.score_hook.is_some() {
                     return bad(format!("layer {layer}: a zero-init gate and a score hook are two gates; give one"));
                 }
-                let (s, want) = match g {
-                    ZeroInitGate::PerHead(t) => (t.size(), vec![heads]),
-                    ZeroInitGate::PerQuery(t) => (t.size(), vec![heads, head_dim]),
+                let (t, want) = match g {
+                    ZeroInitGate::PerHead(t) => (t, vec![heads]),
+                    ZeroInitGate::PerQuery(t) => (t, vec![heads, head_dim]),
                 };
-                if s != want {
-                    return bad(format!("layer {layer}: zero-init gate must be {want:?}, got {s:?}"));
+                let s = t.size();
+                let per_sample = s.len() == want.len() + 1 && (s[0] == 1 || s[0] == batch) && s[1..] == want[..];
+                if s != want && !per_sample {
+                    let dims = want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+                    return bad(format!("layer {layer}: zero-init gate must be [{dims}] or [{batch} or 1, {dims}], got {s:?}"));
                 }
+                check_float(t, layer, "zero-init gate")?;
             }
         }
         Ok(())

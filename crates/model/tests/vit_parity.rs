@@ -189,10 +189,27 @@ fn bf16_path_agrees_with_fp32() {
 /// The bf16 path computes with CUDA autocast's dtypes (matmuls and the
 /// patch convolution in bf16; LayerNorm, softmax and the residual stream in
 /// fp32, LayerNorm weights, class token and position embedding kept fp32),
-/// against `data-scripts/gen_bf16_fixtures.py`'s emulation of them in PyTorch.
+/// against `data-scripts/gen_bf16_fixtures.py`'s emulation of them in PyTorch,
+/// run on this machine: CPU bf16 GEMMs round differently with and without
+/// AVX512-BF16 (by 0.013 here, 64 % of bf16's own error), so a golden made on
+/// another CPU cannot decide 5 %. Without a Python, the committed golden.
 #[test]
 fn bf16_path_follows_autocast_dtypes() {
-    let g = read_safetensors(&fixture("vit_bf16_golden.safetensors")).unwrap();
+    let g = match std::env::var("PROMPTCL_PYTHON") {
+        Ok(python) => {
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data-scripts/gen_bf16_fixtures.py");
+            let out = std::env::temp_dir().join(format!("promptcl-bf16-{}.safetensors", std::process::id()));
+            let run = std::process::Command::new(python).arg(&script).arg("--out").arg(&out).output().unwrap();
+            assert!(run.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&run.stderr));
+            let g = read_safetensors(&out).unwrap();
+            let _ = std::fs::remove_file(&out);
+            g
+        }
+        Err(_) => {
+            eprintln!("PROMPTCL_PYTHON not set: against the committed golden (made on another CPU; run through `make test`)");
+            read_safetensors(&fixture("vit_bf16_golden.safetensors")).unwrap()
+        }
+    };
     let path = fixture("vit_tiny_test.safetensors");
     let (vs, m) = frozen_vit(&tiny_cfg(), Some(&path), Device::Cpu, Precision::Bf16).unwrap();
     let vars = vs.variables();

@@ -73,3 +73,27 @@ fn a_zero_gate_is_exactly_the_frozen_model() {
     let err = m.forward(&g["input"], &Prompts::none().with_prefix(1, &key, &value).with_zero_gate(1, &wrong)).unwrap_err().to_string();
     assert!(err.contains("zero-init gate must be [4, 16]"), "{err}");
 }
+
+/// Gates given per sample (`[B, H]`, `[B, H, d]`: task-specific prompts routed
+/// sample by sample) give each sample what its own gate gives it alone.
+#[test]
+fn per_sample_gates_act_sample_by_sample() {
+    let g = golden();
+    let (_vs, m) = model();
+    let x = &g["input"];
+    for case in ["per_head", "per_query"] {
+        let (key, value) = (g[&format!("{case}.key")].get(0).unsqueeze(0), g[&format!("{case}.value")].get(0).unsqueeze(0));
+        let gate = &g[&format!("{case}.gate")];
+        // Sample 0 takes layer 0's gate values, sample 1 layer 1's.
+        let both = Tensor::stack(&[gate.get(0), gate.get(1)], 0);
+        let wrap = |t: Tensor| if case == "per_head" { ZeroInitGate::PerHead(t) } else { ZeroInitGate::PerQuery(t) };
+        let joint = wrap(both);
+        let cls = m.forward(x, &Prompts::none().with_prefix(0, &key, &value).with_zero_gate(0, &joint)).unwrap().cls;
+        for b in 0..2 {
+            let own = wrap(gate.get(b));
+            let alone = m.forward(&x.narrow(0, b, 1), &Prompts::none().with_prefix(0, &key, &value).with_zero_gate(0, &own)).unwrap().cls;
+            let err = max_abs(&cls.narrow(0, b, 1), &alone);
+            assert!(err < 1e-6, "{case} sample {b}: {err}");
+        }
+    }
+}

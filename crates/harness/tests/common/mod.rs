@@ -113,7 +113,11 @@ pub mod golden {
     }
 
     /// Asserts the run at `dir` equals the golden `key`: the matrix exactly,
-    /// the losses to 1e-6 relative (they are f32 sums; the matrix is counts).
+    /// the losses to 1e-5 relative (they are f32 sums; the matrix is counts).
+    /// On one machine a rerun is bit-exact; across CPUs libtorch's f32 kernels
+    /// round differently (an AVX-512 EPYC against the blessing machine: up to
+    /// 2.6e-6 for prompt methods, 4.9e-4 when the whole backbone trains, whose
+    /// drift compounds through every weight), so `finetune-full` gets 1e-3.
     pub fn check(key: &str, dir: &Path) {
         let got = record(dir);
         let path = file();
@@ -133,9 +137,10 @@ pub mod golden {
         assert_eq!(got["matrix"], want["matrix"], "{key}: the accuracy matrix differs from the golden");
         let (g, w) = (got["losses"].as_array().unwrap(), want["losses"].as_array().unwrap());
         assert_eq!(g.len(), w.len(), "{key}: number of logged epochs");
+        let tol = if key.ends_with("/finetune-full") { 1e-3 } else { 1e-5 };
         for (i, (a, b)) in g.iter().zip(w).enumerate() {
             let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{key}: epoch {i} loss {a} vs golden {b}");
+            assert!((a - b).abs() <= tol * b.abs().max(1.0), "{key}: epoch {i} loss {a} vs golden {b}");
         }
     }
 

@@ -18,7 +18,7 @@ use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, head, l2_normalize, seeded_uniform, train_classes, var_from, LinearInit};
 use crate::method::{tasks_seen, Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
-use crate::parts::task_prompts::{prefix_prompts, PrefixLayout};
+use crate::parts::task_prompts::{prefix_prompts, LayerGates, PrefixLayout};
 use crate::parts::{copy_previous, train_only};
 use crate::{LearnerError, Result};
 
@@ -93,9 +93,9 @@ impl DualPrompt {
     fn prompts(&self, e: &Tensor, batch: i64) -> Prompts<'static> {
         let mut prompts = Prompts::none();
         if let Some(g) = &self.g_prompt {
-            prompts = prefix_prompts(prompts, &self.params.g_layers, &g.unsqueeze(0), &[]);
+            prompts = prefix_prompts(prompts, &self.params.g_layers, &g.unsqueeze(0), LayerGates::None);
         }
-        prefix_prompts(prompts, &self.params.e_layers, &self.params.prefix_layout.arrange(e, batch), &[])
+        prefix_prompts(prompts, &self.params.e_layers, &self.params.prefix_layout.arrange(e, batch), LayerGates::None)
     }
 
     /// Nearest key among the first `n_tasks` tasks' keys: `[B]` task ids.

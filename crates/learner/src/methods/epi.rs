@@ -24,7 +24,8 @@ use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, head, LinearInit};
 use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
-use crate::parts::task_prompts::{prefix_prompts, PromptSetConfig, TaskPrompts};
+use crate::parts::prompt_param::PrefixExpert;
+use crate::parts::task_prompts::{prefix_prompts, LayerGates, PromptSetConfig, TaskPrompts};
 use crate::{LearnerError, Result};
 
 crate::method_params! {
@@ -36,6 +37,8 @@ crate::method_params! {
         /// Added to the shared covariance's diagonal before inversion (the official code adds
         /// nothing and takes a pseudo-inverse).
         pub shrinkage: f64 = 0.0,
+        /// The task prompts' parameterisation (`{ param = "reparam-mlp" }`, …); EPI's prefixes take no gate.
+        pub prompt: PrefixExpert = PrefixExpert::default(),
     }
 }
 
@@ -66,6 +69,10 @@ impl Epi {
                 reason: format!("need layers within 0..{depth}, length >= 1 and shrinkage >= 0"),
             });
         }
+        if params.prompt.gate.is_some() {
+            return Err(LearnerError::Params { method: "epi".into(), reason: "prompt.gate: EPI's prefixes take no gate".into() });
+        }
+        params.prompt.validate().map_err(|reason| LearnerError::Params { method: "epi".into(), reason })?;
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let f = ctx.feature_dim();
@@ -77,6 +84,7 @@ impl Epi {
             pool_size: 1,
             top_k: 1,
             seed_tag: 60,
+            expert: params.prompt.clone(),
         };
         let prompts = TaskPrompts::new(&root, ctx, set).map_err(|e| LearnerError::Params { method: "epi".into(), reason: e.to_string() })?;
         let c = ctx.num_classes as i64;
@@ -97,7 +105,7 @@ impl Epi {
     /// Prompted features for pools `[B or 1, 1, layers, 2, L, H, hd]`.
     fn prompted(&self, x: &Inputs, pools: &Tensor) -> Result<Tensor> {
         let (e, _) = self.prompts.choose(pools, None, None)?;
-        Ok(self.backbone.forward(x, &prefix_prompts(Prompts::none(), self.prompts.layers(), &e, &[]))?.feature)
+        Ok(self.backbone.forward(x, &prefix_prompts(Prompts::none(), self.prompts.layers(), &e, LayerGates::None))?.feature)
     }
 
     /// The task each sample's query is nearest to (Mahalanobis, class means of `0..seen`).
@@ -121,11 +129,12 @@ impl ContinualMethod for Epi {
     }
 
     fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let feats = self.prompted(x, &self.prompts.prompts[task.task].unsqueeze(0))?;
+        let feats = self.prompted(x, &self.prompts.pool(task.task).unsqueeze(0))?;
         Ok(ce_step(&self.head.forward(&feats), labels, task.classes.clone()).with_features(&feats))
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        self.prompts.seal(task.task, 0.0);
         let (q, y) = self.backbone.queries(data)?;
         let f = self.cov_sum.size()[0];
         tch::no_grad(|| {

@@ -32,16 +32,24 @@
 //! **Pools** (`pool_size` M > 1, WAVE-CRE): each task owns M keyed prompts; a
 //! sample uses the `top_k` nearest (cosine) to its query, and the loss gains
 //! `match_weight · mean(1 − cos)` over the chosen keys.
-//! **Gate** (`gate`, NoRGa): [`crate::parts::gate`] on every prompted layer.
+//! **Expert** (`prompt = { param, gate, … }`, [`crate::parts::prompt_param`]):
+//! how the task prefixes are parameterised (direct, `reparam-mlp`, …; a
+//! generated task's prefixes are sealed at the end of its prompt stage, after
+//! the momentum mix) and which gate they pass: NoRGa's
+//! ([`crate::parts::gate`], shared, trained in the first task) or
+//! zero-initialised gates, one set per task trained with its prompts and
+//! routed like them at inference.
 
 use std::rc::Rc;
 
-use promptcl_model::{GateActivation, Prompts};
+use promptcl_model::Prompts;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, head, train_classes, LinearInit};
-use crate::parts::task_prompts::{prefix_prompts, PrefixLayout, PromptSetConfig, TaskPrompts};
-use crate::parts::{alignment, gate, gate::Gates, tii, tii::TaskIdentity};
+use crate::parts::gate::{Gates, PrefixGate, ZeroGates};
+use crate::parts::prompt_param::PrefixExpert;
+use crate::parts::task_prompts::{prefix_prompts, LayerGates, PrefixLayout, PromptSetConfig, TaskPrompts};
+use crate::parts::{alignment, gate, tii, tii::TaskIdentity};
 use crate::stats::{ClassStats, StatsKind};
 use crate::{
     Backbone, BatchSource, ContinualMethod, Inputs, LearnerError, MethodContext, OptimConfig, Prediction, Result, Stage, StageData, StageOptim, Step,
@@ -67,8 +75,9 @@ crate::method_params! {
         pub head_lr_scale: f64 = 0.1,
         /// Score only the task's classes in the `tii` and `prompt` stages (`train_mask`).
         pub train_mask: bool = true,
-        /// NoRGa's σ on the prefix logits; none = plain prefix-tuning.
-        pub gate: Option<GateActivation> = None,
+        /// The task prompts' parameterisation and gate, e.g. `{ param = "reparam-mlp", gate = "sigmoid" }`
+        /// (NoRGa's σ on the prefix logits) or `{ gate = "zero-init" }`; the default is plain prefix-tuning.
+        pub prompt: PrefixExpert = PrefixExpert::default(),
         /// Class statistics for TII refinement and TAP.
         pub statistics: StatsKind = StatsKind::Covariance,
         /// k of `statistics = "multi-centroid"`.
@@ -110,10 +119,24 @@ crate::method_params! {
     }
 }
 
+/// The prefix gate's parameters.
+enum Gating {
+    NoRGa(Gates),
+    Zero(ZeroGates),
+}
+
+/// Whose gates a forward pass uses.
+enum Route<'a> {
+    /// The whole batch is of this task.
+    Task(usize),
+    /// Per sample (`[B]` task ids, all below the count).
+    Samples(&'a Tensor, usize),
+}
+
 pub struct HidePrompt {
     vs: nn::VarStore,
     prompts: TaskPrompts,
-    gates: Option<Gates>,
+    gates: Option<Gating>,
     head: nn::Linear,
     tii: TaskIdentity,
     tap_stats: ClassStats,
@@ -139,6 +162,7 @@ impl HidePrompt {
         {
             return Err(bad("the learning rates must be positive, align_weight_decay >= 0 and align_samples_factor >= 1".into()));
         }
+        params.prompt.validate().map_err(bad)?;
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let set = PromptSetConfig {
@@ -149,9 +173,15 @@ impl HidePrompt {
             pool_size: params.pool_size,
             top_k: params.top_k,
             seed_tag: 40,
+            expert: params.prompt.clone(),
         };
         let prompts = TaskPrompts::new(&root, ctx, set).map_err(|e| bad(e.to_string()))?;
-        let gates = params.gate.map(|a| Gates::new(&root, params.layers.len(), a));
+        let (layers, h, hd) = (params.layers.len(), ctx.backbone.num_heads(), ctx.backbone.head_dim());
+        let gates = params.prompt.gate.map(|g| match g {
+            PrefixGate::NoRGa(a) => Gating::NoRGa(Gates::new(&root, layers, a)),
+            PrefixGate::ZeroInit => Gating::Zero(ZeroGates::new(&root, ctx.num_tasks, layers, h, hd, false)),
+            PrefixGate::ZeroInitQuery => Gating::Zero(ZeroGates::new(&root, ctx.num_tasks, layers, h, hd, true)),
+        });
         let d = ctx.feature_dim();
         let head = head(&root, d, ctx.num_classes, ctx.seed, LinearInit::Timm);
         let tii = TaskIdentity::new(&root, ctx, &params.tii_mlp_hidden, params.statistics, params.n_centroids);
@@ -171,11 +201,25 @@ impl HidePrompt {
         })
     }
 
-    /// Prompted features for prefixes `e` (`[B or 1, layers, 2, L, H, hd]`).
-    fn prompted(&self, x: &Inputs, e: &Tensor) -> Result<Tensor> {
-        let gates = self.gates.as_ref().map(Gates::per_layer).unwrap_or_default();
+    /// Prompted features for prefixes `e` (`[B or 1, layers, 2, L, H, hd]`), gated as `route` says.
+    fn prompted(&self, x: &Inputs, e: &Tensor, route: Route) -> Result<Tensor> {
         let e = self.params.prefix_layout.arrange(e, x.len());
-        let prompts = prefix_prompts(Prompts::none(), self.prompts.layers(), &e, &gates);
+        let (norga, zero);
+        let gates = match &self.gates {
+            None => LayerGates::None,
+            Some(Gating::NoRGa(g)) => {
+                norga = g.per_layer();
+                LayerGates::NoRGa(&norga)
+            }
+            Some(Gating::Zero(g)) => {
+                zero = match route {
+                    Route::Task(t) => g.of_task(t),
+                    Route::Samples(ids, n) => g.of_samples(ids, n),
+                };
+                LayerGates::ZeroInit(&zero)
+            }
+        };
+        let prompts = prefix_prompts(Prompts::none(), self.prompts.layers(), &e, gates);
         Ok(self.backbone.forward(x, &prompts)?.feature)
     }
 
@@ -193,7 +237,7 @@ impl HidePrompt {
         // Only key matching reads the frozen query here.
         let q = keys.is_some().then(|| self.backbone.query(x)).transpose()?;
         let (e, matching) = self.prompts.choose(&self.prompts.mixed(t, self.params.prompt_momentum).unsqueeze(0), keys.as_ref(), q.as_ref())?;
-        let feats = self.prompted(x, &e)?;
+        let feats = self.prompted(x, &e, Route::Task(t))?;
         let step = ce_step(&self.head.forward(&feats), labels, train_classes(task, self.params.train_mask));
         let mut loss = step.loss + matching * self.params.match_weight;
         if self.params.reg != 0.0 {
@@ -205,17 +249,17 @@ impl HidePrompt {
     /// Features of inputs of task `t` under that task's own prompts, without autograd.
     fn own_features(&self, x: &Inputs, t: usize) -> Result<Tensor> {
         tch::no_grad(|| {
-            let (pool, keys) = (self.prompts.prompts[t].unsqueeze(0), self.prompts.keys.get(t).map(|k| k.unsqueeze(0)));
+            let (pool, keys) = (self.prompts.pool(t).unsqueeze(0), self.prompts.keys.get(t).map(|k| k.unsqueeze(0)));
             let q = keys.is_some().then(|| self.backbone.query(x)).transpose()?;
             let (e, _) = self.prompts.choose(&pool, keys.as_ref(), q.as_ref())?;
-            self.prompted(x, &e)
+            self.prompted(x, &e, Route::Task(t))
         })
     }
 
     /// Per-class statistics of the task's prompted features (after the momentum write-back).
     fn fit_tap(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         let t = task.task;
-        self.prompts.write_mixed(t, self.params.prompt_momentum);
+        self.prompts.seal(t, self.params.prompt_momentum);
         let (mut fs, mut ys) = (Vec::new(), Vec::new());
         data.for_each(&mut |x, y| {
             fs.push(self.own_features(x, t)?);
@@ -247,8 +291,10 @@ impl ContinualMethod for HidePrompt {
             stages.push(alignment::stage(TII_ALIGN, p.tii_align_epochs, optim.scaled(p.tii_align_lr), tii::NAME).weight_decay(p.align_weight_decay));
         }
         let mut trains: Vec<(&str, f64)> = self.prompts.names().into_iter().map(|n| (n, 1.0)).collect();
-        if self.gates.is_some() {
-            trains.push((gate::NAME, 1.0));
+        match self.gates {
+            Some(Gating::NoRGa(_)) => trains.push((gate::NAME, 1.0)),
+            Some(Gating::Zero(_)) => trains.push((gate::ZERO_NAME, 1.0)),
+            None => {}
         }
         trains.push(("head", p.head_lr_scale));
         stages.push(Stage::from_run(PROMPT, optim).only(&trains));
@@ -260,8 +306,10 @@ impl ContinualMethod for HidePrompt {
 
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
         self.prompts.begin_task(task.task, self.params.init_from_previous);
-        if let Some(g) = &mut self.gates {
-            g.begin_task(task.task);
+        match &mut self.gates {
+            Some(Gating::NoRGa(g)) => g.begin_task(task.task),
+            Some(Gating::Zero(g)) => g.begin_task(task.task),
+            None => {}
         }
         Ok(())
     }
@@ -304,9 +352,11 @@ impl ContinualMethod for HidePrompt {
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
         let q = self.backbone.query(x)?;
-        let (task_ids, pools, keys) = self.prompts.for_tasks(&self.tii.predict_tasks(&q, seen), x.device());
+        let tasks = self.tii.predict_tasks(&q, seen);
+        let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
+        let (task_ids, pools, keys) = self.prompts.for_tasks(&tasks, x.device());
         let (e, _) = self.prompts.choose(&pools, keys.as_ref(), Some(&q))?;
-        let feats = self.prompted(x, &e)?;
+        let feats = self.prompted(x, &e, Route::Samples(&task_ids, n_tasks))?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         Ok(Prediction::new(logits, Some(task_ids)).with_features(&feats))
     }

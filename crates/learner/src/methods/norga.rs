@@ -7,11 +7,13 @@
 use promptcl_model::GateActivation;
 
 use super::hide_prompt::{HidePrompt, Params};
+use crate::parts::gate::PrefixGate;
+use crate::parts::prompt_param::PrefixExpert;
 use crate::{MethodContext, Result};
 
 /// HiDe-Prompt's defaults with the Sup-21K script's gate.
 pub fn defaults() -> Params {
-    Params { gate: Some(GateActivation::Sigmoid), ..Params::default() }
+    Params { prompt: PrefixExpert { gate: Some(PrefixGate::NoRGa(GateActivation::Sigmoid)), ..PrefixExpert::default() }, ..Params::default() }
 }
 
 pub fn new(ctx: &MethodContext, params: Params) -> Result<HidePrompt> {

@@ -4,7 +4,8 @@
 //! afterwards (the official engine sets `act_scale.requires_grad_(False)`
 //! from task 2 on).
 
-use promptcl_model::{GateActivation, NoRGaGate};
+use promptcl_model::{GateActivation, NoRGaGate, ZeroInitGate};
+use serde::Deserialize;
 use tch::{nn, Tensor};
 
 /// The variable's name: stages that train the gate name it.
@@ -31,5 +32,84 @@ impl Gates {
     /// Trainable in the first task only.
     pub fn begin_task(&mut self, task: usize) {
         super::train_only(std::slice::from_mut(&mut self.act_scale), if task == 0 { 0 } else { 1 });
+    }
+}
+
+/// The gate between a layer's prefix and its tokens (`prompt.gate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum PrefixGate {
+    /// NoRGa's `s + α·σ(τ·s)` on the prefix logits, σ named by the official `--gate_act`.
+    NoRGa(GateActivation),
+    /// Zero-initialised attention, one `tanh(g_h)` per head (official `typ_gate = "random"`).
+    ZeroInit,
+    /// Zero-initialised attention with `g_h = q·w_h` per query (`typ_gate = "adapt"`).
+    ZeroInitQuery,
+}
+
+impl TryFrom<String> for PrefixGate {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "zero-init" => Ok(Self::ZeroInit),
+            "zero-init-query" => Ok(Self::ZeroInitQuery),
+            _ => GateActivation::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&s)).map(Self::NoRGa).map_err(|_| {
+                let names: Vec<String> = GateActivation::ALL.iter().map(|a| String::from(Self::NoRGa(*a))).collect();
+                format!("unknown gate `{s}`: expected `zero-init`, `zero-init-query` or a NoRGa activation ({})", names.join(", "))
+            }),
+        }
+    }
+}
+
+impl From<PrefixGate> for String {
+    fn from(g: PrefixGate) -> String {
+        match g {
+            PrefixGate::ZeroInit => "zero-init".into(),
+            PrefixGate::ZeroInitQuery => "zero-init-query".into(),
+            PrefixGate::NoRGa(a) => serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        }
+    }
+}
+
+/// The variable's name: per task `zero_gate.<t>`.
+pub const ZERO_NAME: &str = "zero_gate";
+
+/// Task-specific zero-initialised gates: task t's prompts open through their
+/// own gates `[layers, H]` (or `[layers, H, hd]` per query), all starting at 0,
+/// so a task's prompts begin as a no-op; trained in their task only, like the
+/// prompts they gate.
+pub struct ZeroGates {
+    gates: Vec<Tensor>,
+    per_query: bool,
+}
+
+impl ZeroGates {
+    pub fn new(p: &nn::Path, num_tasks: usize, layers: usize, heads: i64, head_dim: i64, per_query: bool) -> Self {
+        let dims: Vec<i64> = if per_query { vec![layers as i64, heads, head_dim] } else { vec![layers as i64, heads] };
+        Self { gates: (0..num_tasks).map(|t| (p / ZERO_NAME).zeros(&t.to_string(), &dims)).collect(), per_query }
+    }
+
+    pub fn begin_task(&mut self, task: usize) {
+        super::train_only(&mut self.gates, task);
+    }
+
+    fn wrap(&self, g: Tensor) -> ZeroInitGate {
+        if self.per_query {
+            ZeroInitGate::PerQuery(g)
+        } else {
+            ZeroInitGate::PerHead(g)
+        }
+    }
+
+    /// Task `t`'s gate for each prompted layer (the whole batch is of task t).
+    pub fn of_task(&self, t: usize) -> Vec<ZeroInitGate> {
+        (0..self.gates[t].size()[0]).map(|i| self.wrap(self.gates[t].get(i))).collect()
+    }
+
+    /// Each sample's task's gate per layer, `task_ids` `[B]` (int64) of tasks below `n_tasks`.
+    pub fn of_samples(&self, task_ids: &Tensor, n_tasks: usize) -> Vec<ZeroInitGate> {
+        let all = Tensor::stack(&self.gates[..n_tasks], 0).index_select(0, task_ids);
+        (0..all.size()[1]).map(|i| self.wrap(all.select(1, i))).collect()
     }
 }

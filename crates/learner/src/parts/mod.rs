@@ -8,7 +8,8 @@
 //!   trained on the task, refined on Gaussian pseudo-queries).
 //! - [`alignment`]: Gaussian class statistics as a generator of pseudo-feature
 //!   batches, and the stage that retrains a head on them.
-//! - [`gate`]: NoRGa's non-linear residual gate on the prefix logits.
+//! - [`gate`]: NoRGa's non-linear residual gate on the prefix logits, and task-specific zero-initialised gates.
+//! - [`prompt_param`]: how prefixes are made from parameters: direct, reparameterised by an MLP, through the frozen projections, non-linear.
 //! - [`petl`]: AdaptFormer adapters or SSF on the backbone (APER, RanPAC).
 //! - [`prototypes`]: class-mean prototypes and their cosine classifier (SimpleCIL, APER).
 //! - [`ridge`]: a ridge classifier on accumulated Gram statistics with λ chosen per task (RanPAC).
@@ -18,6 +19,7 @@ pub mod alignment;
 pub mod gate;
 pub mod null_space;
 pub mod petl;
+pub mod prompt_param;
 pub mod prototypes;
 pub mod ridge;
 pub mod task_prompts;

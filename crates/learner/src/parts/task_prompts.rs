@@ -3,18 +3,23 @@
 //! (official layout: key/value, length, heads, head dim) and, with M > 1,
 //! keys `[M, D]`; a sample uses the `top_k` prompts of its task's pool whose
 //! keys are nearest (cosine) to its frozen query, concatenated along the
-//! prefix length. Only the current task's prompts train.
+//! prefix length. Only the current task's prompts train. How the prefixes are
+//! made from trainable parameters is the set's [`PrefixExpert`] (direct, a
+//! reparameterising generator, the frozen projections, …).
 
-use promptcl_model::{NoRGaGate, PrefixScoreHook, Prompts};
+use promptcl_model::{NoRGaGate, PrefixScoreHook, Prompts, ZeroInitGate};
 use tch::{nn, Device, Kind, Tensor};
 
+use super::prompt_param::{Parameterization, PrefixExpert};
 use crate::methods::common::{l2_normalize, seeded_uniform, split_prefix, var_from};
 use crate::{LearnerError, MethodContext, Result};
 
 /// How a task prompt set is laid out.
 #[derive(Debug, Clone)]
 pub struct PromptSetConfig {
-    /// Variable names: `<prompt_name>.<task>`, `<key_name>.<task>`.
+    /// Variable names: `<prompt_name>.<task>`, `<key_name>.<task>`; a generated
+    /// parameterisation adds `<prompt_name>_gen…`, `<prompt_name>_stored.<task>`
+    /// and `<prompt_name>_sealed`.
     pub prompt_name: &'static str,
     pub key_name: &'static str,
     pub layers: Vec<usize>,
@@ -22,15 +27,23 @@ pub struct PromptSetConfig {
     /// Prompts per task (1: one task prompt, no keys).
     pub pool_size: usize,
     pub top_k: usize,
-    /// Tags the seeded U(−1, 1) initialisation (prompts; keys use `seed_tag + 1`).
+    /// Tags the seeded initialisation (prompts; keys use `seed_tag + 1`, generators `seed_tag + 2`).
     pub seed_tag: u64,
+    /// How the prefixes are parameterised ([`crate::parts::prompt_param`]); its gate is the method's to apply.
+    pub expert: PrefixExpert,
 }
 
 pub struct TaskPrompts {
-    /// Per task `[M, layers, 2, L, H, hd]`.
-    pub prompts: Vec<Tensor>,
+    /// Per task, what its prefixes are made from ([`Parameterization::param_dims`]).
+    params: Vec<Tensor>,
     /// Per task `[M, D]` when M > 1.
     pub keys: Vec<Tensor>,
+    param: Parameterization,
+    /// Generated parameterisations: per task its prefixes `[M, layers, 2, L, H, hd]` once
+    /// sealed, and `[T]` flags (1 = sealed), kept in the store so a resumed run has them.
+    stored: Vec<Tensor>,
+    sealed: Option<Tensor>,
+    gen_name: String,
     cfg: PromptSetConfig,
 }
 
@@ -47,15 +60,39 @@ impl TaskPrompts {
         if cfg.pool_size == 0 || cfg.top_k == 0 || cfg.top_k > cfg.pool_size {
             return bad(format!("need 1 <= top_k ({}) <= pool_size ({})", cfg.top_k, cfg.pool_size));
         }
+        let gen_name = format!("{}_gen", cfg.prompt_name);
+        let param = Parameterization::new(
+            &(p / gen_name.as_str()),
+            &ctx.backbone,
+            &cfg.expert,
+            &cfg.layers,
+            cfg.length,
+            ctx.num_tasks,
+            ctx.seed,
+            cfg.seed_tag + 2,
+        )?;
         let (h, hd, d) = (ctx.backbone.num_heads(), ctx.backbone.head_dim(), ctx.feature_dim());
         let m = cfg.pool_size as i64;
-        let dims = [m, cfg.layers.len() as i64, 2, cfg.length, h, hd];
-        let init = |name: &str, tag: u64, t: usize, dims: &[i64]| {
-            var_from(&(p / name), &t.to_string(), seeded_uniform(ctx.seed, &[tag, t as u64], dims, -1.0, 1.0))
+        let layers = cfg.layers.len() as i64;
+        let dims = param.param_dims(m, layers);
+        let params = (0..ctx.num_tasks)
+            .map(|t| var_from(&(p / cfg.prompt_name), &t.to_string(), param.init(&ctx.backbone, ctx.seed, &[cfg.seed_tag, t as u64], &dims)))
+            .collect();
+        let keys = if m > 1 {
+            (0..ctx.num_tasks)
+                .map(|t| var_from(&(p / cfg.key_name), &t.to_string(), seeded_uniform(ctx.seed, &[cfg.seed_tag + 1, t as u64], &[m, d], -1.0, 1.0)))
+                .collect()
+        } else {
+            Vec::new()
         };
-        let prompts = (0..ctx.num_tasks).map(|t| init(cfg.prompt_name, cfg.seed_tag, t, &dims)).collect();
-        let keys = if m > 1 { (0..ctx.num_tasks).map(|t| init(cfg.key_name, cfg.seed_tag + 1, t, &[m, d])).collect() } else { Vec::new() };
-        Ok(Self { prompts, keys, cfg })
+        let (stored, sealed) = if param.is_direct() {
+            (Vec::new(), None)
+        } else {
+            let store = p / format!("{}_stored", cfg.prompt_name);
+            let stored = (0..ctx.num_tasks).map(|t| store.zeros_no_train(&t.to_string(), &[m, layers, 2, cfg.length, h, hd])).collect();
+            (stored, Some(p.zeros_no_train(&format!("{}_sealed", cfg.prompt_name), &[ctx.num_tasks as i64])))
+        };
+        Ok(Self { params, keys, param, stored, sealed, gen_name, cfg })
     }
 
     pub fn layers(&self) -> &[usize] {
@@ -67,43 +104,78 @@ impl TaskPrompts {
     }
 
     /// The names of the variables that train with the current task.
-    pub fn names(&self) -> Vec<&'static str> {
+    pub fn names(&self) -> Vec<&str> {
+        let mut names = vec![self.cfg.prompt_name];
         if self.keyed() {
-            vec![self.cfg.prompt_name, self.cfg.key_name]
-        } else {
-            vec![self.cfg.prompt_name]
+            names.push(self.cfg.key_name);
         }
+        if self.param.has_generator() {
+            names.push(&self.gen_name);
+        }
+        names
     }
 
-    /// Trains task `t`'s prompts (and keys) only; with `copy_previous`
-    /// (official `shared_prompt_pool`) they start as a copy of task t−1's.
+    /// Trains task `t`'s prompts (keys, per-task generator) only; with
+    /// `copy_previous` (official `shared_prompt_pool`) they start as a copy of task t−1's.
     pub fn begin_task(&mut self, t: usize, copy_previous: bool) {
         if copy_previous {
-            super::copy_previous(&mut self.prompts, t);
+            super::copy_previous(&mut self.params, t);
         }
-        super::train_only(&mut self.prompts, t);
+        super::train_only(&mut self.params, t);
         if self.keyed() {
             super::train_only(&mut self.keys, t);
         }
+        self.param.begin_task(t, copy_previous);
     }
 
-    /// Task t's prompts as HiDe-Prompt trains them: `(1−m)·P_t + m·mean(P_<t)`,
+    fn is_sealed(&self, t: usize) -> bool {
+        self.sealed.as_ref().is_some_and(|s| s.double_value(&[t as i64]) > 0.5)
+    }
+
+    /// Task t's prefixes `[M, layers, 2, L, H, hd]`: generated while its task
+    /// trains, read from the sealed store after.
+    pub fn pool(&self, t: usize) -> Tensor {
+        if self.param.is_direct() {
+            self.params[t].shallow_clone()
+        } else if self.is_sealed(t) {
+            self.stored[t].shallow_clone()
+        } else {
+            self.param.prefixes(&self.params[t], t)
+        }
+    }
+
+    /// Task t's prefixes as HiDe-Prompt trains them: `(1−m)·P_t + m·mean(P_<t)`,
     /// the mean detached.
     pub fn mixed(&self, t: usize, momentum: f64) -> Tensor {
-        let own = &self.prompts[t];
+        let own = self.pool(t);
         if t == 0 || momentum == 0.0 {
-            return own.shallow_clone();
+            return own;
         }
-        let earlier = Tensor::stack(&self.prompts[..t], 0).mean_dim(0, false, Kind::Float).detach();
+        let earlier = Tensor::stack(&(0..t).map(|i| self.pool(i)).collect::<Vec<_>>(), 0).mean_dim(0, false, Kind::Float).detach();
         own * (1.0 - momentum) + earlier * momentum
     }
 
-    /// Writes the mix into P_t (after the task's prompt training).
-    pub fn write_mixed(&mut self, t: usize, momentum: f64) {
-        if t > 0 && momentum > 0.0 {
-            let mixed = tch::no_grad(|| self.mixed(t, momentum));
-            tch::no_grad(|| self.prompts[t].copy_(&mixed));
+    /// Ends task t's prompt training: the mix is written into its prefixes
+    /// (direct: into P_t; generated: into the sealed store, which from then on
+    /// is what the task's prompts are).
+    pub fn seal(&mut self, t: usize, momentum: f64) {
+        if self.param.is_direct() {
+            if t > 0 && momentum > 0.0 {
+                let mixed = tch::no_grad(|| self.mixed(t, momentum));
+                tch::no_grad(|| self.params[t].copy_(&mixed));
+            }
+            return;
         }
+        if self.is_sealed(t) {
+            return;
+        }
+        let mixed = tch::no_grad(|| self.mixed(t, momentum).detach());
+        tch::no_grad(|| {
+            self.stored[t].copy_(&mixed);
+            if let Some(s) = &self.sealed {
+                let _ = s.get(t as i64).fill_(1.0);
+            }
+        });
     }
 
     /// Routes each sample to its task's pool: the task ids `[B]` (int64 on
@@ -112,7 +184,7 @@ impl TaskPrompts {
         let ids: Vec<i64> = tasks.iter().map(|&t| t as i64).collect();
         let task_ids = Tensor::from_slice(&ids).to_device(device);
         let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
-        let pools = Tensor::stack(&self.prompts[..n_tasks], 0).index_select(0, &task_ids);
+        let pools = Tensor::stack(&(0..n_tasks).map(|t| self.pool(t)).collect::<Vec<_>>(), 0).index_select(0, &task_ids);
         let keys = self.keyed().then(|| Tensor::stack(&self.keys[..n_tasks], 0).index_select(0, &task_ids));
         (task_ids, pools, keys)
     }
@@ -172,14 +244,36 @@ impl PrefixLayout {
     }
 }
 
+/// Which gate each prompted layer's prefix passes (index i: the i-th prompted layer).
+#[derive(Clone, Copy, Default)]
+pub enum LayerGates<'a> {
+    /// One joint softmax over prefix and tokens (plain prefix-tuning).
+    #[default]
+    None,
+    /// NoRGa's score hook on the prefix logits.
+    NoRGa(&'a [NoRGaGate]),
+    /// Zero-initialised attention: the prefix's own softmax times tanh(g).
+    ZeroInit(&'a [ZeroInitGate]),
+}
+
 /// Adds prefixes `e` (`[B or 1, layers, 2, L, H, hd]`, official layout) at
-/// `layers`, each with its gate when `gates` has one.
-pub fn prefix_prompts<'a>(mut prompts: Prompts<'a>, layers: &[usize], e: &Tensor, gates: &'a [NoRGaGate]) -> Prompts<'a> {
+/// `layers`, each through its gate.
+pub fn prefix_prompts<'a>(mut prompts: Prompts<'a>, layers: &[usize], e: &Tensor, gates: LayerGates<'a>) -> Prompts<'a> {
     for (i, &l) in layers.iter().enumerate() {
         let (k, v) = split_prefix(&e.select(1, i as i64));
         prompts = prompts.with_prefix(l, &k, &v);
-        if let Some(g) = gates.get(i) {
-            prompts = prompts.with_score_hook(l, g as &dyn PrefixScoreHook);
+        match gates {
+            LayerGates::None => {}
+            LayerGates::NoRGa(g) => {
+                if let Some(g) = g.get(i) {
+                    prompts = prompts.with_score_hook(l, g as &dyn PrefixScoreHook);
+                }
+            }
+            LayerGates::ZeroInit(g) => {
+                if let Some(g) = g.get(i) {
+                    prompts = prompts.with_zero_gate(l, g);
+                }
+            }
         }
     }
     prompts
