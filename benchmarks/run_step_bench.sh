@@ -3,7 +3,7 @@
 # one invocation on one device, samples each process's peak memory (GPU:
 # nvidia-smi per process; CPU: the kernel's VmHWM), and prints ratios. Results
 # (JSON lines with device, versions, commit) go to results/perf/step-<UTC>.jsonl.
-# Usage: benchmarks/run_step_bench.sh [path/to/step_bench] [python] [--device cpu] [--batch 8] [--warmup N] [--iters N]
+# Usage: benchmarks/run_step_bench.sh [path/to/step_bench] [python] [--device cpu] [--batch 8] [--experts norga,zero-init,reparam-mlp] [--warmup N] [--iters N]
 #   GPU (default): batches 64,128; promptcl bf16 vs official / eager / compile.
 #   CPU: promptcl f32 vs official / eager (torch.compile's CPU build time is not the point); a check that
 #   the two sides do the same work at the same speed where no GPU is at hand, not the issue's GPU target.
@@ -12,11 +12,12 @@ cd "$(dirname "$0")/.."
 BENCH="${1:-target/release/step_bench}"
 PY="${2:-python3}"
 shift $(( $# < 2 ? $# : 2 ))
-device=cuda batch=64,128 warmup=5 iters=20
+device=cuda batch=64,128 warmup=5 iters=20 experts=norga
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) device=$2; shift 2 ;;
         --batch) batch=$2; shift 2 ;;
+        --experts) experts=$2; shift 2 ;;
         --warmup) warmup=$2; shift 2 ;;
         --iters) iters=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -59,23 +60,24 @@ run() {  # tag cmd...
 }
 
 common=(--batch "$batch" --warmup "$warmup" --iters "$iters")
-run promptcl "$BENCH" --device "$device" --precision "$precision" "${common[@]}"
+run promptcl "$BENCH" --device "$device" --precision "$precision" --experts "$experts" "${common[@]}"
 for mode in $modes; do
-    run "pytorch-$mode" "$PY" benchmarks/torch_step_reference.py --device "$device" --modes "$mode" "${common[@]}"
+    run "pytorch-$mode" "$PY" benchmarks/torch_step_reference.py --device "$device" --modes "$mode" --experts "$experts" "${common[@]}"
 done
 
 "$PY" - "$out" <<'PYEOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-ours = {r["result"]["batch"]: r for r in rows if r["run"] == "promptcl"}
+key = lambda r: (r["result"].get("expert", "norga"), r["result"]["batch"])
+ours = {key(r): r for r in rows if r["run"] == "promptcl"}
 for r in rows:
     if r["run"] == "promptcl":
         continue
-    b = r["result"]["batch"]
-    if b in ours:
-        o = ours[b]["result"]
-        print(f'batch {b}: promptcl / {r["result"]["mode"]:9s} train {o["train_images_per_s"] / r["result"]["train_images_per_s"]:.2f}x  '
+    k = key(r)
+    if k in ours:
+        o = ours[k]["result"]
+        print(f'{k[0]:11s} batch {k[1]}: promptcl / {r["result"]["mode"]:9s} train {o["train_images_per_s"] / r["result"]["train_images_per_s"]:.2f}x  '
               f'eval {o["eval_images_per_s"] / r["result"]["eval_images_per_s"]:.2f}x  '
-              f'memory {ours[b]["process_peak_mib"]} vs {r["process_peak_mib"]} MiB')
+              f'(memory per process: all experts in one run, {ours[k]["process_peak_mib"]} vs {r["process_peak_mib"]} MiB)')
 PYEOF
 echo "results: $out"

@@ -1,6 +1,13 @@
 #!/usr/bin/env python3
-"""The promptcl step benchmark's PyTorch reference: the same NoRGa training and
-eval step on a ViT-B/16 (pure torch, timm's layout), in three modes:
+"""The promptcl step benchmark's PyTorch reference: the same prompt training and
+eval step on a ViT-B/16 (pure torch, timm's layout), per expert (`--experts`):
+
+  norga        direct prefixes in blocks 0-4, NoRGa's gate on the prefix logits
+  zero-init    direct prefixes, zero-initialised gated attention (tanh(g) per head, LLaMA-Adapter)
+  reparam-mlp  prefixes generated every step by ReparamPrefix's per-layer MLP
+               (Linear(D, 48) -> Tanh -> Linear(48, 2D), key/value interleaved), NoRGa's gate
+
+in three modes:
 
   official  fp32, explicit softmax attention everywhere (as the official code)
   eager     bf16 autocast + F.scaled_dot_product_attention where no gate needs the logits
@@ -8,7 +15,7 @@ eval step on a ViT-B/16 (pure torch, timm's layout), in three modes:
 
 Prints one JSON line per (mode, batch) with the fields step_bench prints, plus
 peak memory from torch.cuda.max_memory_allocated / _reserved.
-Usage: torch_step_reference.py [--device cuda] [--batch 64,128] [--modes official,eager,compile] [--tiny]
+Usage: torch_step_reference.py [--device cuda] [--batch 64,128] [--modes official,eager,compile] [--experts norga] [--tiny]
 """
 import argparse
 import json
@@ -17,6 +24,11 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+class ZeroGate:
+    def __init__(self, g):
+        self.g = g
 
 
 class Attention(nn.Module):
@@ -30,7 +42,12 @@ class Attention(nn.Module):
         scale = (C // self.heads) ** -0.5
         if prefix is not None:
             pk, pv = (t.expand(B, -1, -1, -1) for t in prefix)
-        if fused and gate is None:
+        if prefix is not None and isinstance(gate, ZeroGate):
+            # Two softmaxes: the tokens' as the frozen layer, the prefix's scaled by tanh(g).
+            tok = F.scaled_dot_product_attention(q, k, v) if fused else ((q @ k.transpose(-2, -1)) * scale).float().softmax(-1).to(v.dtype) @ v
+            pa = ((q @ pk.transpose(-2, -1)) * scale).float().softmax(-1) * torch.tanh(gate.g.float()).view(1, -1, 1, 1)
+            out = tok + pa.to(v.dtype) @ pv
+        elif fused and gate is None:
             if prefix is not None:
                 k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
             out = F.scaled_dot_product_attention(q, k, v)
@@ -78,7 +95,7 @@ class ViT(nn.Module):
         return self.norm(x)[:, 0]
 
 
-def bench(mode, batch, device, tiny, warmup, iters):
+def bench(mode, batch, device, tiny, warmup, iters, expert="norga"):
     torch.manual_seed(0)
     cfg = dict(img=32, patch=8, dim=64, depth=6, heads=4) if tiny else {}
     vit = ViT(**cfg).to(device).requires_grad_(False)
@@ -86,8 +103,17 @@ def bench(mode, batch, device, tiny, warmup, iters):
     hd, L = dim // heads, 5
     prompts = [tuple(nn.Parameter(torch.empty(1, heads, L, hd, device=device).uniform_(-1, 1)) for _ in range(2)) for _ in range(5)]
     act_scale = nn.Parameter(torch.ones(5, 2, device=device))
+    zero = nn.Parameter(torch.full((5, heads), 0.1, device=device))
+    emb = nn.Parameter(torch.empty(5, L, dim, device=device).uniform_(-0.0625, 0.0625))
+    gen = nn.ModuleList(nn.Sequential(nn.Linear(dim, 48), nn.Tanh(), nn.Linear(48, 2 * dim)) for _ in range(5)).to(device)
     head = nn.Linear(dim, 100).to(device)
-    params = [p for pair in prompts for p in pair] + [act_scale] + list(head.parameters())
+    if expert == "reparam-mlp":
+        trained = [emb, act_scale] + list(gen.parameters())
+    elif expert == "zero-init":
+        trained = [p for pair in prompts for p in pair] + [zero]
+    else:
+        trained = [p for pair in prompts for p in pair] + [act_scale]
+    params = trained + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
     img = cfg.get("img", 224)
     x = torch.rand(batch, 3, img, img, device=device)
@@ -96,13 +122,24 @@ def bench(mode, batch, device, tiny, warmup, iters):
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=fused and device.type == "cuda")
 
     def gates():
+        if expert == "zero-init":
+            return [ZeroGate(zero[i]) for i in range(5)]
         return [(act_scale[i, 0], act_scale[i, 1]) for i in range(5)]
+
+    def prefixes():
+        if expert != "reparam-mlp":
+            return prompts
+        out = []
+        for i in range(5):
+            kv = gen[i](emb[i]).reshape(L, dim, 2)  # even columns the key, odd the value
+            out.append(tuple(kv[..., j].reshape(1, L, heads, hd).permute(0, 2, 1, 3) for j in range(2)))
+        return out
 
     def forward(inp):
         with amp:
             with torch.no_grad():
                 vit(inp, fused=fused)  # the query forward
-            return head(vit(inp, prompts, gates(), fused))
+            return head(vit(inp, prefixes(), gates(), fused))
 
     fwd = torch.compile(forward) if mode == "compile" else forward
 
@@ -132,7 +169,7 @@ def bench(mode, batch, device, tiny, warmup, iters):
         torch.cuda.reset_peak_memory_stats()
     train_ips = timed(train)
     eval_ips = timed(evaluate)
-    out = dict(impl_name="pytorch", mode=mode, batch=batch, image_size=img, train_images_per_s=train_ips,
+    out = dict(impl_name="pytorch", mode=mode, expert=expert, batch=batch, image_size=img, train_images_per_s=train_ips,
                eval_images_per_s=eval_ips, device=str(device), torch=torch.__version__)
     if device.type == "cuda":
         out["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -147,11 +184,13 @@ def main():
     ap.add_argument("--modes", default="official,eager,compile")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--experts", default="norga")
     ap.add_argument("--tiny", action="store_true")
     a = ap.parse_args()
-    for mode in a.modes.split(","):
-        for b in a.batch.split(","):
-            print(json.dumps(bench(mode, int(b), torch.device(a.device), a.tiny, a.warmup, a.iters)), flush=True)
+    for expert in a.experts.split(","):
+        for mode in a.modes.split(","):
+            for b in a.batch.split(","):
+                print(json.dumps(bench(mode, int(b), torch.device(a.device), a.tiny, a.warmup, a.iters, expert)), flush=True)
 
 
 if __name__ == "__main__":

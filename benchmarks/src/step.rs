@@ -1,16 +1,40 @@
 //! The training and evaluation step that dominates HiDe-Prompt / NoRGa /
 //! DualPrompt, timed in promptcl: a no-grad frozen query forward, a prompted
-//! forward (prefixes in `layers`, NoRGa gate on), cross-entropy on a linear
-//! head, backward to prompts, gate and head, and an Adam step; the eval step
+//! forward (prefixes in `layers` through the [`Expert`]'s gate), cross-entropy
+//! on a linear head, backward to prompts, gate and head, and an Adam step; the eval step
 //! is the query forward plus the prompted forward. `benchmarks/torch_step_reference.py`
 //! times the same step in PyTorch; `benchmarks/run_step_bench.sh` prints the ratios.
 
 use std::time::Instant;
 
 use anyhow::Result;
-use promptcl_model::{frozen_vit, GateActivation, NoRGaGate, Precision, PrefixScoreHook, Prompts, ViTConfig};
+use promptcl_model::{frozen_vit, GateActivation, NoRGaGate, Precision, PrefixScoreHook, Prompts, ViTConfig, ZeroInitGate};
 use serde::Serialize;
 use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
+
+/// Which prefix expert the step trains (issue #18's rows beside NoRGa's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expert {
+    /// Direct prefixes, NoRGa's gate on the prefix logits.
+    Norga,
+    /// Direct prefixes, zero-initialised gated attention (`tanh(g)` per head).
+    ZeroInit,
+    /// Prefixes generated every step by ReparamPrefix's per-layer MLP, NoRGa's gate.
+    ReparamMlp,
+}
+
+impl std::str::FromStr for Expert {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "norga" => Ok(Self::Norga),
+            "zero-init" => Ok(Self::ZeroInit),
+            "reparam-mlp" => Ok(Self::ReparamMlp),
+            _ => Err(format!("unknown expert `{s}`: norga, zero-init or reparam-mlp")),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct StepConfig {
@@ -18,7 +42,7 @@ pub struct StepConfig {
     pub batch: i64,
     pub prompt_length: i64,
     pub layers: Vec<usize>,
-    pub gate: bool,
+    pub expert: Expert,
     pub classes: i64,
     pub precision: Precision,
     pub device: Device,
@@ -30,6 +54,7 @@ pub struct StepConfig {
 pub struct StepResult {
     pub impl_name: &'static str,
     pub mode: String,
+    pub expert: Expert,
     pub batch: i64,
     pub image_size: i64,
     pub train_images_per_s: f64,
@@ -71,22 +96,46 @@ pub fn run(cfg: &StepConfig) -> Result<StepResult> {
             (p.uniform("key", &[1, h, cfg.prompt_length, hd], -1.0, 1.0), p.uniform("value", &[1, h, cfg.prompt_length, hd], -1.0, 1.0))
         })
         .collect();
-    let act_scale = root.ones("act_scale", &[cfg.layers.len() as i64, 2]);
+    let n = cfg.layers.len() as i64;
+    let act_scale = root.ones("act_scale", &[n, 2]);
+    let zero = root.var("zero_gate", &[n, h], nn::Init::Const(0.1));
+    // reparam-mlp: embeddings and the per-layer Linear(D, 48) → Tanh → Linear(48, 2D).
+    let emb = root.uniform("emb", &[n, cfg.prompt_length, d], -0.0625, 0.0625);
+    let gen: Vec<(nn::Linear, nn::Linear)> = (0..n)
+        .map(|i| {
+            (nn::linear(&root / "gen" / i / "fc1", d, 48, Default::default()), nn::linear(&root / "gen" / i / "fc2", 48, 2 * d, Default::default()))
+        })
+        .collect();
     let head = nn::linear(&root / "head", d, cfg.classes, Default::default());
     let mut opt = nn::Adam::default().build(&vs, 1e-3)?;
     let images = Tensor::rand([cfg.batch, 3, cfg.vit.img_size, cfg.vit.img_size], (Kind::Float, cfg.device));
     let labels = Tensor::randint(cfg.classes, [cfg.batch], (Kind::Int64, cfg.device));
 
     let prompted = |x: &Tensor| -> Result<Tensor> {
-        let gates: Vec<NoRGaGate> = (0..cfg.layers.len() as i64)
-            .map(|i| NoRGaGate { tau: act_scale.get(i).get(0), alpha: act_scale.get(i).get(1), activation: GateActivation::Sigmoid })
-            .collect();
+        let gates: Vec<NoRGaGate> =
+            (0..n).map(|i| NoRGaGate { tau: act_scale.get(i).get(0), alpha: act_scale.get(i).get(1), activation: GateActivation::Sigmoid }).collect();
+        let zero_gates: Vec<ZeroInitGate> = (0..n).map(|i| ZeroInitGate::PerHead(zero.get(i))).collect();
+        let generated: Vec<(Tensor, Tensor)> = match cfg.expert {
+            Expert::ReparamMlp => gen
+                .iter()
+                .enumerate()
+                .map(|(i, (fc1, fc2))| {
+                    // [L, 2D] → [L, D, 2]: even columns the key, odd the value.
+                    let kv = fc2.forward(&fc1.forward(&emb.get(i as i64)).tanh()).view([cfg.prompt_length, d, 2]);
+                    let one = |j: i64| kv.select(2, j).view([1, cfg.prompt_length, h, hd]).transpose(1, 2);
+                    (one(0), one(1))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let prefixes = if generated.is_empty() { &prefixes } else { &generated };
         let mut prompts = Prompts::none();
         for (i, &l) in cfg.layers.iter().enumerate() {
             prompts = prompts.with_prefix(l, &prefixes[i].0, &prefixes[i].1);
-            if cfg.gate {
-                prompts = prompts.with_score_hook(l, &gates[i] as &dyn PrefixScoreHook);
-            }
+            prompts = match cfg.expert {
+                Expert::ZeroInit => prompts.with_zero_gate(l, &zero_gates[i]),
+                _ => prompts.with_score_hook(l, &gates[i] as &dyn PrefixScoreHook),
+            };
         }
         Ok(head.forward(&vit.forward(x, &prompts)?.cls))
     };
@@ -110,6 +159,7 @@ pub fn run(cfg: &StepConfig) -> Result<StepResult> {
     Ok(StepResult {
         impl_name: "promptcl",
         mode: format!("{:?}", cfg.precision).to_lowercase(),
+        expert: cfg.expert,
         batch: cfg.batch,
         image_size: cfg.vit.img_size,
         train_images_per_s: train_ips,

@@ -18,22 +18,24 @@ fn loader_benchmark_runs_tiny_on_cpu() {
 
 #[test]
 fn step_benchmark_runs_tiny_on_cpu() {
-    use promptcl_benchmarks::step::{run, StepConfig};
+    use promptcl_benchmarks::step::{run, Expert, StepConfig};
     use promptcl_model::{Precision, ViTConfig};
-    let cfg = StepConfig {
-        vit: ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 6, num_heads: 4, ..ViTConfig::vit_tiny_patch16_224() },
-        batch: 4,
-        prompt_length: 5,
-        layers: vec![0, 1, 2, 3, 4],
-        gate: true,
-        classes: 10,
-        precision: Precision::F32,
-        device: Device::Cpu,
-        warmup: 1,
-        iters: 2,
-    };
-    let r = run(&cfg).unwrap();
-    assert!(r.train_images_per_s > 0.0 && r.eval_images_per_s > 0.0);
+    for expert in [Expert::Norga, Expert::ZeroInit, Expert::ReparamMlp] {
+        let cfg = StepConfig {
+            vit: ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 6, num_heads: 4, ..ViTConfig::vit_tiny_patch16_224() },
+            batch: 4,
+            prompt_length: 5,
+            layers: vec![0, 1, 2, 3, 4],
+            expert,
+            classes: 10,
+            precision: Precision::F32,
+            device: Device::Cpu,
+            warmup: 1,
+            iters: 2,
+        };
+        let r = run(&cfg).unwrap();
+        assert!(r.train_images_per_s > 0.0 && r.eval_images_per_s > 0.0, "{expert:?}");
+    }
 }
 
 /// The PyTorch reference must keep running too (tiny, CPU), when the venv's
@@ -46,12 +48,27 @@ fn pytorch_reference_runs_tiny_on_cpu() {
     };
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("torch_step_reference.py");
     let out = std::process::Command::new(python)
-        .args([script.to_str().unwrap(), "--device", "cpu", "--tiny", "--batch", "4", "--modes", "official,eager", "--warmup", "1", "--iters", "2"])
+        .args([
+            script.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--batch",
+            "4",
+            "--modes",
+            "official,eager",
+            "--experts",
+            "norga,zero-init,reparam-mlp",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 6, "two modes by three experts");
     assert!(lines.iter().all(|l| l["train_images_per_s"].as_f64().unwrap() > 0.0));
 }
 

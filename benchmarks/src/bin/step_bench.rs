@@ -1,9 +1,9 @@
-//! `step_bench [--device cuda] [--batch 64,128] [--precision bf16,f32] [--tiny]`
-//! One JSON line per (precision, batch), in the fields `torch_step_reference.py` prints.
+//! `step_bench [--device cuda] [--batch 64,128] [--precision bf16,f32] [--experts norga,zero-init,reparam-mlp] [--tiny]`
+//! One JSON line per (expert, precision, batch), in the fields `torch_step_reference.py` prints.
 
 use anyhow::Result;
 use clap::Parser;
-use promptcl_benchmarks::step::{run, StepConfig};
+use promptcl_benchmarks::step::{run, Expert, StepConfig};
 use promptcl_model::{Precision, ViTConfig};
 
 #[derive(Parser)]
@@ -14,6 +14,8 @@ struct Args {
     batch: Vec<i64>,
     #[arg(long, value_delimiter = ',', default_value = "bf16,f32")]
     precision: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "norga")]
+    experts: Vec<Expert>,
     #[arg(long, default_value_t = 5)]
     warmup: usize,
     #[arg(long, default_value_t = 20)]
@@ -31,25 +33,27 @@ fn main() -> Result<()> {
     } else {
         ViTConfig::vit_base_patch16_224()
     };
-    for p in &a.precision {
-        let precision = match p.as_str() {
-            "bf16" => Precision::Bf16,
-            _ => Precision::F32,
-        };
-        for &batch in &a.batch {
-            let cfg = StepConfig {
-                vit: vit.clone(),
-                batch,
-                prompt_length: 5,
-                layers: vec![0, 1, 2, 3, 4],
-                gate: true,
-                classes: 100,
-                precision,
-                device,
-                warmup: a.warmup,
-                iters: a.iters,
+    for &expert in &a.experts {
+        for p in &a.precision {
+            let precision = match p.as_str() {
+                "bf16" => Precision::Bf16,
+                _ => Precision::F32,
             };
-            println!("{}", serde_json::to_string(&run(&cfg)?)?);
+            for &batch in &a.batch {
+                let cfg = StepConfig {
+                    vit: vit.clone(),
+                    batch,
+                    prompt_length: 5,
+                    layers: vec![0, 1, 2, 3, 4],
+                    expert,
+                    classes: 100,
+                    precision,
+                    device,
+                    warmup: a.warmup,
+                    iters: a.iters,
+                };
+                println!("{}", serde_json::to_string(&run(&cfg)?)?);
+            }
         }
     }
     Ok(())

@@ -260,6 +260,11 @@ pub fn run(device: DeviceChoice, quiet: bool) -> Result<()> {
         ("slca", "samples_per_class = 64"),
         ("dualprompt", "g_layers = [0, 1], e_layers = [2, 3], e_length = 5"),
         ("vpt-nsp", "eta = 0.97"),
+        // Issue #18's composition: NoRGa's stages and gate on reparameterised (reparam-mlp) prefixes.
+        (
+            "norga",
+            "layers = [0, 1, 2], length = 5, prompt = { param = \"reparam-mlp\", gate = \"sigmoid\" }, tii_epochs = 5, tii_align_epochs = 5, align_epochs = 5",
+        ),
     ];
     let mut runs = Vec::new();
     for (method, params) in methods {

@@ -93,7 +93,7 @@ fn per_sample_gates_act_sample_by_sample() {
             let own = wrap(gate.get(b));
             let alone = m.forward(&x.narrow(0, b, 1), &Prompts::none().with_prefix(0, &key, &value).with_zero_gate(0, &own)).unwrap().cls;
             let err = max_abs(&cls.narrow(0, b, 1), &alone);
-            assert!(err < 1e-6, "{case} sample {b}: {err}");
+            assert!(err < 1e-5, "{case} sample {b}: {err}");
         }
     }
 }
