@@ -85,6 +85,15 @@ impl Backbone {
         self.encoder.forward(x, prompts)
     }
 
+    /// A frozen weight by its timm/HF name (`blocks.3.attn.qkv.weight`), detached, in f32.
+    pub fn frozen_f32(&self, name: &str) -> Result<Tensor> {
+        self.vars
+            .variables()
+            .get(name)
+            .map(|t| t.detach().to_kind(Kind::Float))
+            .ok_or_else(|| LearnerError::Invalid(format!("the backbone has no `{name}`")))
+    }
+
     /// The frozen, un-prompted feature without autograd: the "query" of
     /// L2P / DualPrompt / CODA / HiDe-Prompt / WAVE-CRE.
     pub fn query(&self, x: &Inputs) -> Result<Tensor> {

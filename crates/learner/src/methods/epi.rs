@@ -72,7 +72,6 @@ impl Epi {
         if params.prompt.gate.is_some() {
             return Err(LearnerError::Params { method: "epi".into(), reason: "prompt.gate: EPI's prefixes take no gate".into() });
         }
-        params.prompt.validate().map_err(|reason| LearnerError::Params { method: "epi".into(), reason })?;
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let f = ctx.feature_dim();

@@ -129,8 +129,8 @@ enum Gating {
 enum Route<'a> {
     /// The whole batch is of this task.
     Task(usize),
-    /// Per sample (`[B]` task ids, all below the count).
-    Samples(&'a Tensor, usize),
+    /// Per sample (`[B]` task ids).
+    Samples(&'a Tensor),
 }
 
 pub struct HidePrompt {
@@ -162,7 +162,6 @@ impl HidePrompt {
         {
             return Err(bad("the learning rates must be positive, align_weight_decay >= 0 and align_samples_factor >= 1".into()));
         }
-        params.prompt.validate().map_err(bad)?;
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let set = PromptSetConfig {
@@ -214,7 +213,7 @@ impl HidePrompt {
             Some(Gating::Zero(g)) => {
                 zero = match route {
                     Route::Task(t) => g.of_task(t),
-                    Route::Samples(ids, n) => g.of_samples(ids, n),
+                    Route::Samples(ids) => g.of_samples(ids),
                 };
                 LayerGates::ZeroInit(&zero)
             }
@@ -352,11 +351,9 @@ impl ContinualMethod for HidePrompt {
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
         let q = self.backbone.query(x)?;
-        let tasks = self.tii.predict_tasks(&q, seen);
-        let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
-        let (task_ids, pools, keys) = self.prompts.for_tasks(&tasks, x.device());
+        let (task_ids, pools, keys) = self.prompts.for_tasks(&self.tii.predict_tasks(&q, seen), x.device());
         let (e, _) = self.prompts.choose(&pools, keys.as_ref(), Some(&q))?;
-        let feats = self.prompted(x, &e, Route::Samples(&task_ids, n_tasks))?;
+        let feats = self.prompted(x, &e, Route::Samples(&task_ids))?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         Ok(Prediction::new(logits, Some(task_ids)).with_features(&feats))
     }

@@ -107,9 +107,9 @@ impl ZeroGates {
         (0..self.gates[t].size()[0]).map(|i| self.wrap(self.gates[t].get(i))).collect()
     }
 
-    /// Each sample's task's gate per layer, `task_ids` `[B]` (int64) of tasks below `n_tasks`.
-    pub fn of_samples(&self, task_ids: &Tensor, n_tasks: usize) -> Vec<ZeroInitGate> {
-        let all = Tensor::stack(&self.gates[..n_tasks], 0).index_select(0, task_ids);
+    /// Each sample's task's gate per layer, `task_ids` `[B]` (int64).
+    pub fn of_samples(&self, task_ids: &Tensor) -> Vec<ZeroInitGate> {
+        let all = Tensor::stack(&self.gates, 0).index_select(0, task_ids);
         (0..all.size()[1]).map(|i| self.wrap(all.select(1, i))).collect()
     }
 }

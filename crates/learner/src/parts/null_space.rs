@@ -32,11 +32,7 @@ impl FrozenAttention {
             return Err(LearnerError::Invalid("VPT-NSP's prompts need a ViT backbone".into()));
         };
         let cfg = vit.config();
-        let vars = backbone.vars.variables();
-        let get = |name: &str| {
-            let key = format!("blocks.{layer}.{name}");
-            vars.get(&key).map(|t| t.detach().to_kind(Kind::Float)).ok_or_else(|| LearnerError::Invalid(format!("the backbone has no `{key}`")))
-        };
+        let get = |name: &str| backbone.frozen_f32(&format!("blocks.{layer}.{name}"));
         let qkv_weight = get("attn.qkv.weight")?;
         let qkv_bias = get("attn.qkv.bias").unwrap_or_else(|_| Tensor::zeros([3 * cfg.embed_dim], (Kind::Float, qkv_weight.device())));
         Ok(Self {

@@ -105,10 +105,7 @@ pub struct FrozenKv {
 
 impl FrozenKv {
     pub fn of(backbone: &Backbone, layer: usize) -> Result<Self> {
-        let vars = backbone.vars.variables();
-        let get = |key: String| {
-            vars.get(&key).map(|t| t.detach().to_kind(Kind::Float)).ok_or_else(|| LearnerError::Invalid(format!("the backbone has no `{key}`")))
-        };
+        let get = |key: String| backbone.frozen_f32(&key);
         let d = backbone.token_dim();
         let (key, value) = match &backbone.encoder {
             Encoder::Vit(_) => {
@@ -355,8 +352,8 @@ impl Parameterization {
                 }
             });
         }
-        for i in 0..self.makers.len() {
-            for v in self.generator_of(i) {
+        for (i, maker) in self.makers.iter_mut().enumerate() {
+            for v in maker.tensors() {
                 if i != t {
                     v.zero_grad();
                 }

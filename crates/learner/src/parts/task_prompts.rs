@@ -128,20 +128,42 @@ impl TaskPrompts {
         self.param.begin_task(t, copy_previous);
     }
 
+    /// The sealed flags of tasks `0..n`, read in one transfer (none for direct prompts).
+    fn sealed_flags(&self, n: usize) -> Vec<bool> {
+        match &self.sealed {
+            Some(s) => Vec::<f64>::try_from(s.narrow(0, 0, n as i64).to_kind(Kind::Double).to_device(Device::Cpu))
+                .expect("flags")
+                .into_iter()
+                .map(|f| f > 0.5)
+                .collect(),
+            None => vec![false; n],
+        }
+    }
+
     fn is_sealed(&self, t: usize) -> bool {
-        self.sealed.as_ref().is_some_and(|s| s.double_value(&[t as i64]) > 0.5)
+        self.sealed_flags(t + 1)[t]
     }
 
     /// Task t's prefixes `[M, layers, 2, L, H, hd]`: generated while its task
     /// trains, read from the sealed store after.
     pub fn pool(&self, t: usize) -> Tensor {
+        self.pool_given(t, self.is_sealed(t))
+    }
+
+    fn pool_given(&self, t: usize, sealed: bool) -> Tensor {
         if self.param.is_direct() {
             self.params[t].shallow_clone()
-        } else if self.is_sealed(t) {
+        } else if sealed {
             self.stored[t].shallow_clone()
         } else {
             self.param.prefixes(&self.params[t], t)
         }
+    }
+
+    /// Tasks `0..n`'s prefixes stacked `[n, M, layers, 2, L, H, hd]`, the flags read once.
+    fn pools(&self, n: usize) -> Tensor {
+        let sealed = self.sealed_flags(n);
+        Tensor::stack(&(0..n).map(|t| self.pool_given(t, sealed[t])).collect::<Vec<_>>(), 0)
     }
 
     /// Task t's prefixes as HiDe-Prompt trains them: `(1−m)·P_t + m·mean(P_<t)`,
@@ -151,7 +173,7 @@ impl TaskPrompts {
         if t == 0 || momentum == 0.0 {
             return own;
         }
-        let earlier = Tensor::stack(&(0..t).map(|i| self.pool(i)).collect::<Vec<_>>(), 0).mean_dim(0, false, Kind::Float).detach();
+        let earlier = self.pools(t).mean_dim(0, false, Kind::Float).detach();
         own * (1.0 - momentum) + earlier * momentum
     }
 
@@ -184,7 +206,7 @@ impl TaskPrompts {
         let ids: Vec<i64> = tasks.iter().map(|&t| t as i64).collect();
         let task_ids = Tensor::from_slice(&ids).to_device(device);
         let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
-        let pools = Tensor::stack(&(0..n_tasks).map(|t| self.pool(t)).collect::<Vec<_>>(), 0).index_select(0, &task_ids);
+        let pools = self.pools(n_tasks).index_select(0, &task_ids);
         let keys = self.keyed().then(|| Tensor::stack(&self.keys[..n_tasks], 0).index_select(0, &task_ids));
         (task_ids, pools, keys)
     }
