@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PROMPTCL_PYTHON := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: demo test build doctor fixtures cre gpu-bench
+.PHONY: demo test build doctor fixtures cre cre-80 gpu-bench
 build:
 	$(CARGO) build --workspace --bins
 
@@ -39,6 +39,14 @@ test:
 cre:
 	$(CARGO) build --release -p promptcl-harness
 	PROMPTCL_BIN=target/release/promptcl benchmarks/run_cre_cpu.sh
+
+# The larger real stream (fewrel-80: 80 relations, 10 tasks) on CPU, three seeds
+# (results/cre-80; about two hours on 2 cores; needs ../shared/data).
+cre-80:
+	$(CARGO) build --release -p promptcl-harness
+	SUITE=fewrel80 PROMPTCL_BIN=target/release/promptcl benchmarks/run_cre_cpu.sh finetune_head l2p epi hide_prompt wave_cre wave_cre_embeddings
+	target/release/promptcl compare results/cre-80/runs --out results/cre-80 --paired cre-fewrel80/wave-cre,cre-fewrel80/hide-prompt
+	target/release/promptcl compare results/cre-80/runs --out results/cre-80 --paired cre-fewrel80-embeddings/wave-cre,cre-fewrel80/wave-cre
 
 # Every GPU figure of the issues in one go (needs an NVIDIA GPU; results/perf).
 gpu-bench:

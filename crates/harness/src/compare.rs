@@ -8,8 +8,9 @@ use promptcl_learner::metrics::{mean_std, Summary};
 use crate::results::Metrics;
 
 /// The papers' metrics first (task-averaged, official names), then the
-/// sample-weighted accuracies over all seen test samples.
-pub const COLUMNS: [&str; 6] = ["faa", "caa", "ffm", "bwt", "final acc", "avg acc"];
+/// sample-weighted accuracies over all seen test samples, then the
+/// task-identification accuracy after the last task (methods that infer it).
+pub const COLUMNS: [&str; 7] = ["faa", "caa", "ffm", "bwt", "final acc", "avg acc", "task id"];
 
 pub struct Row {
     pub key: String,
@@ -41,14 +42,23 @@ pub fn rows(runs: &[Metrics]) -> Vec<Row> {
                     col(|s| s.backward_transfer),
                     col(|s| s.final_accuracy),
                     col(|s| s.average_accuracy),
+                    mean_std(&ms.iter().filter_map(|m| final_task_id(m)).collect::<Vec<_>>()),
                 ],
             }
         })
         .collect()
 }
 
+/// Task-identification accuracy at the last evaluation, averaged over the tasks.
+pub fn final_task_id(m: &Metrics) -> Option<f64> {
+    let per_task = m.matrix.task_id_accuracy.last()?.as_ref()?;
+    (!per_task.is_empty()).then(|| per_task.iter().sum::<f64>() / per_task.len() as f64)
+}
+
 fn cell((m, s): (f64, f64), seeds: usize) -> String {
-    if seeds > 1 {
+    if m.is_nan() {
+        "–".into()
+    } else if seeds > 1 {
         format!("{m:.2} ± {s:.2}")
     } else {
         format!("{m:.2}")
@@ -303,6 +313,143 @@ fn latex_escape(s: &str) -> String {
     out
 }
 
+/// Method `a` against method `b` on the seeds both ran (same stream, same
+/// task order per seed): per-seed differences of the final average accuracy
+/// and a paired two-sided t-test on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paired {
+    pub a: String,
+    pub b: String,
+    /// (seed, faa of a, faa of b), by seed.
+    pub seeds: Vec<(u64, f64, f64)>,
+    /// Mean and standard deviation of `a − b`.
+    pub mean: f64,
+    pub std: f64,
+    pub t: f64,
+    /// Two-sided p-value under Student's t with `seeds − 1` degrees of freedom.
+    pub p: f64,
+}
+
+/// `a` and `b` name a method (`wave-cre`) or, where runs of several names ran
+/// it (an ablation), one run name's (`cre-fewrel80-embeddings/wave-cre`).
+pub fn paired(runs: &[Metrics], a: &str, b: &str) -> anyhow::Result<Paired> {
+    let faa = |key: &str| -> anyhow::Result<BTreeMap<u64, f64>> {
+        let mine: Vec<&Metrics> = runs.iter().filter(|m| m.method == key || format!("{}/{}", m.name, m.method) == key).collect();
+        let names: std::collections::BTreeSet<&str> = mine.iter().map(|m| m.name.as_str()).collect();
+        if names.len() > 1 {
+            let options: Vec<String> = names.iter().map(|n| format!("{n}/{key}")).collect();
+            anyhow::bail!("--paired: runs of {} names ran `{key}`; name one: {}", names.len(), options.join(", "));
+        }
+        Ok(mine.into_iter().filter_map(|m| Some((m.seed, m.summary.as_ref()?.faa))).collect())
+    };
+    let (fa, fb) = (faa(a)?, faa(b)?);
+    let seeds: Vec<(u64, f64, f64)> = fa.iter().filter_map(|(&s, &x)| Some((s, x, *fb.get(&s)?))).collect();
+    if seeds.len() < 2 {
+        anyhow::bail!("--paired {a},{b}: {} seed(s) ran both methods; a paired test needs at least 2", seeds.len());
+    }
+    let diffs: Vec<f64> = seeds.iter().map(|(_, x, y)| x - y).collect();
+    let (mean, std) = mean_std(&diffs);
+    let n = diffs.len() as f64;
+    let t = mean / (std / n.sqrt());
+    let p = if std == 0.0 {
+        if mean == 0.0 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        student_t_two_sided(t, n - 1.0)
+    };
+    Ok(Paired { a: a.into(), b: b.into(), seeds, mean, std, t, p })
+}
+
+impl Paired {
+    pub fn markdown(&self) -> String {
+        let mut out = format!("| seed | {} faa | {} faa | difference |\n| ---: | ---: | ---: | ---: |\n", self.a, self.b);
+        for (s, x, y) in &self.seeds {
+            let _ = writeln!(out, "| {s} | {x:.2} | {y:.2} | {:+.2} |", x - y);
+        }
+        let _ = writeln!(
+            out,
+            "\n{} − {}: {:+.2} ± {:.2} over {} seeds; paired t = {:.2}, two-sided p = {:.3} (df = {})",
+            self.a,
+            self.b,
+            self.mean,
+            self.std,
+            self.seeds.len(),
+            self.t,
+            self.p,
+            self.seeds.len() - 1
+        );
+        out
+    }
+}
+
+/// P(|T| ≥ |t|) for Student's t with `df` degrees of freedom: I_{df/(df+t²)}(df/2, 1/2).
+pub fn student_t_two_sided(t: f64, df: f64) -> f64 {
+    regularized_beta(df / (df + t * t), df / 2.0, 0.5)
+}
+
+/// The regularized incomplete beta function I_x(a, b), by its continued
+/// fraction (Lentz's method), on the side where it converges fast.
+fn regularized_beta(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let front = (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_fraction(x, a, b) / a
+    } else {
+        1.0 - front * beta_fraction(1.0 - x, b, a) / b
+    }
+}
+
+fn beta_fraction(x: f64, a: f64, b: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (mut c, mut d) = (1.0, 1.0 - (a + b) * x / (a + 1.0));
+    d = 1.0 / if d.abs() < TINY { TINY } else { d };
+    let mut h = d;
+    for m in 1..300 {
+        let m = f64::from(m);
+        for num in [m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m)), -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0))] {
+            d = 1.0 + num * d;
+            d = 1.0 / if d.abs() < TINY { TINY } else { d };
+            c = 1.0 + num / c;
+            c = if c.abs() < TINY { TINY } else { c };
+            h *= d * c;
+        }
+        if (d * c - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, n = 9: about 15 digits).
+fn ln_gamma(x: f64) -> f64 {
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let sum = C[1..].iter().enumerate().fold(C[0], |acc, (i, c)| acc + c / (x + i as f64 + 1.0));
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +510,51 @@ mod tests {
         assert_eq!(&records[0][0], key);
         assert_eq!(records[0].len(), header.len());
         assert_eq!(&records[0][3], "81.2500");
+    }
+
+    /// Only seeds both methods ran are paired; t = mean / (std / √n).
+    #[test]
+    fn paired_differences_on_common_seeds() {
+        let runs = [
+            run("wave-cre", "fewrel", "-", 1, 60.0),
+            run("wave-cre", "fewrel", "-", 2, 64.0),
+            run("wave-cre", "fewrel", "-", 3, 70.0),
+            run("wave-cre", "fewrel", "-", 9, 99.0),
+            run("hide-prompt", "fewrel", "-", 1, 58.0),
+            run("hide-prompt", "fewrel", "-", 2, 60.0),
+            run("hide-prompt", "fewrel", "-", 3, 64.0),
+        ];
+        let p = paired(&runs, "wave-cre", "hide-prompt").unwrap();
+        assert_eq!(p.seeds.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!((p.mean - 4.0).abs() < 1e-12 && (p.std - 2.0).abs() < 1e-12);
+        assert!((p.t - 4.0 * 3f64.sqrt() / 2.0).abs() < 1e-12);
+        assert!((p.p - (1.0 - p.t / (p.t * p.t + 2.0).sqrt())).abs() < 1e-10, "df = 2 closed form");
+        assert!(p.markdown().contains("| 3 | 70.00 | 64.00 | +6.00 |"), "{}", p.markdown());
+        let e = paired(&runs[..4], "wave-cre", "hide-prompt").unwrap_err().to_string();
+        assert!(e.contains("0 seed(s) ran both"), "{e}");
+        // An ablation ran wave-cre under another run name: the bare method is ambiguous.
+        let mut more = runs.to_vec();
+        more.extend([1, 2].map(|seed| Metrics { name: "ablation".into(), ..run("wave-cre", "fewrel", "-", seed, 10.0) }));
+        let e = paired(&more, "wave-cre", "hide-prompt").unwrap_err().to_string();
+        assert!(e.contains("ablation/wave-cre") && e.contains("wave-cre/wave-cre"), "{e}");
+        let p = paired(&more, "ablation/wave-cre", "hide-prompt").unwrap();
+        assert_eq!(p.seeds, [(1, 10.0, 58.0), (2, 10.0, 60.0)]);
+        assert_eq!(paired(&more, "wave-cre/wave-cre", "hide-prompt").unwrap().mean, 4.0);
+    }
+
+    #[test]
+    fn student_t_matches_closed_forms_and_tables() {
+        // df = 1 (Cauchy): p = 1 − 2·atan(|t|)/π; df = 2: p = 1 − |t|/√(t² + 2).
+        for t in [0.3, 1.0, 2.5, 10.0] {
+            let cauchy = 1.0 - 2.0 * f64::atan(t) / std::f64::consts::PI;
+            assert!((student_t_two_sided(t, 1.0) - cauchy).abs() < 1e-10, "t = {t}");
+            let two = 1.0 - t / (t * t + 2.0).sqrt();
+            assert!((student_t_two_sided(t, 2.0) - two).abs() < 1e-10, "t = {t}");
+        }
+        // Two-sided 5 % critical values of the t table.
+        for (df, t) in [(4.0, 2.776_445), (10.0, 2.228_139), (30.0, 2.042_272)] {
+            assert!((student_t_two_sided(t, df) - 0.05).abs() < 1e-5, "df = {df}");
+        }
+        assert!((student_t_two_sided(0.0, 5.0) - 1.0).abs() < 1e-12);
     }
 }

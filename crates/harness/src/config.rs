@@ -263,7 +263,10 @@ impl RunConfig {
                     FolderSplit::Seeded { .. } => {}
                 }
             }
-            DatasetConfig::CfrlFewShot { root, tokenizer, .. } | DatasetConfig::RelationJson { root, tokenizer, .. } => {
+            DatasetConfig::CfrlFewShot { root, tokenizer, .. }
+            | DatasetConfig::RelationJson { root, tokenizer, .. }
+            | DatasetConfig::Fewrel80 { root, tokenizer, .. }
+            | DatasetConfig::Fewrel16Full { root, tokenizer, .. } => {
                 fix(root);
                 fix(tokenizer);
             }

@@ -49,6 +49,10 @@ enum Command {
         runs: Vec<PathBuf>,
         #[arg(long, default_value = "results/compare")]
         out: PathBuf,
+        /// Two methods (`a,b`) to compare seed by seed: per-seed differences of the final
+        /// average accuracy and a paired t-test, written to `paired-a-b.md`.
+        #[arg(long, value_name = "A,B")]
+        paired: Option<String>,
     },
     /// A grid of runs from a sweep file (base config + axes), on a local queue or Slurm.
     Sweep(SweepArgs),
@@ -201,7 +205,7 @@ fn try_main() -> Result<()> {
             plot::write_svg_png(&plot::accuracy_bands_svg(&groups), &out.join("accuracy_bands"))?;
             println!("{}", out.join("accuracy_bands.png").display());
         }
-        Command::Compare { runs, out } => {
+        Command::Compare { runs, out, paired } => {
             let dirs = run_dirs(&runs);
             if dirs.is_empty() {
                 bail!("no run folders (with {}) among {runs:?}", results::METRICS);
@@ -213,6 +217,14 @@ fn try_main() -> Result<()> {
             results::atomic_write(&out.join("compare.md"), compare::markdown(&rows).as_bytes())?;
             results::atomic_write(&out.join("compare.csv"), &compare::csv(&rows)?)?;
             println!("wrote {} and {}", out.join("compare.md").display(), out.join("compare.csv").display());
+            if let Some(pair) = paired {
+                let Some((a, b)) = pair.split_once(',') else { bail!("--paired {pair}: expected two method (or run/method) names, `a,b`") };
+                let p = compare::paired(&metrics, a.trim(), b.trim())?;
+                print!("\n{}", p.markdown());
+                let path = out.join(format!("paired-{}-{}.md", p.a, p.b).replace('/', "_"));
+                results::atomic_write(&path, p.markdown().as_bytes())?;
+                println!("wrote {}", path.display());
+            }
             for root in runs.iter().filter(|r| r.join(sweep::MANIFEST).is_file()) {
                 let (_, manifest) = sweep::open(root)?;
                 let table = sweep::paper_table(&manifest)?;

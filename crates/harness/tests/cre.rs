@@ -17,7 +17,7 @@ fn cre_methods_run_end_to_end_on_the_fixture_stream() {
         ("l2p", "pool_size = 4, top_k = 2, length = 2, head_input = \"token\""),
         ("hide-prompt", "layers = [0, 1], length = 2, tii_epochs = 1, tii_align_epochs = 1, align_epochs = 2"),
         ("epi", "length = 2"),
-        ("wave-cre", "layers = [0, 1], pool_size = 3, top_k = 2, tii_epochs = 1, tii_align_epochs = 1, align_epochs = 2"),
+        ("wave-cre", "layers = [0, 1], pool_size = 3, top_k = 2, tii_align_epochs = 1, align_epochs = 2, replay_samples = 16, head_hidden = [16], tii_net = { classifier = [16] }"),
     ];
     for (method, params) in cases {
         let cfg = common::cre_config(method, params, &out);

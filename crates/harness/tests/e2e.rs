@@ -16,7 +16,7 @@ fn params(method: &str) -> &'static str {
         // Each prompt parameterisation and gate of issue #18 once (the goldens cover the direct prefixes).
         "hide-prompt" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nprompt = { param = \"nonlinear\", gate = \"zero-init\" }",
         "norga" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nprompt = { param = \"reparam-mlp\", gate = \"sigmoid\" }",
-        "wave-cre" => "layers = [0, 1]\npool_size = 3\ntop_k = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nprompt = { param = \"frozen-projection\", gate = \"zero-init-query\" }",
+        "wave-cre" => "layers = [0, 1]\npool_size = 3\ntop_k = 2\ntii_align_epochs = 1\nalign_epochs = 1\nreplay_samples = 8\nhead_hidden = [8]\ntii_net = { classifier = [8] }\nstatistics = \"variance\"\nprompt = { param = \"frozen-projection\", gate = \"zero-init-query\" }",
         "epi" => "layers = [0, 1, 2]\nlength = 2\nprompt = { param = \"reparam-linear\", generator = \"per-task\" }",
         "vpt-nsp" => "length = 3",
         "aper" | "ease" | "fecam-pilot" => "ffn_num = 8",
@@ -82,7 +82,9 @@ fn every_registered_method_runs_end_to_end() {
             // HiDe-style methods: `tii` + `prompt` in task 1, then `tii`, `tii-align`, `prompt`, `align` (one epoch each);
             // APER adapts in task 1 only.
             let want = match name {
-                "hide-prompt" | "norga" | "wave-cre" => 2 + 4 * 4,
+                "hide-prompt" | "norga" => 2 + 4 * 4,
+                // WAVE-CRE: `prompt`, `tii-align`, `align` in every task.
+                "wave-cre" => 3 * 5,
                 "aper" | "ranpac" | "fecam-pilot" => 1,
                 // `train` in every task, `align` from the second.
                 "slca" => 1 + 4 * 2,

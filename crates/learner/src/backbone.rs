@@ -73,6 +73,15 @@ impl Backbone {
         }
     }
 
+    /// BERT's word-embedding rows beyond its loaded weights (the entity
+    /// markers; the vocabulary's last rows); `None` for the ViT.
+    pub fn new_token_rows(&self) -> Option<i64> {
+        match &self.encoder {
+            Encoder::Vit(_) => None,
+            Encoder::Bert(m) => Some(m.new_rows()),
+        }
+    }
+
     /// Width of [`Features::feature`] and of [`Backbone::query`].
     pub fn feature_dim(&self) -> i64 {
         match &self.encoder {
@@ -97,12 +106,22 @@ impl Backbone {
     /// The frozen, un-prompted feature without autograd: the "query" of
     /// L2P / DualPrompt / CODA / HiDe-Prompt / WAVE-CRE.
     pub fn query(&self, x: &Inputs) -> Result<Tensor> {
-        tch::no_grad(|| Ok(self.forward(x, &Prompts::none())?.feature))
+        self.query_under(x, &Prompts::none())
+    }
+
+    /// The query under `base` hooks (tuned embeddings), without autograd.
+    pub fn query_under(&self, x: &Inputs, base: &Prompts) -> Result<Tensor> {
+        tch::no_grad(|| Ok(self.forward(x, base)?.feature))
     }
 
     /// The queries and labels of every batch of `data`: `([N, D], [N])`.
     pub fn queries(&self, data: &mut dyn crate::BatchSource) -> Result<(Tensor, Tensor)> {
-        crate::method::collect_features(data, &mut |x| self.query(x))
+        self.queries_under(data, &Prompts::none())
+    }
+
+    /// [`Self::queries`] under `base` hooks.
+    pub fn queries_under(&self, data: &mut dyn crate::BatchSource, base: &Prompts) -> Result<(Tensor, Tensor)> {
+        crate::method::collect_features(data, &mut |x| self.query_under(x, base))
     }
 
     /// A trainable copy of the encoder under `p` (for full fine-tuning),

@@ -10,7 +10,7 @@ use tch::{nn, nn::Module, Device, Kind, Tensor};
 use crate::attention::attend;
 use crate::error::{ModelError, Result};
 use crate::layers::{linear, LayerNorm};
-use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, LayerPrompt, Prompts};
+use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, EmbeddingTuning, LayerPrompt, Prompts};
 use crate::vit::ForwardOptions;
 
 /// The subset of a Hugging Face `config.json` the encoder needs.
@@ -153,6 +153,8 @@ pub struct BertModel {
     token_type: nn::Embedding,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
+    /// Word-embedding rows beyond the loaded weights' (the last ones).
+    new_rows: i64,
 }
 
 impl BertModel {
@@ -168,6 +170,7 @@ impl BertModel {
             emb_norm: LayerNorm::new(&e / "LayerNorm", d, cfg.layer_norm_eps),
             layers: (0..cfg.num_hidden_layers).map(|i| Layer::new(&p / "encoder" / "layer" / i, cfg)).collect(),
             cfg: cfg.clone(),
+            new_rows: 0,
         }
     }
 
@@ -180,7 +183,7 @@ impl BertModel {
     /// covariance); they depend on the torch seed.
     pub fn from_safetensors(vs: &mut nn::VarStore, cfg: &BertConfig, path: &Path) -> Result<Self> {
         cfg.validate()?;
-        let model = Self::new(vs.root(), cfg);
+        let mut model = Self::new(vs.root(), cfg);
         const SKIP: [&str; 6] =
             ["pooler.", "cls.", "embeddings.position_ids", "embeddings.token_type_ids", "bert.pooler.", "bert.embeddings.position_ids"];
         let mut file = crate::weights::read_safetensors_except(path, &SKIP)?;
@@ -197,6 +200,8 @@ impl BertModel {
             let extra = Tensor::randn([expected[0] - n, expected[1]], (Kind::Float, t.device())) * std + mean;
             Ok(Tensor::cat(&[t, extra], 0))
         };
+        let rows = file.get("embeddings.word_embeddings.weight").map(|t| t.size()[0]).unwrap_or(cfg.vocab_size);
+        model.new_rows = (cfg.vocab_size - rows).max(0);
         crate::weights::load_map(vs, path, file, &SKIP, &grow)?;
         vs.freeze();
         Ok(model)
@@ -208,6 +213,30 @@ impl BertModel {
 
     pub fn device(&self) -> Device {
         self.word.ws.device()
+    }
+
+    /// Word-embedding rows added beyond the loaded weights' (the tokenizer's
+    /// entity markers, mean-resized by [`Self::from_safetensors`]); they are the
+    /// vocabulary's last rows. 0 for a model built by [`Self::new`].
+    pub fn new_rows(&self) -> i64 {
+        self.new_rows
+    }
+
+    /// Token, position and token-type embeddings, summed and normalised, from
+    /// the model's tensors or from `tuning`'s where given.
+    fn embed(&self, ids: &Tensor, positions: &Tensor, types: &Tensor, tuning: Option<&EmbeddingTuning>) -> Tensor {
+        let Some(e) = tuning else {
+            return self.emb_norm.forward(&(self.word.forward(ids) + self.position.forward(positions) + self.token_type.forward(types)));
+        };
+        let lookup = |table: &Tensor, ids: &Tensor| Tensor::embedding(table, ids, -1, false, false);
+        let mut word = self.word.forward(ids);
+        if self.new_rows > 0 {
+            let start = self.cfg.vocab_size - self.new_rows;
+            let own = lookup(&e.new_rows, &(ids - start).clamp_min(0));
+            word = own.where_self(&ids.ge(start).unsqueeze(-1), &word);
+        }
+        let x = word + lookup(&e.position, positions) + lookup(&e.token_type, types);
+        self.emb_norm.forward_with(&x, &e.norm_weight, &e.norm_bias)
     }
 
     /// # Shapes
@@ -227,6 +256,9 @@ impl BertModel {
             return Err(ModelError::Input(format!("token ids span {min}..={max}, vocabulary is 0..{}", self.cfg.vocab_size)));
         }
         prompts.validate(self.cfg.num_hidden_layers, b, self.cfg.hidden_size, self.cfg.num_attention_heads)?;
+        if let Some(e) = prompts.embeddings {
+            e.check(self.new_rows, self.cfg.hidden_size, self.cfg.max_position_embeddings, self.cfg.type_vocab_size)?;
+        }
         if prompts.has_ssf() {
             return Err(ModelError::Input("SSF is implemented for the ViT only; the BERT encoder takes prompts, prefixes and adapters".into()));
         }
@@ -238,7 +270,7 @@ impl BertModel {
         };
         let positions = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
         let types = Tensor::zeros([b, t], (Kind::Int64, device));
-        let mut x = self.emb_norm.forward(&(self.word.forward(input_ids) + self.position.forward(&positions) + self.token_type.forward(&types)));
+        let mut x = self.embed(input_ids, &positions, &types, prompts.embeddings);
         let mut mask = mask;
         let mut n_prompt = 0;
         let d = self.cfg.hidden_size;

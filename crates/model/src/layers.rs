@@ -21,6 +21,14 @@ impl LayerNorm {
         self.eps = eps;
     }
 
+    /// The same normalisation with another weight and bias (`[dim]`).
+    pub(crate) fn forward_with(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Tensor {
+        let kind = x.kind();
+        x.to_kind(Kind::Float)
+            .layer_norm([self.dim], Some(weight.to_kind(Kind::Float)), Some(bias.to_kind(Kind::Float)), self.eps, false)
+            .to_kind(kind)
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         x.to_kind(Kind::Float)

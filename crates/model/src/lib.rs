@@ -19,7 +19,8 @@ pub use bert::{frozen_bert, mean_pool, BertConfig, BertModel, BertOutput};
 pub use config::ViTConfig;
 pub use error::{ModelError, Result};
 pub use prompt::{
-    AdaptFormer, GateActivation, LayerPrompt, NoRGaGate, ParallelAdapter, Prefix, PrefixScoreHook, Prompts, Ssf, SsfBlock, ZeroInitGate,
+    AdaptFormer, EmbeddingTuning, GateActivation, LayerPrompt, NoRGaGate, ParallelAdapter, Prefix, PrefixScoreHook, Prompts, Ssf, SsfBlock,
+    ZeroInitGate,
 };
 pub use vit::{frozen_vit, resample_pos_embed, ForwardOptions, VisionTransformer, VitOutput};
 

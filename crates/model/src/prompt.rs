@@ -9,7 +9,8 @@
 //!   softmax (NoRGa's non-linear residual gate is one);
 //! - a parallel adapter beside a block's MLP (AdaptFormer);
 //! - SSF scale-and-shift after the ops of a block, the patch embedding and
-//!   the final norm.
+//!   the final norm;
+//! - trainable replacements for BERT's embedding layer ([`EmbeddingTuning`]).
 
 use std::collections::BTreeMap;
 
@@ -221,6 +222,42 @@ pub struct LayerPrompt<'a> {
     pub ssf: Option<&'a SsfBlock>,
 }
 
+/// Replacements for BERT's embedding layer: the word-embedding rows added
+/// beyond the loaded weights (the entity markers, [`crate::BertModel::new_rows`]),
+/// the position and token-type embeddings and the embedding LayerNorm. The
+/// WAVE-CRE group's code trains exactly these on its first task.
+///
+/// # Shapes
+/// - `new_rows`: `[new_rows, D]`; `position`: `[max_position_embeddings, D]`;
+///   `token_type`: `[type_vocab_size, D]`; `norm_weight`, `norm_bias`: `[D]`
+#[derive(Debug)]
+pub struct EmbeddingTuning {
+    pub new_rows: Tensor,
+    pub position: Tensor,
+    pub token_type: Tensor,
+    pub norm_weight: Tensor,
+    pub norm_bias: Tensor,
+}
+
+impl EmbeddingTuning {
+    /// Checks the shapes against the model's (`[rows, dim]` each, `[dim]` for the norm).
+    pub(crate) fn check(&self, new_rows: i64, dim: i64, positions: i64, types: i64) -> Result<()> {
+        for (name, t, rows) in
+            [("new_rows", &self.new_rows, new_rows), ("position", &self.position, positions), ("token_type", &self.token_type, types)]
+        {
+            if t.size() != [rows, dim] {
+                return Err(ModelError::Input(format!("embedding tuning: `{name}` must be [{rows}, {dim}], got {:?}", t.size())));
+            }
+        }
+        for (name, t) in [("norm_weight", &self.norm_weight), ("norm_bias", &self.norm_bias)] {
+            if t.size() != [dim] {
+                return Err(ModelError::Input(format!("embedding tuning: `{name}` must be [{dim}], got {:?}", t.size())));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Per-layer prompts for one forward call. Layers without an entry run as the
 /// frozen model does.
 #[derive(Default)]
@@ -230,6 +267,8 @@ pub struct Prompts<'a> {
     pub(crate) ssf_embed: Option<&'a Ssf>,
     /// SSF after the final norm, on every token (ViT; `[D]`).
     pub(crate) ssf_final: Option<&'a Ssf>,
+    /// BERT's embedding layer replaced.
+    pub(crate) embeddings: Option<&'a EmbeddingTuning>,
 }
 
 impl<'a> Prompts<'a> {
@@ -278,6 +317,16 @@ impl<'a> Prompts<'a> {
         self.ssf_embed = Some(embed);
         self.ssf_final = Some(fin);
         self
+    }
+
+    /// BERT's embedding layer with these tensors in place of its own.
+    pub fn with_embeddings(mut self, tuning: &'a EmbeddingTuning) -> Self {
+        self.embeddings = Some(tuning);
+        self
+    }
+
+    pub fn has_embeddings(&self) -> bool {
+        self.embeddings.is_some()
     }
 
     pub fn layer(&self, layer: usize) -> Option<&LayerPrompt<'a>> {

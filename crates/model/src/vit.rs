@@ -229,6 +229,9 @@ impl VisionTransformer {
         let kind = self.compute_kind();
         let d = cfg.embed_dim;
 
+        if prompts.has_embeddings() {
+            return Err(ModelError::Input("embedding tuning replaces BERT's embedding layer; the ViT takes none".into()));
+        }
         prompts.validate_ssf(d, cfg.mlp_hidden())?;
         let x = with_ssf(images.to_kind(kind).apply(&self.patch_embed).flatten(2, 3).transpose(1, 2), prompts.ssf_embed);
         let pos =

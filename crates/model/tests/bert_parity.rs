@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use promptcl_model::{frozen_bert, mean_pool, AttentionImpl, BertConfig, ForwardOptions, GateActivation, ModelError, NoRGaGate, Prompts};
+use promptcl_model::{
+    frozen_bert, mean_pool, AttentionImpl, BertConfig, EmbeddingTuning, ForwardOptions, GateActivation, ModelError, NoRGaGate, Prompts,
+};
 use tch::{Device, Kind, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -128,4 +130,50 @@ fn added_tokens_grow_the_embedding() {
     let spread = trained.std_dim(0, true, false).max().double_value(&[]);
     let dist = (new - trained.mean_dim(0, true, Kind::Float)).abs().max().double_value(&[]);
     assert!(dist < 6.0 * spread, "new rows lie within the trained rows' spread ({dist} vs {spread})");
+}
+
+/// The embedding layer's tensors swapped for copies: with equal values the
+/// forward pass is the plain one; gradients reach the marker rows the batch
+/// reads and no other; a wrong shape is an error naming the tensor.
+#[test]
+fn embedding_tuning_replaces_the_embedding_layer() {
+    let grown = BertConfig { vocab_size: cfg().vocab_size + 4, ..cfg() };
+    tch::manual_seed(3);
+    let (vs, bert) = frozen_bert(&grown, Some(&fixture("bert_tiny_test.safetensors")), Device::Cpu).unwrap();
+    assert_eq!(bert.new_rows(), 4, "the four rows beyond the file's 100");
+    assert_eq!(frozen_bert(&cfg(), None, Device::Cpu).unwrap().1.new_rows(), 0);
+    let v = vs.variables();
+    let own = |k: &str| v[k].detach().copy().set_requires_grad(true);
+    let tuning = EmbeddingTuning {
+        new_rows: v["embeddings.word_embeddings.weight"].narrow(0, 100, 4).detach().copy().set_requires_grad(true),
+        position: own("embeddings.position_embeddings.weight"),
+        token_type: own("embeddings.token_type_embeddings.weight"),
+        norm_weight: own("embeddings.LayerNorm.weight"),
+        norm_bias: own("embeddings.LayerNorm.bias"),
+    };
+    let ids = Tensor::from_slice(&[2i64, 100, 7, 101, 9, 3, 2, 5, 6, 101, 8, 3]).view([2, 6]);
+    let opts = ForwardOptions::default();
+    let plain = bert.forward(&ids, None, &Prompts::none(), &opts).unwrap().hidden;
+    let tuned = bert.forward(&ids, None, &Prompts::none().with_embeddings(&tuning), &opts).unwrap().hidden;
+    close(&plain, &tuned, "tuned embeddings with the model's own values");
+    tuned.sum(Kind::Float).backward();
+    let rows = tuning.new_rows.grad().abs().sum_dim_intlist(1, false, Kind::Float);
+    let used: Vec<bool> = (0..4).map(|r| rows.double_value(&[r]) > 0.0).collect();
+    assert_eq!(used, [true, true, false, false], "only markers 100 and 101 are read");
+    let positions = tuning.position.grad().abs().sum_dim_intlist(1, false, Kind::Float);
+    assert!(positions.narrow(0, 0, 6).min().double_value(&[]) > 0.0 && positions.narrow(0, 6, 34).max().double_value(&[]) == 0.0);
+    assert!(tuning.norm_weight.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    // Changed marker rows change the output (not by a constant: the LayerNorm would remove it).
+    let moved = EmbeddingTuning {
+        new_rows: tuning.new_rows.detach() + Tensor::randn([4, 32], (Kind::Float, Device::Cpu)),
+        position: tuning.position.shallow_clone(),
+        token_type: tuning.token_type.shallow_clone(),
+        norm_weight: tuning.norm_weight.shallow_clone(),
+        norm_bias: tuning.norm_bias.shallow_clone(),
+    };
+    let out = tch::no_grad(|| bert.forward(&ids, None, &Prompts::none().with_embeddings(&moved), &opts).unwrap().hidden);
+    assert!((out - plain.detach()).abs().max().double_value(&[]) > 1e-3);
+    let bad = EmbeddingTuning { new_rows: Tensor::zeros([3, 32], (Kind::Float, Device::Cpu)), ..moved };
+    let e = bert.forward(&ids, None, &Prompts::none().with_embeddings(&bad), &opts).unwrap_err().to_string();
+    assert!(e.contains("new_rows") && e.contains("[4, 32]"), "{e}");
 }

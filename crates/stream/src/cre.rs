@@ -72,6 +72,18 @@ pub enum FullDataProtocol {
 
 /// Reads a CFRL text file into (0-based relation, example) pairs.
 pub fn read_cfrl(path: &Path, num_relations: usize) -> Result<Vec<(usize, RelationExample)>> {
+    Ok(read_cfrl_lines(path, num_relations)?.into_iter().map(|l| (l.label, l.example)).collect())
+}
+
+/// One CFRL line: the relation (0-based), the example and the Wikidata ids of
+/// its head and tail, which with the sentence identify an instance across files.
+struct CfrlLine {
+    label: usize,
+    example: RelationExample,
+    entity_ids: [String; 2],
+}
+
+fn read_cfrl_lines(path: &Path, num_relations: usize) -> Result<Vec<CfrlLine>> {
     let text = std::fs::read_to_string(path).map_err(|e| StreamError::io(path, e))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -101,7 +113,7 @@ pub fn read_cfrl(path: &Path, num_relations: usize) -> Result<Vec<(usize, Relati
         };
         let ex = RelationExample { words: f[2].split_whitespace().map(String::from).collect(), head: span(f[4], "head")?, tail: span(f[6], "tail")? };
         ex.validate(&at).map_err(|e| StreamError::format(path, e))?;
-        out.push((label - 1, ex));
+        out.push(CfrlLine { label: label - 1, example: ex, entity_ids: [f[7].trim().to_string(), f[8].trim().to_string()] });
     }
     Ok(out)
 }
@@ -166,13 +178,7 @@ fn tokenize_split(tok: &RelationTokenizer, samples: Vec<(usize, RelationExample)
 /// Loads a CFRL few-shot stream: `root/relation_name.txt`, `root/rel_index.npy`
 /// and `root/CFRLdata_10_100_10_<shots>/`.
 pub fn load_cfrl(root: &Path, shots: usize, test_per_relation: Option<usize>, tok: &RelationTokenizer) -> Result<Dataset> {
-    let names_path = root.join("relation_name.txt");
-    let names: Vec<String> = std::fs::read_to_string(&names_path)
-        .map_err(|e| StreamError::io(&names_path, e))?
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
+    let names = relation_names(root)?;
     let dir = cfrl_dir(root, shots)?;
     let index_path = root.join("rel_index.npy");
     let index = read_npy_ints(&index_path)?;
@@ -217,15 +223,130 @@ pub fn load_cfrl(root: &Path, shots: usize, test_per_relation: Option<usize>, to
     })
 }
 
-fn cfrl_dir(root: &Path, shots: usize) -> Result<PathBuf> {
-    let found: Vec<PathBuf> = std::fs::read_dir(root)
+/// `root/relation_name.txt`: one relation name per line.
+fn relation_names(root: &Path) -> Result<Vec<String>> {
+    let path = root.join("relation_name.txt");
+    Ok(std::fs::read_to_string(&path)
+        .map_err(|e| StreamError::io(&path, e))?
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// The `CFRLdata_*_<shots>` folders under `root`, by shot count.
+fn cfrl_dirs(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(root)
         .map_err(|e| StreamError::io(root, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("CFRLdata_") && n.to_string_lossy().ends_with(&format!("_{shots}")))
+        .filter(|p| p.is_dir())
+        .filter_map(|p| {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            let shots = name.strip_prefix("CFRLdata_")?.rsplit('_').next()?.parse().ok()?;
+            Some((shots, p))
         })
         .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Sizes of the `fewrel-80` split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PooledSplit {
+    pub train_per_relation: usize,
+    pub test_per_relation: usize,
+}
+
+/// `fewrel-80`: every relation of a CFRL release with a fixed number of train
+/// and test instances each, drawn per seed from all its files pooled — a
+/// reduced version of the full-data protocol (FewRel's 420 / 140 / 140 of 700)
+/// on the 80 relations the CFRL files carry.
+///
+/// The files (`CFRLdata_*_<shots>/{train_0,test_0}.txt`, by shot count) overlap
+/// and differ; an instance is its sentence with its head and tail Wikidata ids,
+/// kept once, in order of first appearance. The few instances filed under two
+/// relations are dropped: one input cannot have two labels, and keeping either
+/// could put the same input in train and test. Per relation the instances are
+/// shuffled after `random.seed(seed)` (as the full-data samplers do) and the
+/// first `train_per_relation` train, the next `test_per_relation` test.
+pub fn load_pooled_cfrl(root: &Path, split: PooledSplit, seed: u64, tok: &RelationTokenizer) -> Result<Dataset> {
+    let (class_names, train, test) = pooled_cfrl_split(root, split, seed)?;
+    Ok(Dataset {
+        name: "fewrel-80".into(),
+        class_names,
+        train: tokenize_split(tok, train, root)?,
+        test: tokenize_split(tok, test, root)?,
+        hierarchy: None,
+        plan: Some(TaskPlan::Shuffled),
+        token_vocab: Some(tok.vocab_size()),
+    })
+}
+
+/// Labelled examples of one split.
+pub type Examples = Vec<(usize, RelationExample)>;
+
+/// [`load_pooled_cfrl`]'s relation names, train and test examples, before tokenization.
+pub fn pooled_cfrl_split(root: &Path, split: PooledSplit, seed: u64) -> Result<(Vec<String>, Examples, Examples)> {
+    let PooledSplit { train_per_relation, test_per_relation } = split;
+    if train_per_relation == 0 || test_per_relation == 0 {
+        return Err(StreamError::Config(format!(
+            "fewrel-80: train_per_relation = {train_per_relation} and test_per_relation = {test_per_relation} must both be at least 1"
+        )));
+    }
+    let names = relation_names(root)?;
+    let dirs = cfrl_dirs(root)?;
+    if dirs.is_empty() {
+        return Err(StreamError::format(root, "no CFRLdata_* folder"));
+    }
+    // (sentence, head id, tail id) → (relation, example); None once a second relation claims it.
+    let mut instances: IndexMap<(String, [String; 2]), Option<(usize, RelationExample)>> = IndexMap::new();
+    for (_, dir) in &dirs {
+        for file in ["train_0.txt", "test_0.txt"] {
+            for line in read_cfrl_lines(&dir.join(file), names.len())? {
+                let key = (line.example.words.join(" "), line.entity_ids);
+                match instances.get_mut(&key) {
+                    None => {
+                        instances.insert(key, Some((line.label, line.example)));
+                    }
+                    Some(slot) => {
+                        if slot.as_ref().is_some_and(|(l, _)| *l != line.label) {
+                            *slot = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let ambiguous = instances.values().filter(|v| v.is_none()).count();
+    let mut per_relation: Vec<Vec<RelationExample>> = vec![Vec::new(); names.len()];
+    for (label, ex) in instances.into_values().flatten() {
+        per_relation[label].push(ex);
+    }
+    tracing::info!("{}: {ambiguous} instances filed under two relations dropped", root.display());
+    let need = train_per_relation + test_per_relation;
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (label, mut samples) in per_relation.into_iter().enumerate() {
+        if samples.len() < need {
+            return Err(StreamError::format(
+                root,
+                format!(
+                    "relation {} (`{}`) has {} distinct instances in the CFRL files, fewer than train_per_relation + test_per_relation = {need}",
+                    label + 1,
+                    names[label],
+                    samples.len()
+                ),
+            ));
+        }
+        PyRandom::new(seed).shuffle(&mut samples);
+        for (i, ex) in samples.into_iter().take(need).enumerate() {
+            if i < train_per_relation { &mut train } else { &mut test }.push((label, ex));
+        }
+    }
+    Ok((names, train, test))
+}
+
+fn cfrl_dir(root: &Path, shots: usize) -> Result<PathBuf> {
+    let found: Vec<PathBuf> = cfrl_dirs(root)?.into_iter().filter(|(s, _)| *s == shots).map(|(_, p)| p).collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(StreamError::format(root, format!("no CFRLdata_*_{shots} folder for {shots} shots"))),
@@ -235,10 +356,31 @@ fn cfrl_dir(root: &Path, shots: usize) -> Result<PathBuf> {
 
 /// Loads a full-data CRE stream from a FewRel-style JSON file, split for `seed`.
 pub fn load_full(path: &Path, protocol: FullDataProtocol, seed: u64, tok: &RelationTokenizer) -> Result<Dataset> {
+    let (class_names, train, test) = full_split(path, protocol, seed)?;
+    let name = path.file_stem().map_or_else(|| "relations".into(), |n| n.to_string_lossy().into_owned());
+    Ok(Dataset {
+        name,
+        class_names,
+        train: tokenize_split(tok, train, path)?,
+        test: tokenize_split(tok, test, path)?,
+        hierarchy: None,
+        plan: Some(TaskPlan::Shuffled),
+        token_vocab: Some(tok.vocab_size()),
+    })
+}
+
+/// [`load_full`]'s relation names, train and test examples, before tokenization.
+pub fn full_split(path: &Path, protocol: FullDataProtocol, seed: u64) -> Result<(Vec<String>, Examples, Examples)> {
     let relations = read_relation_json(path)?;
     let class_names: Vec<String> = relations.iter().map(|(r, _)| r.clone()).collect();
     let (mut train, mut test) = (Vec::new(), Vec::new());
-    for (label, (_, mut samples)) in relations.into_iter().enumerate() {
+    for (label, (name, mut samples)) in relations.into_iter().enumerate() {
+        if protocol == FullDataProtocol::Fewrel && samples.len() < 700 {
+            return Err(StreamError::format(
+                path,
+                format!("relation `{name}` has {} examples; the FewRel protocol splits 700 per relation into 420 / 140 / 140", samples.len()),
+            ));
+        }
         PyRandom::new(seed).shuffle(&mut samples);
         match protocol {
             FullDataProtocol::Fewrel => {
@@ -267,16 +409,7 @@ pub fn load_full(path: &Path, protocol: FullDataProtocol, seed: u64, tok: &Relat
             }
         }
     }
-    let name = path.file_stem().map_or_else(|| "relations".into(), |n| n.to_string_lossy().into_owned());
-    Ok(Dataset {
-        name,
-        class_names,
-        train: tokenize_split(tok, train, path)?,
-        test: tokenize_split(tok, test, path)?,
-        hierarchy: None,
-        plan: Some(TaskPlan::Shuffled),
-        token_vocab: Some(tok.vocab_size()),
-    })
+    Ok((class_names, train, test))
 }
 
 #[cfg(test)]

@@ -100,6 +100,40 @@ pub enum DatasetConfig {
         #[serde(default = "default_max_length")]
         max_length: usize,
     },
+    /// All 80 FewRel relations of a CFRL release (`root` as for `cfrl-few-shot`),
+    /// every file pooled and de-duplicated, a fixed number of train and test
+    /// instances per relation drawn per seed ([`cre::load_pooled_cfrl`]): a
+    /// reduced full-data protocol. The smallest relation has 133 distinct
+    /// single-relation instances, hence the 100 / 33 default.
+    #[serde(rename = "fewrel-80")]
+    Fewrel80 {
+        root: PathBuf,
+        #[serde(default = "default_pooled_train")]
+        train_per_relation: usize,
+        #[serde(default = "default_pooled_test")]
+        test_per_relation: usize,
+        tokenizer: PathBuf,
+        #[serde(default = "default_max_length")]
+        max_length: usize,
+    },
+    /// FewRel 1.0's `val_wiki.json` (`root` is the file or its folder) under the
+    /// exact full-data protocol: 420 train / 140 (unused) / 140 test of each
+    /// relation's 700, per seed; 16 relations.
+    #[serde(rename = "fewrel-16-full")]
+    Fewrel16Full {
+        root: PathBuf,
+        tokenizer: PathBuf,
+        #[serde(default = "default_max_length")]
+        max_length: usize,
+    },
+}
+
+fn default_pooled_train() -> usize {
+    100
+}
+
+fn default_pooled_test() -> usize {
+    33
 }
 
 /// The CRE samplers' `max_length`.
@@ -127,6 +161,14 @@ fn with_tree(mut ds: Dataset, tree: Option<&Path>) -> Result<Dataset> {
     Ok(ds)
 }
 
+/// A named stream whose relation count is part of its name.
+fn expect_relations(ds: Dataset, n: usize, path: &Path) -> Result<Dataset> {
+    if ds.num_classes() != n {
+        return Err(StreamError::format(path, format!("{} relations; the {} stream has {n}", ds.num_classes(), ds.name)));
+    }
+    Ok(ds)
+}
+
 impl DatasetConfig {
     pub fn root(&self) -> &Path {
         match self {
@@ -134,7 +176,9 @@ impl DatasetConfig {
             | Self::ImagenetR { root, .. }
             | Self::ImageFolder { root, .. }
             | Self::CfrlFewShot { root, .. }
-            | Self::RelationJson { root, .. } => root,
+            | Self::RelationJson { root, .. }
+            | Self::Fewrel80 { root, .. }
+            | Self::Fewrel16Full { root, .. } => root,
         }
     }
 
@@ -143,6 +187,8 @@ impl DatasetConfig {
         match self {
             Self::Cifar100 { .. } => Some(100),
             Self::ImagenetR { .. } => Some(200),
+            Self::Fewrel80 { .. } => Some(80),
+            Self::Fewrel16Full { .. } => Some(16),
             Self::ImageFolder { .. } | Self::CfrlFewShot { .. } | Self::RelationJson { .. } => None,
         }
     }
@@ -159,7 +205,10 @@ impl DatasetConfig {
     /// The tokenizer of a text dataset.
     pub fn tokenizer(&self) -> Option<(&Path, usize)> {
         match self {
-            Self::CfrlFewShot { tokenizer, max_length, .. } | Self::RelationJson { tokenizer, max_length, .. } => Some((tokenizer, *max_length)),
+            Self::CfrlFewShot { tokenizer, max_length, .. }
+            | Self::RelationJson { tokenizer, max_length, .. }
+            | Self::Fewrel80 { tokenizer, max_length, .. }
+            | Self::Fewrel16Full { tokenizer, max_length, .. } => Some((tokenizer, *max_length)),
             _ => None,
         }
     }
@@ -174,13 +223,24 @@ impl DatasetConfig {
             Self::RelationJson { root, protocol, tokenizer, max_length } => {
                 cre::load_full(root, *protocol, seed, &RelationTokenizer::from_file(tokenizer, *max_length)?)
             }
+            Self::Fewrel80 { root, train_per_relation, test_per_relation, tokenizer, max_length } => {
+                let split = cre::PooledSplit { train_per_relation: *train_per_relation, test_per_relation: *test_per_relation };
+                let ds = cre::load_pooled_cfrl(root, split, seed, &RelationTokenizer::from_file(tokenizer, *max_length)?)?;
+                expect_relations(ds, 80, root)
+            }
+            Self::Fewrel16Full { root, tokenizer, max_length } => {
+                let file = if root.is_dir() { root.join("val_wiki.json") } else { root.clone() };
+                let mut ds = cre::load_full(&file, FullDataProtocol::Fewrel, seed, &RelationTokenizer::from_file(tokenizer, *max_length)?)?;
+                ds.name = "fewrel-16-full".into();
+                expect_relations(ds, 16, &file)
+            }
             _ => self.load(),
         }
     }
 
     pub fn load(&self) -> Result<Dataset> {
         match self {
-            Self::CfrlFewShot { .. } | Self::RelationJson { .. } => self.load_for_seed(0),
+            Self::CfrlFewShot { .. } | Self::RelationJson { .. } | Self::Fewrel80 { .. } | Self::Fewrel16Full { .. } => self.load_for_seed(0),
             Self::Cifar100 { root, hierarchy } => with_tree(cifar::load(root)?, hierarchy.as_deref()),
             Self::ImagenetR { root, split, cache_short_side, on_corrupt, hierarchy } => {
                 let ds = folder::load(root, "imagenet-r", &folder_options(split, *cache_short_side, *on_corrupt))?;

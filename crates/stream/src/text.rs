@@ -18,7 +18,7 @@ use crate::error::{Result, StreamError};
 pub const MARKERS: [&str; 4] = ["[E11]", "[E12]", "[E21]", "[E22]"];
 
 /// One sentence with its two entities, as word positions (inclusive spans).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RelationExample {
     pub words: Vec<String>,
     pub head: (usize, usize),

@@ -5,9 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use promptcl_stream::cre::{load_cfrl, load_full, read_cfrl};
+use promptcl_stream::cre::{full_split, load_cfrl, load_full, load_pooled_cfrl, pooled_cfrl_split, read_cfrl, Examples, PooledSplit};
 use promptcl_stream::text::{unpack, MARKERS};
-use promptcl_stream::{FullDataProtocol, Loader, LoaderOptions, RelationExample, RelationTokenizer, TaskPlan, TaskStream, TransformConfig};
+use promptcl_stream::{
+    DatasetConfig, FullDataProtocol, Loader, LoaderOptions, RelationExample, RelationTokenizer, TaskPlan, TaskStream, TransformConfig,
+};
 use tch::Device;
 
 fn fixtures() -> PathBuf {
@@ -78,8 +80,8 @@ fn relation_json_splits_per_seed_by_protocol() {
     assert_eq!(a.train.len(), 4 * 12 - a.test.len());
     let b = load_full(&path, FullDataProtocol::Tacred, 2121, &tok).unwrap();
     assert_ne!(a.test.texts, b.test.texts, "another seed, another split");
-    let c = load_full(&path, FullDataProtocol::Fewrel, 2021, &tok).unwrap();
-    assert_eq!((c.train.len(), c.test.len()), (48, 0), "420/140/140 keeps all of 12 for training");
+    let e = load_full(&path, FullDataProtocol::Fewrel, 2021, &tok).unwrap_err().to_string();
+    assert!(e.contains("fewrel.json") && e.contains("relation `P100` has 12 examples") && e.contains("420 / 140 / 140"), "{e}");
     assert_eq!(a.plan, Some(TaskPlan::Shuffled));
 }
 
@@ -161,4 +163,114 @@ fn real_fewrel_json_splits_420_140_140() {
     assert_eq!(tasks.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 4, 4]);
     let other = load_full(&path, FullDataProtocol::Fewrel, 2121, &tokenizer(512)).unwrap();
     assert_ne!(ds.test.texts, other.test.texts);
+}
+
+/// No test sentence with its entity spans is also a training one.
+fn disjoint(train: &Examples, test: &Examples) {
+    let seen: std::collections::HashSet<&RelationExample> = train.iter().map(|(_, e)| e).collect();
+    let shared = test.iter().filter(|(_, e)| seen.contains(e)).count();
+    assert_eq!(shared, 0, "{shared} test instances also in train");
+}
+
+/// Two CFRL shot folders that overlap (the 5-shot train file repeats the
+/// 2-shot one) and disagree once (a `member of` test line filed as `spouse`).
+fn pooled_fixture(extra: &str) -> PathBuf {
+    let src = fixtures().join("cfrl");
+    let root = std::env::temp_dir().join(format!("promptcl-pooled-{}-{extra}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let two = root.join("CFRLdata_10_100_10_2");
+    let five = root.join("CFRLdata_10_100_10_5");
+    std::fs::create_dir_all(&two).unwrap();
+    std::fs::create_dir_all(&five).unwrap();
+    std::fs::copy(src.join("relation_name.txt"), root.join("relation_name.txt")).unwrap();
+    for f in ["train_0.txt", "test_0.txt"] {
+        std::fs::copy(src.join("CFRLdata_10_100_10_2").join(f), two.join(f)).unwrap();
+    }
+    let test = std::fs::read_to_string(two.join("test_0.txt")).unwrap();
+    let member = test.lines().find(|l| l.starts_with("2\t")).unwrap();
+    let relabelled = format!("4{}", &member[1..]);
+    std::fs::copy(two.join("train_0.txt"), five.join("train_0.txt")).unwrap();
+    std::fs::write(five.join("test_0.txt"), format!("{relabelled}\n{extra}")).unwrap();
+    root
+}
+
+#[test]
+fn fewrel_80_pools_deduplicates_and_splits_per_seed() {
+    let tok = tokenizer(64);
+    let root = pooled_fixture("");
+    let split = PooledSplit { train_per_relation: 3, test_per_relation: 2 };
+    let ds = load_pooled_cfrl(&root, split, 2021, &tok).unwrap();
+    assert_eq!((ds.num_classes(), ds.train.len(), ds.test.len()), (6, 18, 12));
+    for c in 0..6 {
+        assert_eq!(ds.train.labels.iter().filter(|&&l| l == c).count(), 3);
+        assert_eq!(ds.test.labels.iter().filter(|&&l| l == c).count(), 2);
+    }
+    let (_, train, test) = pooled_cfrl_split(&root, split, 2021).unwrap();
+    disjoint(&train, &test);
+    assert_eq!(ds.plan, Some(TaskPlan::Shuffled));
+    let again = load_pooled_cfrl(&root, split, 2021, &tok).unwrap();
+    assert_eq!((again.train.texts.clone(), again.test.texts.clone()), (ds.train.texts.clone(), ds.test.texts.clone()), "same seed, same split");
+    let other = load_pooled_cfrl(&root, split, 2121, &tok).unwrap();
+    assert_ne!(other.test.texts, ds.test.texts, "another seed, another split");
+    // `member of` has 2 + 4 instances, one of them also filed as `spouse`: 5 remain, and `spouse` keeps its 6.
+    let e = load_pooled_cfrl(&root, PooledSplit { train_per_relation: 3, test_per_relation: 3 }, 2021, &tok).unwrap_err().to_string();
+    assert!(e.contains("relation 2 (`member of`) has 5 distinct instances") && e.contains("= 6"), "{e}");
+    load_pooled_cfrl(&root, PooledSplit { train_per_relation: 2, test_per_relation: 3 }, 2021, &tok).unwrap();
+    let e = load_pooled_cfrl(&root, PooledSplit { train_per_relation: 0, test_per_relation: 3 }, 2021, &tok).unwrap_err().to_string();
+    assert!(e.contains("train_per_relation = 0"), "{e}");
+    std::fs::remove_dir_all(&root).ok();
+
+    let bad = pooled_fixture("9\tnot a cfrl line");
+    let e = load_pooled_cfrl(&bad, split, 2021, &tok).unwrap_err().to_string();
+    assert!(e.contains("CFRLdata_10_100_10_5/test_0.txt") && e.contains("line 2") && e.contains("2 tab-separated fields"), "{e}");
+    std::fs::remove_dir_all(&bad).ok();
+}
+
+/// The real CFRL release pooled into `fewrel-80`: 80 × (100 + 33), no input in
+/// both splits, per-seed determinism; a request beyond the smallest relation
+/// names it.
+#[test]
+fn real_fewrel_80_is_a_reduced_full_data_split() {
+    let Some(root) = shared_cfrl() else { return };
+    let config = |train: usize, test: usize| -> DatasetConfig {
+        serde_json::from_value(serde_json::json!({
+            "kind": "fewrel-80", "root": root, "train_per_relation": train, "test_per_relation": test,
+            "tokenizer": fixtures().join("tokenizer.json"), "max_length": 512,
+        }))
+        .unwrap()
+    };
+    let ds = config(100, 33).load_for_seed(2021).unwrap();
+    assert_eq!((ds.name.as_str(), ds.num_classes(), ds.train.len(), ds.test.len()), ("fewrel-80", 80, 8000, 2640));
+    let (_, train, test) = pooled_cfrl_split(&root, PooledSplit { train_per_relation: 100, test_per_relation: 33 }, 2021).unwrap();
+    disjoint(&train, &test);
+    let tasks = ds.plan.as_ref().unwrap().tasks(80, 10, 2021).unwrap();
+    assert!(tasks.iter().all(|t| t.len() == 8));
+    let again = config(100, 33).load_for_seed(2021).unwrap();
+    assert_eq!(again.test.texts, ds.test.texts);
+    let other = config(100, 33).load_for_seed(2121).unwrap();
+    assert_ne!(other.test.texts, ds.test.texts);
+    let e = config(100, 37).load_for_seed(2021).unwrap_err().to_string();
+    assert!(e.contains("distinct instances in the CFRL files, fewer than train_per_relation + test_per_relation = 137"), "{e}");
+}
+
+/// `fewrel-16-full` on the real `val_wiki.json`: 420 / 140 of each 700, no
+/// input in both splits, per seed.
+#[test]
+fn real_fewrel_16_full_stream_kind() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/fewrel-wiki");
+    if !dir.is_dir() {
+        eprintln!("skipped: {} is absent (real FewRel JSON)", dir.display());
+        return;
+    }
+    let config: DatasetConfig = serde_json::from_value(serde_json::json!({
+        "kind": "fewrel-16-full", "root": dir, "tokenizer": fixtures().join("tokenizer.json"), "max_length": 512,
+    }))
+    .unwrap();
+    let ds = config.load_for_seed(2021).unwrap();
+    assert_eq!((ds.name.as_str(), ds.num_classes(), ds.train.len(), ds.test.len()), ("fewrel-16-full", 16, 16 * 420, 16 * 140));
+    let (_, train, test) = full_split(&dir.join("val_wiki.json"), FullDataProtocol::Fewrel, 2021).unwrap();
+    disjoint(&train, &test);
+    assert_eq!(config.load_for_seed(2021).unwrap().test.texts, ds.test.texts);
+    assert_ne!(config.load_for_seed(2221).unwrap().test.texts, ds.test.texts);
+    assert_eq!(ds.plan.as_ref().unwrap().tasks(16, 4, 2021).unwrap().len(), 4);
 }

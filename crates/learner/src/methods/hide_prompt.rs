@@ -27,11 +27,18 @@
 //!    no weight decay, `align_lr` unscaled, cosine per epoch), logits masked
 //!    to seen classes.
 //!
+//! 0. **`embeddings`** (first task, `embedding_epochs` > 0; BERT only) —
+//!    [`crate::parts::embedding_tuning`], before the others; every later
+//!    forward pass, queries included, reads the tuned embeddings.
+//!
 //! Inference: TII's class → its task → that task's prompt → prompted forward → head.
 //!
 //! **Pools** (`pool_size` M > 1, WAVE-CRE): each task owns M keyed prompts; a
 //! sample uses the `top_k` nearest (cosine) to its query, and the loss gains
-//! `match_weight · mean(1 − cos)` over the chosen keys.
+//! `match_weight · Σ_K (1 − cos)` over the chosen keys, averaged over the batch.
+//! **WAVE-CRE's schedule** (`wave_cre.rs`): no `tii` stage (`tii_epochs = 0`),
+//! `tii-align` and `align` after the prompt stage from the first task on, on
+//! `replay_samples` Gaussian samples per class, optionally with Adam and MLP heads.
 //! **Expert** (`prompt = { param, gate, … }`, [`crate::parts::prompt_param`]):
 //! how the task prefixes are parameterised (direct, `reparam-mlp`, …; a
 //! generated task's prefixes are sealed at the end of its prompt stage, after
@@ -45,11 +52,15 @@ use std::rc::Rc;
 use promptcl_model::Prompts;
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use super::common::{ce_step, head, train_classes, LinearInit};
+use super::common::{ce_step, train_classes, LinearInit};
+use crate::parts::alignment::AlignOptimizer;
+use crate::parts::classifier::Classifier;
+use crate::parts::embedding_tuning::EmbeddingTuning;
 use crate::parts::gate::{Gates, PrefixGate, ZeroGates};
 use crate::parts::prompt_param::PrefixExpert;
 use crate::parts::task_prompts::{prefix_prompts, LayerGates, PrefixLayout, PromptSetConfig, TaskPrompts};
-use crate::parts::{alignment, gate, tii, tii::TaskIdentity};
+use crate::parts::tii::{TaskIdentity, TiiNet};
+use crate::parts::{alignment, embedding_tuning, gate, tii};
 use crate::stats::{ClassStats, StatsKind};
 use crate::{
     Backbone, BatchSource, ContinualMethod, Inputs, LearnerError, MethodContext, OptimConfig, Prediction, Result, Stage, StageData, StageOptim, Step,
@@ -82,12 +93,28 @@ crate::method_params! {
         pub statistics: StatsKind = StatsKind::Covariance,
         /// k of `statistics = "multi-centroid"`.
         pub n_centroids: usize = 10,
-        /// Epochs of the `tii` stage.
+        /// Epochs of the `tii` stage; 0 drops it (TII then learns from Gaussian samples
+        /// alone, and the query statistics are taken at the end of the `prompt` stage).
         pub tii_epochs: usize = 20,
         /// Adam learning rate of the `tii` stage (scaled by batch/256 when `[optim]` scales).
         pub tii_lr: f64 = 0.0005,
         /// Hidden widths of the TII MLP, as multiples of the feature width.
         pub tii_mlp_hidden: Vec<i64> = vec![2],
+        /// TII's network: `"mapping"` (the official `MlpMapping` with `tii_mlp_hidden`) or
+        /// `{ classifier = [w, …] }`, a ReLU MLP with these hidden widths (WAVE-CRE).
+        pub tii_net: TiiNet = TiiNet::Mapping,
+        /// Hidden widths of the class head, a ReLU MLP; empty = the official linear head.
+        pub head_hidden: Vec<i64> = vec![],
+        /// Run `tii-align` and `align` from the first task on (WAVE-CRE's Algorithm 1);
+        /// HiDe-Prompt starts them at task 2. Needs `replay_samples`.
+        pub align_from_first_task: bool = false,
+        /// Optimizer of the `tii-align` and `align` stages: `"sgd"` (momentum 0.9, cosine
+        /// per epoch) or `"adam"` (constant).
+        pub align_optimizer: AlignOptimizer = AlignOptimizer::Sgd,
+        /// Gaussian samples per seen class per epoch of `tii-align` and `align`, all used,
+        /// in batches of `[optim].batch_size`; 0 = the official draw (`batch` or
+        /// `align_samples_factor × batch` per class, `#old classes` steps).
+        pub replay_samples: i64 = 0,
         /// Epochs of the `tii-align` stage.
         pub tii_align_epochs: usize = 30,
         /// SGD learning rate of the `tii-align` stage (`--ca_lr` of the TII run; scaled by
@@ -113,6 +140,13 @@ crate::method_params! {
         pub match_weight: f64 = 0.0,
         /// Start a task's prompts as a copy of the previous task's (`shared_prompt_pool`).
         pub init_from_previous: bool = true,
+        /// Epochs of an `embeddings` stage before the first task's others: BERT's
+        /// entity-marker rows, position and token-type embeddings and embedding LayerNorm
+        /// trained through a throw-away head, then frozen, for queries and prompted
+        /// features alike (the WAVE-CRE group's code: 10). 0 keeps the pretrained ones.
+        pub embedding_epochs: usize = 0,
+        /// Adam learning rate of the `embeddings` stage (the group's `encoder_lr`).
+        pub embedding_lr: f64 = 0.001,
         /// `official` pairs key and value halves across the batch as the official code's
         /// `reshape` does (to reproduce published numbers); `correct` gives each sample its own.
         pub prefix_layout: PrefixLayout = PrefixLayout::Correct,
@@ -137,9 +171,10 @@ pub struct HidePrompt {
     vs: nn::VarStore,
     prompts: TaskPrompts,
     gates: Option<Gating>,
-    head: nn::Linear,
+    head: Classifier,
     tii: TaskIdentity,
     tap_stats: ClassStats,
+    embeddings: Option<EmbeddingTuning>,
     backbone: Rc<Backbone>,
     params: Params,
     name: &'static str,
@@ -162,6 +197,26 @@ impl HidePrompt {
         {
             return Err(bad("the learning rates must be positive, align_weight_decay >= 0 and align_samples_factor >= 1".into()));
         }
+        if !(params.embedding_lr > 0.0) {
+            return Err(bad(format!("embedding_lr = {} must be positive", params.embedding_lr)));
+        }
+        if params.replay_samples < 0 || (params.align_from_first_task && params.replay_samples == 0) {
+            return Err(bad(format!(
+                "replay_samples = {} must be >= 0, and > 0 with align_from_first_task (the official draw takes #old-classes steps: none in the first task)",
+                params.replay_samples
+            )));
+        }
+        if params
+            .head_hidden
+            .iter()
+            .chain(match &params.tii_net {
+                TiiNet::Classifier(w) => w.as_slice(),
+                TiiNet::Mapping => &[],
+            })
+            .any(|&w| w < 1)
+        {
+            return Err(bad("head_hidden and tii_net's widths must be >= 1".into()));
+        }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let set = PromptSetConfig {
@@ -182,10 +237,15 @@ impl HidePrompt {
             PrefixGate::ZeroInitQuery => Gating::Zero(ZeroGates::new(&root, ctx.num_tasks, layers, h, hd, true)),
         });
         let d = ctx.feature_dim();
-        let head = head(&root, d, ctx.num_classes, ctx.seed, LinearInit::Timm);
-        let tii = TaskIdentity::new(&root, ctx, &params.tii_mlp_hidden, params.statistics, params.n_centroids);
+        let head = Classifier::new(&root, d, &params.head_hidden, ctx.num_classes, ctx.seed, LinearInit::Timm);
+        let tii = TaskIdentity::new(&root, ctx, &params.tii_net, &params.tii_mlp_hidden, params.statistics, params.n_centroids);
         let tap_stats = ClassStats::new(&(&root / "tap_stats"), params.statistics, ctx.num_classes, d, params.n_centroids);
+        let embeddings = (params.embedding_epochs > 0)
+            .then(|| EmbeddingTuning::new(&root, ctx, &params.head_hidden))
+            .transpose()
+            .map_err(|e| bad(format!("embedding_epochs = {}: {e}", params.embedding_epochs)))?;
         Ok(Self {
+            embeddings,
             vs,
             prompts,
             gates,
@@ -198,6 +258,16 @@ impl HidePrompt {
             params,
             name,
         })
+    }
+
+    /// The hooks every forward pass starts from: the tuned embeddings, if any.
+    fn base(&self) -> Prompts<'_> {
+        self.embeddings.as_ref().map_or_else(Prompts::none, EmbeddingTuning::prompts)
+    }
+
+    /// The un-prompted query, without autograd.
+    fn query(&self, x: &Inputs) -> Result<Tensor> {
+        self.backbone.query_under(x, &self.base())
     }
 
     /// Prompted features for prefixes `e` (`[B or 1, layers, 2, L, H, hd]`), gated as `route` says.
@@ -218,7 +288,7 @@ impl HidePrompt {
                 LayerGates::ZeroInit(&zero)
             }
         };
-        let prompts = prefix_prompts(Prompts::none(), self.prompts.layers(), &e, gates);
+        let prompts = prefix_prompts(self.base(), self.prompts.layers(), &e, gates);
         Ok(self.backbone.forward(x, &prompts)?.feature)
     }
 
@@ -234,7 +304,7 @@ impl HidePrompt {
         let t = task.task;
         let keys = self.prompts.keys.get(t).map(|k| k.unsqueeze(0));
         // Only key matching reads the frozen query here.
-        let q = keys.is_some().then(|| self.backbone.query(x)).transpose()?;
+        let q = keys.is_some().then(|| self.query(x)).transpose()?;
         let (e, matching) = self.prompts.choose(&self.prompts.mixed(t, self.params.prompt_momentum).unsqueeze(0), keys.as_ref(), q.as_ref())?;
         let feats = self.prompted(x, &e, Route::Task(t))?;
         let step = ce_step(&self.head.forward(&feats), labels, train_classes(task, self.params.train_mask));
@@ -249,7 +319,7 @@ impl HidePrompt {
     fn own_features(&self, x: &Inputs, t: usize) -> Result<Tensor> {
         tch::no_grad(|| {
             let (pool, keys) = (self.prompts.pool(t).unsqueeze(0), self.prompts.keys.get(t).map(|k| k.unsqueeze(0)));
-            let q = keys.is_some().then(|| self.backbone.query(x)).transpose()?;
+            let q = keys.is_some().then(|| self.query(x)).transpose()?;
             let (e, _) = self.prompts.choose(&pool, keys.as_ref(), q.as_ref())?;
             self.prompted(x, &e, Route::Task(t))
         })
@@ -272,6 +342,7 @@ impl HidePrompt {
     }
 }
 
+const EMBED: &str = embedding_tuning::NAME;
 const TII: &str = "tii";
 const TII_ALIGN: &str = "tii-align";
 const PROMPT: &str = "prompt";
@@ -284,10 +355,19 @@ impl ContinualMethod for HidePrompt {
 
     fn stages(&self, task: &TaskInfo, optim: &OptimConfig) -> Vec<Stage> {
         let p = &self.params;
+        let align = task.task > 0 || p.align_from_first_task;
         let tii_optim = StageOptim::adam(optim.scaled(p.tii_lr)).betas(optim.betas).weight_decay(optim.weight_decay).clip(optim.clip_grad_norm);
-        let mut stages = vec![Stage::new(TII, p.tii_epochs, tii_optim, StageData::TrainTransform).only(&[(tii::NAME, 1.0)])];
-        if task.task > 0 {
-            stages.push(alignment::stage(TII_ALIGN, p.tii_align_epochs, optim.scaled(p.tii_align_lr), tii::NAME).weight_decay(p.align_weight_decay));
+        let tii_align = align.then(|| {
+            p.align_optimizer.stage(TII_ALIGN, p.tii_align_epochs, optim.scaled(p.tii_align_lr), tii::NAME).weight_decay(p.align_weight_decay)
+        });
+        let mut stages = Vec::new();
+        if task.task == 0 && self.embeddings.is_some() {
+            let adam = StageOptim::adam(p.embedding_lr).clip(optim.clip_grad_norm);
+            stages.push(Stage::new(EMBED, p.embedding_epochs, adam, StageData::TrainTransform).only(&[(EMBED, 1.0)]));
+        }
+        if p.tii_epochs > 0 {
+            stages.push(Stage::new(TII, p.tii_epochs, tii_optim, StageData::TrainTransform).only(&[(tii::NAME, 1.0)]));
+            stages.extend(tii_align.clone());
         }
         let mut trains: Vec<(&str, f64)> = self.prompts.names().into_iter().map(|n| (n, 1.0)).collect();
         match self.gates {
@@ -297,8 +377,12 @@ impl ContinualMethod for HidePrompt {
         }
         trains.push(("head", p.head_lr_scale));
         stages.push(Stage::from_run(PROMPT, optim).only(&trains));
-        if task.task > 0 {
-            stages.push(alignment::stage(ALIGN, p.align_epochs, p.align_lr, "head").weight_decay(p.align_weight_decay));
+        // Without a `tii` stage the query statistics come with the prompt stage's end.
+        if p.tii_epochs == 0 {
+            stages.extend(tii_align);
+        }
+        if align {
+            stages.push(p.align_optimizer.stage(ALIGN, p.align_epochs, p.align_lr, "head").weight_decay(p.align_weight_decay));
         }
         stages
     }
@@ -319,6 +403,10 @@ impl ContinualMethod for HidePrompt {
             ALIGN => (&self.tap_stats, self.batch_size * self.params.align_samples_factor),
             s => return Err(LearnerError::Invalid(format!("{}: stage `{s}` does not generate data", self.name))),
         };
+        if self.params.replay_samples > 0 {
+            let steps = (self.params.replay_samples as usize * task.seen.end).div_ceil(self.batch_size as usize);
+            return Ok(alignment::pseudo_batches_drawn(stats, 0..task.seen.end, self.params.replay_samples, self.batch_size, steps));
+        }
         let per_centroid = self.params.align_per_centroid && self.params.statistics == StatsKind::MultiCentroid;
         let draw = if per_centroid { per_class * self.params.n_centroids as i64 } else { per_class };
         Ok(alignment::pseudo_batches_drawn(stats, 0..task.seen.end, draw, per_class, task.classes.start))
@@ -326,7 +414,11 @@ impl ContinualMethod for HidePrompt {
 
     fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         match task.stage {
-            TII => Ok(self.tii.step(&self.backbone.query(x)?, labels, train_classes(task, self.params.train_mask))),
+            EMBED => match &self.embeddings {
+                Some(e) => e.step(&self.backbone, x, labels, train_classes(task, self.params.train_mask)),
+                None => Err(LearnerError::Invalid(format!("{}: no stage `{EMBED}` (embedding_epochs = 0)", self.name))),
+            },
+            TII => Ok(self.tii.step(&self.query(x)?, labels, train_classes(task, self.params.train_mask))),
             TII_ALIGN => Ok(self.tii.step(x.features()?, labels, 0..task.seen.end)),
             PROMPT => self.prompt_step(x, labels, task),
             ALIGN => Ok(ce_step(&self.head.forward(x.features()?), labels, 0..task.seen.end)),
@@ -337,10 +429,16 @@ impl ContinualMethod for HidePrompt {
     fn end_stage(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         match task.stage {
             TII => {
-                let (q, y) = self.backbone.queries(data)?;
+                let (q, y) = self.backbone.queries_under(data, &self.base())?;
                 self.tii.fit(task.classes.clone(), &q, &y, self.seed)
             }
-            PROMPT => self.fit_tap(task, data),
+            PROMPT => {
+                if self.params.tii_epochs == 0 {
+                    let (q, y) = self.backbone.queries_under(data, &self.base())?;
+                    self.tii.fit(task.classes.clone(), &q, &y, self.seed)?;
+                }
+                self.fit_tap(task, data)
+            }
             _ => Ok(()),
         }
     }
@@ -350,7 +448,7 @@ impl ContinualMethod for HidePrompt {
     }
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
-        let q = self.backbone.query(x)?;
+        let q = self.query(x)?;
         let (task_ids, pools, keys) = self.prompts.for_tasks(&self.tii.predict_tasks(&q, seen), x.device());
         let (e, _) = self.prompts.choose(&pools, keys.as_ref(), Some(&q))?;
         let feats = self.prompted(x, &e, Route::Samples(&task_ids))?;

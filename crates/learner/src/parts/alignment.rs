@@ -54,3 +54,24 @@ pub fn stage(name: &'static str, epochs: usize, lr: f64, trains: &str) -> Stage 
     let optim = StageOptim::sgd(lr, 0.9).schedule(Schedule::CosineEpoch);
     Stage::new(name, epochs, optim, StageData::Generated).only(&[(trains, 1.0)])
 }
+
+/// The optimizer of an alignment stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlignOptimizer {
+    /// [`stage`]'s SGD (HiDe-Prompt's TAP and TII refinement).
+    #[default]
+    Sgd,
+    /// Adam at a constant rate, no weight decay (the WAVE-CRE group's
+    /// `train_classifier`, CRE-Prompt `methods/manager.py`).
+    Adam,
+}
+
+impl AlignOptimizer {
+    pub fn stage(self, name: &'static str, epochs: usize, lr: f64, trains: &str) -> Stage {
+        match self {
+            Self::Sgd => stage(name, epochs, lr, trains),
+            Self::Adam => Stage::new(name, epochs, StageOptim::adam(lr), StageData::Generated).only(&[(trains, 1.0)]),
+        }
+    }
+}

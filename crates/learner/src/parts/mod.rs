@@ -8,6 +8,8 @@
 //!   trained on the task, refined on Gaussian pseudo-queries).
 //! - [`alignment`]: Gaussian class statistics as a generator of pseudo-feature
 //!   batches, and the stage that retrains a head on them.
+//! - [`classifier`]: a linear head or a ReLU MLP over features (WAVE-CRE's relation classifier and task predictor).
+//! - [`embedding_tuning`]: BERT's marker rows, position and token-type embeddings and embedding LayerNorm trained on the first task (WAVE-CRE's group code).
 //! - [`gate`]: NoRGa's non-linear residual gate on the prefix logits, and task-specific zero-initialised gates.
 //! - [`prompt_param`]: how prefixes are made from parameters: direct, reparameterised by an MLP, through the frozen projections, non-linear.
 //! - [`petl`]: AdaptFormer adapters or SSF on the backbone (APER, RanPAC).
@@ -16,6 +18,8 @@
 //! - [`null_space`]: prompts as prefixes through the frozen attention, and the null-space projection of their updates (VPT-NSP).
 
 pub mod alignment;
+pub mod classifier;
+pub mod embedding_tuning;
 pub mod gate;
 pub mod null_space;
 pub mod petl;

@@ -213,7 +213,8 @@ impl TaskPrompts {
 
     /// Each sample's prefix from its pool: `pools` `[B or 1, M, layers, 2, L, H, hd]`,
     /// `keys` `[B or 1, M, D]`, `q` `[B, D]` → `[B or 1, layers, 2, K·L, H, hd]`
-    /// and the matching term `mean(1 − cos)` over the chosen keys (zero without keys).
+    /// and the matching term: `1 − cos` summed over the K chosen keys, averaged over
+    /// the batch (WAVE-CRE's Eq. 15 and its group's `reduce_sim`; zero without keys).
     pub fn choose(&self, pools: &Tensor, keys: Option<&Tensor>, q: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let (Some(keys), Some(q)) = (keys, q) else {
             if keys.is_some() {
@@ -230,7 +231,8 @@ impl TaskPrompts {
         let pools = pools.expand(&[b, s[1], s[2], s[3], s[4], s[5], s[6]][..], false);
         let gather = idx.view(&[b, k, 1, 1, 1, 1, 1][..]).expand(&[b, k, s[2], s[3], s[4], s[5], s[6]][..], false);
         let chosen = pools.gather(1, &gather, false).permute(&[0, 2, 3, 1, 4, 5, 6][..]).reshape([b, s[2], s[3], k * s[4], s[5], s[6]]);
-        Ok((chosen, (sim.ones_like() - sim).mean(Kind::Float)))
+        let matching = (sim.ones_like() - sim).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float);
+        Ok((chosen, matching))
     }
 }
 

@@ -8,6 +8,7 @@ use std::ops::Range;
 use tch::{nn, nn::Module, Tensor};
 
 use super::alignment;
+use super::classifier::Classifier;
 use crate::methods::common::{ce_step, head, linear, mask_outside, LinearInit};
 use crate::stats::{ClassStats, StatsKind};
 use crate::{MethodContext, Result, Step};
@@ -15,11 +16,25 @@ use crate::{MethodContext, Result, Step};
 /// The variables' prefix: stages that train TII name it.
 pub const NAME: &str = "tii";
 
+/// The network from query to class scores.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TiiNet {
+    /// HiDe-Prompt / NoRGa's `MlpMapping` (GELU MLP, residual, LayerNorm) and a linear head.
+    #[default]
+    Mapping,
+    /// A ReLU MLP [`Classifier`] with these hidden widths (WAVE-CRE's task
+    /// predictor, the group's code: the relation classifier's architecture).
+    Classifier(Vec<i64>),
+}
+
+enum Net {
+    Mapping { layers: Vec<nn::Linear>, norm_w: Tensor, norm_b: Tensor, head: nn::Linear },
+    Classifier(Classifier),
+}
+
 pub struct TaskIdentity {
-    layers: Vec<nn::Linear>,
-    norm_w: Tensor,
-    norm_b: Tensor,
-    head: nn::Linear,
+    net: Net,
     /// Per-class statistics of the frozen query (`tii_stats.*`).
     pub stats: ClassStats,
     task_sizes: Vec<usize>,
@@ -27,38 +42,51 @@ pub struct TaskIdentity {
 
 impl TaskIdentity {
     /// `MlpMapping(hidden)` — Linear D→h₀·D, GELU, …, Linear →D, residual,
-    /// LayerNorm — and a linear head over all classes, under `root/tii`.
-    pub fn new(root: &nn::Path, ctx: &MethodContext, hidden: &[i64], statistics: StatsKind, centroids: usize) -> Self {
+    /// LayerNorm — and a linear head over all classes, under `root/tii`; or
+    /// with `net = classifier` a ReLU MLP [`Classifier`] there.
+    pub fn new(root: &nn::Path, ctx: &MethodContext, net: &TiiNet, hidden: &[i64], statistics: StatsKind, centroids: usize) -> Self {
         let (d, seed) = (ctx.feature_dim(), ctx.seed);
         let p = root / NAME;
-        let mut dims = vec![d];
-        dims.extend(hidden.iter().map(|h| h * d));
-        dims.push(d);
-        let layers =
-            dims.windows(2).enumerate().map(|(i, w)| linear(&(&p / "mlp" / i), w[0], w[1], seed, &[30, i as u64], LinearInit::Timm)).collect();
-        Self {
-            layers,
-            norm_w: p.ones("norm_weight", &[d]),
-            norm_b: p.zeros("norm_bias", &[d]),
-            head: head(&p, d, ctx.num_classes, seed ^ 0x7111, LinearInit::Timm),
-            stats: ClassStats::new(&(root / "tii_stats"), statistics, ctx.num_classes, d, centroids),
-            task_sizes: ctx.task_sizes.clone(),
-        }
+        let net = match net {
+            TiiNet::Mapping => {
+                let mut dims = vec![d];
+                dims.extend(hidden.iter().map(|h| h * d));
+                dims.push(d);
+                let layers = dims
+                    .windows(2)
+                    .enumerate()
+                    .map(|(i, w)| linear(&(&p / "mlp" / i), w[0], w[1], seed, &[30, i as u64], LinearInit::Timm))
+                    .collect();
+                Net::Mapping {
+                    layers,
+                    norm_w: p.ones("norm_weight", &[d]),
+                    norm_b: p.zeros("norm_bias", &[d]),
+                    head: head(&p, d, ctx.num_classes, seed ^ 0x7111, LinearInit::Timm),
+                }
+            }
+            TiiNet::Classifier(widths) => Net::Classifier(Classifier::new(&p, d, widths, ctx.num_classes, seed ^ 0x7111, LinearInit::Torch)),
+        };
+        Self { net, stats: ClassStats::new(&(root / "tii_stats"), statistics, ctx.num_classes, d, centroids), task_sizes: ctx.task_sizes.clone() }
     }
 
     /// `[B, classes]` from queries `[B, D]`.
     pub fn logits(&self, q: &Tensor) -> Tensor {
-        let mut h = q.shallow_clone();
-        let last = self.layers.len() - 1;
-        for (i, l) in self.layers.iter().enumerate() {
-            h = l.forward(&h);
-            if i != last {
-                h = h.gelu("none");
+        match &self.net {
+            Net::Classifier(c) => c.forward(q),
+            Net::Mapping { layers, norm_w, norm_b, head } => {
+                let last = layers.len() - 1;
+                let h = layers.iter().enumerate().fold(q.shallow_clone(), |h, (i, l)| {
+                    let h = l.forward(&h);
+                    if i == last {
+                        h
+                    } else {
+                        h.gelu("none")
+                    }
+                });
+                let d = q.size()[1];
+                head.forward(&(h + q).layer_norm([d], Some(norm_w), Some(norm_b), 1e-5, false))
             }
         }
-        let d = q.size()[1];
-        let x = (h + q).layer_norm([d], Some(&self.norm_w), Some(&self.norm_b), 1e-5, false);
-        self.head.forward(&x)
     }
 
     /// Cross-entropy of queries (or pseudo-queries) `q` scored over `classes`.
