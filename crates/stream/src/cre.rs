@@ -299,7 +299,8 @@ pub fn pooled_cfrl_split(root: &Path, split: PooledSplit, seed: u64) -> Result<(
         return Err(StreamError::format(root, "no CFRLdata_* folder"));
     }
     // (sentence, head id, tail id) → (relation, example); None once a second relation claims it.
-    let mut instances: IndexMap<(String, [String; 2]), Option<(usize, RelationExample)>> = IndexMap::new();
+    type Instance = (String, [String; 2]);
+    let mut instances: IndexMap<Instance, Option<(usize, RelationExample)>> = IndexMap::new();
     for (_, dir) in &dirs {
         for file in ["train_0.txt", "test_0.txt"] {
             for line in read_cfrl_lines(&dir.join(file), names.len())? {
