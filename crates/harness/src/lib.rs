@@ -51,3 +51,34 @@ pub fn run_dirs(args: &[PathBuf]) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Splits run folders into finished ones and those whose `state.json` says
+/// they are not (still running, or cut off): a comparison of the first with
+/// the second would average a 10-task run with a 1-task one. A folder without
+/// a readable state counts as finished.
+pub fn finished_runs(dirs: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    dirs.into_iter().partition(|d| results::read_json::<results::State>(&d.join(results::STATE)).map_or(true, |s| s.finished))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_leaves_out_runs_whose_state_is_unfinished() {
+        let root = std::env::temp_dir().join(format!("promptcl-finished-{}", std::process::id()));
+        let state =
+            |finished: bool| results::State { run_id: "r".into(), seed: 1, completed_tasks: 1, num_tasks: 2, finished, epoch_checkpoint: None };
+        let dirs: Vec<PathBuf> = ["done", "running", "no-state"].iter().map(|n| root.join(n)).collect();
+        for (d, s) in dirs.iter().zip([Some(state(true)), Some(state(false)), None]) {
+            std::fs::create_dir_all(d).unwrap();
+            if let Some(s) = s {
+                std::fs::write(d.join(results::STATE), serde_json::to_string(&s).unwrap()).unwrap();
+            }
+        }
+        let (finished, unfinished) = finished_runs(dirs.clone());
+        assert_eq!(finished, [dirs[0].clone(), dirs[2].clone()]);
+        assert_eq!(unfinished, [dirs[1].clone()]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use promptcl_harness::config::{DeviceChoice, RunConfig};
 use promptcl_harness::sweep::{self, BackendKind};
-use promptcl_harness::{compare, demo, doctor, plot, preempt, report, results, run, run_dirs};
+use promptcl_harness::{compare, demo, doctor, finished_runs, plot, preempt, report, results, run, run_dirs};
 
 #[derive(Parser)]
 #[command(name = "promptcl", version, about)]
@@ -206,9 +206,13 @@ fn try_main() -> Result<()> {
             println!("{}", out.join("accuracy_bands.png").display());
         }
         Command::Compare { runs, out, paired } => {
-            let dirs = run_dirs(&runs);
+            let (dirs, unfinished) = finished_runs(run_dirs(&runs));
+            if !unfinished.is_empty() {
+                let names: Vec<String> = unfinished.iter().map(|d| d.display().to_string()).collect();
+                eprintln!("compare: {} unfinished run(s) left out: {}", unfinished.len(), names.join(", "));
+            }
             if dirs.is_empty() {
-                bail!("no run folders (with {}) among {runs:?}", results::METRICS);
+                bail!("no finished run folders (with {}) among {runs:?}", results::METRICS);
             }
             let metrics = dirs.iter().map(|d| results::load_metrics(d)).collect::<Result<Vec<_>>>()?;
             let rows = compare::rows(&metrics);
