@@ -13,18 +13,22 @@ use tch::{Device, Kind, Tensor};
 const TASKS: usize = 3;
 const PER_TASK: usize = 2;
 
-fn ctx() -> MethodContext {
-    let cfg = BertConfig {
-        vocab_size: 50,
+/// A 2-layer, 32-wide BERT.
+fn tiny_bert(vocab_size: i64, max_position_embeddings: i64) -> BertConfig {
+    BertConfig {
+        vocab_size,
         hidden_size: 32,
         num_hidden_layers: 2,
         num_attention_heads: 4,
         intermediate_size: 64,
-        max_position_embeddings: 32,
+        max_position_embeddings,
         ..BertConfig::default()
-    };
+    }
+}
+
+fn ctx() -> MethodContext {
     tch::manual_seed(1);
-    let (vars, bert) = frozen_bert(&cfg, None, Device::Cpu).unwrap();
+    let (vars, bert) = frozen_bert(&tiny_bert(50, 32), None, Device::Cpu).unwrap();
     MethodContext {
         backbone: Rc::new(Backbone::new(Encoder::Bert(bert), vars)),
         num_classes: TASKS * PER_TASK,
@@ -151,15 +155,7 @@ fn wave_cre_replays_every_seen_relation_after_every_task() {
 /// A tiny BERT from the model crate's fixture (100 rows) grown by four
 /// entity-marker rows, as the harness grows all-MiniLM-L6-v2's.
 fn ctx_with_markers() -> MethodContext {
-    let cfg = BertConfig {
-        vocab_size: 104,
-        hidden_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        intermediate_size: 64,
-        max_position_embeddings: 40,
-        ..BertConfig::default()
-    };
+    let cfg = tiny_bert(104, 40);
     let weights = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/bert_tiny_test.safetensors");
     tch::manual_seed(1);
     let (vars, bert) = frozen_bert(&cfg, Some(&weights), Device::Cpu).unwrap();

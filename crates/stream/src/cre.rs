@@ -271,11 +271,22 @@ pub struct PooledSplit {
 /// first `train_per_relation` train, the next `test_per_relation` test.
 pub fn load_pooled_cfrl(root: &Path, split: PooledSplit, seed: u64, tok: &RelationTokenizer) -> Result<Dataset> {
     let (class_names, train, test) = pooled_cfrl_split(root, split, seed)?;
+    shuffled_relations("fewrel-80".into(), class_names, (train, test), tok, root)
+}
+
+/// A relation dataset whose task order the stream draws per seed, tokenized.
+fn shuffled_relations(
+    name: String,
+    class_names: Vec<String>,
+    (train, test): (Examples, Examples),
+    tok: &RelationTokenizer,
+    source: &Path,
+) -> Result<Dataset> {
     Ok(Dataset {
-        name: "fewrel-80".into(),
+        name,
         class_names,
-        train: tokenize_split(tok, train, root)?,
-        test: tokenize_split(tok, test, root)?,
+        train: tokenize_split(tok, train, source)?,
+        test: tokenize_split(tok, test, source)?,
         hierarchy: None,
         plan: Some(TaskPlan::Shuffled),
         token_vocab: Some(tok.vocab_size()),
@@ -359,15 +370,7 @@ fn cfrl_dir(root: &Path, shots: usize) -> Result<PathBuf> {
 pub fn load_full(path: &Path, protocol: FullDataProtocol, seed: u64, tok: &RelationTokenizer) -> Result<Dataset> {
     let (class_names, train, test) = full_split(path, protocol, seed)?;
     let name = path.file_stem().map_or_else(|| "relations".into(), |n| n.to_string_lossy().into_owned());
-    Ok(Dataset {
-        name,
-        class_names,
-        train: tokenize_split(tok, train, path)?,
-        test: tokenize_split(tok, test, path)?,
-        hierarchy: None,
-        plan: Some(TaskPlan::Shuffled),
-        token_vocab: Some(tok.vocab_size()),
-    })
+    shuffled_relations(name, class_names, (train, test), tok, path)
 }
 
 /// [`load_full`]'s relation names, train and test examples, before tokenization.
