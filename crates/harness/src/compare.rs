@@ -371,14 +371,14 @@ impl Paired {
         }
         let _ = writeln!(
             out,
-            "\n{} − {}: {:+.2} ± {:.2} over {} seeds; paired t = {:.2}, two-sided p = {:.3} (df = {})",
+            "\n{} − {}: {:+.2} ± {:.2} over {} seeds; paired t = {:.2}, two-sided p = {} (df = {})",
             self.a,
             self.b,
             self.mean,
             self.std,
             self.seeds.len(),
             self.t,
-            self.p,
+            if self.p >= 1e-3 { format!("{:.3}", self.p) } else { format!("{:.1e}", self.p) },
             self.seeds.len() - 1
         );
         out
