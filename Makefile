@@ -55,9 +55,9 @@ gpu-bench:
 	$(CARGO) test --release -p promptcl-model --test vit_parity --no-run
 	benchmarks/run_gpu_suite.sh target/release $(VENV)/bin/python
 
-# Regenerates the committed golden fixtures (needs timm and transformers; installed on demand).
+# Regenerates the committed golden fixtures (needs timm, transformers and peft; installed on demand).
 fixtures:
-	PROMPTCL_EXTRAS="timm transformers" scripts/bootstrap.sh >/dev/null
+	PROMPTCL_EXTRAS="timm transformers peft" scripts/bootstrap.sh >/dev/null
 	$(VENV)/bin/python data-scripts/gen_vit_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_bert_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_stream_fixtures.py
@@ -72,3 +72,4 @@ fixtures:
 	$(VENV)/bin/python data-scripts/gen_vptnsp_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_zeroinit_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_prompt_param_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_lora_fixtures.py

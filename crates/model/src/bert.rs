@@ -10,6 +10,7 @@ use tch::{nn, nn::Module, Device, Kind, Tensor};
 use crate::attention::attend;
 use crate::error::{ModelError, Result};
 use crate::layers::{linear, LayerNorm};
+use crate::lora::{merge_layer, LayerLora, LoraTarget, QkvWeights};
 use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, EmbeddingTuning, LayerPrompt, Prompts};
 use crate::vit::ForwardOptions;
 
@@ -119,9 +120,19 @@ impl Layer {
         let s = x.size();
         let (b, t, d) = (s[0], s[1], s[2]);
         let split = |y: Tensor| y.view([b, t, self.heads, d / self.heads]).transpose(1, 2);
-        let (q, k, v) = (split(self.query.forward(x)), split(self.key.forward(x)), split(self.value.forward(x)));
+        let lora = lp.and_then(|lp| lp.lora);
+        let project = |lin: &nn::Linear, target: LoraTarget| match lora {
+            Some(l) => l.add(target, x, lin.forward(x)),
+            None => lin.forward(x),
+        };
+        let (q, k, v) =
+            (split(project(&self.query, LoraTarget::Q)), split(project(&self.key, LoraTarget::K)), split(project(&self.value, LoraTarget::V)));
         let ctx = attend(&q, &k, &v, prefix, hook, lp.and_then(|lp| lp.zero_gate), Some(mask), opts.attention).transpose(1, 2).reshape([b, t, d]);
-        let h = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
+        let attn_out = match lora {
+            Some(l) => l.add(LoraTarget::Out, &ctx, self.attn_out.forward(&ctx)),
+            None => self.attn_out.forward(&ctx),
+        };
+        let h = self.attn_norm.forward(&(attn_out + x));
         let inter = self.intermediate.forward(&h).gelu("none");
         let ffn = self.out.forward(&inter) + &h;
         let ffn = match lp.and_then(|lp| lp.adapter) {
@@ -205,6 +216,23 @@ impl BertModel {
         crate::weights::load_map(vs, path, file, &SKIP, &grow)?;
         vs.freeze();
         Ok(model)
+    }
+
+    /// Merges `lora` into layer `layer`'s frozen projections in place (PEFT's `merge`).
+    pub fn merge_lora(&mut self, layer: usize, lora: &LayerLora) -> Result<()> {
+        self.merge_signed(layer, lora, 1.0)
+    }
+
+    /// Subtracts what [`Self::merge_lora`] added (PEFT's `unmerge`).
+    pub fn unmerge_lora(&mut self, layer: usize, lora: &LayerLora) -> Result<()> {
+        self.merge_signed(layer, lora, -1.0)
+    }
+
+    fn merge_signed(&mut self, layer: usize, lora: &LayerLora, sign: f64) -> Result<()> {
+        let (d, depth) = (self.cfg.hidden_size, self.cfg.num_hidden_layers);
+        let l = self.layers.get_mut(layer).ok_or_else(|| ModelError::Input(format!("LoRA for layer {layer}, but the model has {depth} layers")))?;
+        let qkv = QkvWeights::Split([&mut l.query.ws, &mut l.key.ws, &mut l.value.ws]);
+        merge_layer(lora, layer, d, qkv, &mut l.attn_out.ws, sign)
     }
 
     pub fn config(&self) -> &BertConfig {

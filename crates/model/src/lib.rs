@@ -8,6 +8,7 @@ mod bert;
 mod config;
 mod error;
 mod layers;
+mod lora;
 mod prompt;
 mod vit;
 pub mod weights;
@@ -18,6 +19,7 @@ pub use attention::AttentionImpl;
 pub use bert::{frozen_bert, mean_pool, BertConfig, BertModel, BertOutput};
 pub use config::ViTConfig;
 pub use error::{ModelError, Result};
+pub use lora::{LayerLora, LoraTarget, LoraUpdate};
 pub use prompt::{
     AdaptFormer, EmbeddingTuning, GateActivation, LayerPrompt, NoRGaGate, ParallelAdapter, Prefix, PrefixScoreHook, Prompts, Ssf, SsfBlock,
     ZeroInitGate,

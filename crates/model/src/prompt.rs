@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::lora::LayerLora;
 
 /// Key/value prefixes of one layer.
 ///
@@ -220,6 +221,8 @@ pub struct LayerPrompt<'a> {
     pub zero_gate: Option<&'a ZeroInitGate>,
     pub adapter: Option<&'a dyn ParallelAdapter>,
     pub ssf: Option<&'a SsfBlock>,
+    /// Low-rank updates of the layer's attention projections.
+    pub lora: Option<&'a LayerLora>,
 }
 
 /// Replacements for BERT's embedding layer: the word-embedding rows added
@@ -294,13 +297,19 @@ impl<'a> Prompts<'a> {
         self
     }
 
-    /// An adapter beside the MLP of `layer`.
     /// The prefix of `layer` as a zero-initialised gated branch ([`ZeroInitGate`]).
     pub fn with_zero_gate(mut self, layer: usize, gate: &'a ZeroInitGate) -> Self {
         self.layers.entry(layer).or_default().zero_gate = Some(gate);
         self
     }
 
+    /// Low-rank updates of `layer`'s attention projections ([`LayerLora`]).
+    pub fn with_lora(mut self, layer: usize, lora: &'a LayerLora) -> Self {
+        self.layers.entry(layer).or_default().lora = Some(lora);
+        self
+    }
+
+    /// An adapter beside the MLP of `layer`.
     pub fn with_adapter(mut self, layer: usize, adapter: &'a dyn ParallelAdapter) -> Self {
         self.layers.entry(layer).or_default().adapter = Some(adapter);
         self
@@ -390,6 +399,9 @@ impl<'a> Prompts<'a> {
                 }
             } else if p.score_hook.is_some() || p.zero_gate.is_some() {
                 return bad(format!("layer {layer}: a score hook or a zero-init gate needs a prefix on the same layer"));
+            }
+            if let Some(lora) = p.lora {
+                lora.check(layer, batch, embed_dim)?;
             }
             if let Some(g) = p.zero_gate {
                 if p.score_hook.is_some() {

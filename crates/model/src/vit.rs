@@ -9,6 +9,7 @@ use crate::attention::{attend, AttentionImpl};
 use crate::config::ViTConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{linear, LayerNorm};
+use crate::lora::{merge_layer, LayerLora, LoraTarget, QkvWeights};
 use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, LayerPrompt, Prompts, Ssf, SsfBlock};
 use crate::weights::load_strict;
 use crate::Precision;
@@ -69,12 +70,24 @@ impl Attention {
         let s = x.size();
         let (b, n, c) = (s[0], s[1], s[2]);
         let ssf = lp.and_then(|lp| lp.ssf);
-        let qkv = with_ssf(self.qkv.forward(x), ssf.map(|s| &s.qkv));
+        let lora = lp.and_then(|lp| lp.lora);
+        let qkv = self.qkv.forward(x);
+        let qkv = match lora {
+            Some(l) => l.add_fused_qkv(x, qkv),
+            None => qkv,
+        };
+        let qkv = with_ssf(qkv, ssf.map(|s| &s.qkv));
         let qkv = qkv.reshape([b, n, 3, self.num_heads, c / self.num_heads]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let out =
             attend(&q, &k, &v, lp.and_then(|lp| lp.prefix.as_ref()), lp.and_then(|lp| lp.score_hook), lp.and_then(|lp| lp.zero_gate), None, imp);
-        with_ssf(self.proj.forward(&out.transpose(1, 2).reshape([b, n, c])), ssf.map(|s| &s.proj))
+        let out = out.transpose(1, 2).reshape([b, n, c]);
+        let y = self.proj.forward(&out);
+        let y = match lora {
+            Some(l) => l.add(LoraTarget::Out, &out, y),
+            None => y,
+        };
+        with_ssf(y, ssf.map(|s| &s.proj))
     }
 }
 
@@ -184,6 +197,26 @@ impl VisionTransformer {
         load_strict(vs, path, ignore, &adapt)?;
         vs.freeze();
         Ok(model)
+    }
+
+    /// Merges `lora` into layer `layer`'s frozen projections in place (PEFT's
+    /// `merge`): afterwards the plain forward computes what the unmerged
+    /// update did. Only updates shared by the batch (2-D factors) merge.
+    pub fn merge_lora(&mut self, layer: usize, lora: &LayerLora) -> Result<()> {
+        self.merge_signed(layer, lora, 1.0)
+    }
+
+    /// Subtracts what [`Self::merge_lora`] added (PEFT's `unmerge`; exact up to fp rounding).
+    pub fn unmerge_lora(&mut self, layer: usize, lora: &LayerLora) -> Result<()> {
+        self.merge_signed(layer, lora, -1.0)
+    }
+
+    fn merge_signed(&mut self, layer: usize, lora: &LayerLora, sign: f64) -> Result<()> {
+        let (d, depth) = (self.cfg.embed_dim, self.cfg.depth);
+        let block =
+            self.blocks.get_mut(layer).ok_or_else(|| ModelError::Input(format!("LoRA for layer {layer}, but the model has {depth} layers")))?;
+        let attn = &mut block.attn;
+        merge_layer(lora, layer, d, QkvWeights::Fused(&mut attn.qkv.ws), &mut attn.proj.ws, sign)
     }
 
     /// The final norm's eps, when a method replaces that norm with a fresh

@@ -1,6 +1,8 @@
 //! The Rust BERT against transformers' BertModel (fixtures from
 //! data-scripts/gen_bert_fixtures.py): outputs and prompt gradients within 1e-5.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -18,15 +20,7 @@ fn golden() -> HashMap<String, Tensor> {
 }
 
 fn cfg() -> BertConfig {
-    BertConfig {
-        vocab_size: 100,
-        hidden_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        intermediate_size: 64,
-        max_position_embeddings: 40,
-        ..BertConfig::default()
-    }
+    common::tiny_bert_cfg()
 }
 
 fn close(a: &Tensor, b: &Tensor, what: &str) {

@@ -51,3 +51,16 @@ pub fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
     eprintln!("{what}: max abs error {err:.2e}");
     assert!(err <= tol, "{what}: max abs error {err:e} > {tol:e}");
 }
+
+/// The config of `data-scripts/gen_bert_fixtures.py`.
+pub fn tiny_bert_cfg() -> promptcl_model::BertConfig {
+    promptcl_model::BertConfig {
+        vocab_size: 100,
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        max_position_embeddings: 40,
+        ..promptcl_model::BertConfig::default()
+    }
+}
