@@ -55,6 +55,8 @@
 //! term summed over the chosen keys), with narrow heads and replay at 1e-3: at
 //! WAVE-CRE's defaults (768-wide heads, Adam 1e-2) the tiny fixture models'
 //! replay diverged and the matrices differed between CPUs.
+//!
+//! Issue #18: `vision/hide-lora` (new).
 
 mod common;
 
@@ -69,6 +71,7 @@ fn vision_params(method: &str) -> String {
         "coda-prompt" => "pool_size = 10, length = 4, layers = [0, 1, 2]".into(),
         "l2p" => "pool_size = 6, top_k = 2, length = 3".into(),
         "hide-prompt" | "norga" => HIDE.into(),
+        "hide-lora" => "tii_epochs = 1, tii_align_epochs = 1, align_epochs = 1, n_centroids = 1, lora = { layers = [0, 1] }".into(),
         "wave-cre" => concat!(
             "layers = [0, 1], pool_size = 3, top_k = 2, tii_align_epochs = 1, align_epochs = 1, replay_samples = 8, statistics = \"variance\", ",
             "head_hidden = [16], tii_net = { classifier = [16] }, tii_align_lr = 0.001, align_lr = 0.001"

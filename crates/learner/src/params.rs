@@ -60,15 +60,28 @@ macro_rules! method_params {
 }
 
 /// Parses a method's `[method.params]` over `defaults`, rejecting unknown
-/// keys with the method's name and a did-you-mean in the message.
+/// keys with the method's name and a did-you-mean in the message. Tables
+/// merge key by key (`lora = { rank = 8 }` over a method whose default `lora`
+/// names targets keeps its targets); other values replace.
 pub fn parse_over<T: serde::de::DeserializeOwned + serde::Serialize>(method: &str, defaults: &T, user: &toml::Table) -> Result<T> {
     let mut merged = match toml::Value::try_from(defaults) {
         Ok(toml::Value::Table(t)) => t,
         _ => toml::Table::new(),
     };
-    merged.extend(user.clone());
+    merge(&mut merged, user);
     T::deserialize(toml::Value::Table(merged))
         .map_err(|e| LearnerError::Params { method: method.into(), reason: crate::did_you_mean(&e.to_string()) })
+}
+
+fn merge(into: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (into.get_mut(k), v) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(t)) => merge(base, t),
+            _ => {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 /// One line per parameter: `name = default  (type)` and its doc, indented.
@@ -112,5 +125,22 @@ mod tests {
         assert_eq!((p.length, p.name.as_deref()), (9, Some("x")), "unset keys come from the given defaults");
         let e = parse_over("demo", &over, &toml::from_str("lenght = 3").unwrap()).unwrap_err().to_string();
         assert!(e.contains("demo") && e.contains("did you mean `length`"), "{e}");
+    }
+
+    crate::method_params! {
+        /// A nested default.
+        pub struct Outer {
+            pub inner: Demo = Demo { length: 7, name: Some("kept".into()) },
+            pub top: i64 = 1,
+        }
+    }
+
+    #[test]
+    fn nested_tables_merge_key_by_key() {
+        use super::*;
+        let p: Outer = parse_over("demo", &Outer::default(), &toml::from_str("inner = { length = 3 }").unwrap()).unwrap();
+        assert_eq!((p.inner.length, p.inner.name.as_deref(), p.top), (3, Some("kept"), 1));
+        let e = parse_over::<Outer>("demo", &Outer::default(), &toml::from_str("inner = { lenght = 3 }").unwrap()).unwrap_err().to_string();
+        assert!(e.contains("did you mean `length`"), "{e}");
     }
 }

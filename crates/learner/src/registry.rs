@@ -6,7 +6,7 @@
 
 use crate::method::{ContinualMethod, DataScope, MemoryNeed, MethodContext, Sizes};
 use crate::methods::{
-    aper, coda_prompt, dualprompt, ease, epi, fecam, finetune, hide_prompt, joint, l2p, norga, prototype, ranpac, slca, vpt_nsp, wave_cre,
+    aper, coda_prompt, dualprompt, ease, epi, fecam, finetune, hide_lora, hide_prompt, joint, l2p, norga, prototype, ranpac, slca, vpt_nsp, wave_cre,
 };
 use crate::params::{describe, parse_over};
 use crate::{LearnerError, Result};
@@ -147,6 +147,13 @@ pub const METHODS: &[MethodEntry] = &[
         hide_prompt::Params,
         hide_prompt::Params::default(),
         |c, p| { hide_prompt::HidePrompt::new(c, p, "hide-prompt") }
+    ),
+    entry!(
+        "hide-lora",
+        "HiDe-Prompt's stages with task-specific LoRA routed by TII (HiDe-PET, Wang et al. 2024)",
+        hide_prompt::Params,
+        hide_lora::defaults(),
+        hide_lora::new
     ),
     entry!("norga", "HiDe-Prompt with NoRGa's non-linear residual gate (Le et al. 2024)", hide_prompt::Params, norga::defaults(), norga::new),
     entry!(

@@ -194,6 +194,7 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0]"),
         ("hide-prompt", HIDE),
         ("norga", HIDE),
+        ("hide-lora", "n_centroids = 2\nlora = { layers = [0, 2] }"),
         ("wave-cre", "layers = [0, 1]\npool_size = 3\ntop_k = 2"),
         ("epi", "layers = [0, 1, 2]\nlength = 2"),
         ("vpt-nsp", "length = 3"),
@@ -715,4 +716,63 @@ fn hide_prompt_experts_start_as_no_ops_train_their_own_parts_and_keep_finished_o
     assert!(err.contains("prompt.reparam_hidden"), "{err}");
     let err = build_err("epi", "prompt = { gate = \"zero-init\" }");
     assert!(err.contains("prompt.gate"), "{err}");
+}
+
+/// HiDe-LoRA: task 0's LoRA starts as the frozen model (B = 0) and its first
+/// step moves B only; the prompt stage trains the current task's factors and
+/// the head; a finished task's factors are bit-identical after a later task;
+/// a new task starts from the previous task's factors and ends mixed with
+/// the earlier ones' (momentum, on A and B); inference routes each sample to
+/// its identified task's update. Then LoRA beside prompts, and bad values.
+#[test]
+fn hide_lora_trains_its_task_update_keeps_finished_ones_and_routes_by_tii() {
+    let fast = "tii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nn_centroids = 2\nlora = { layers = [0, 2] }";
+    let mut m = build("hide-lora", fast);
+    assert!(!m.vars().variables().keys().any(|k| k.starts_with("e_prompt")), "no task prompts");
+    m.begin_task(&task(0)).unwrap();
+    let x = images(3);
+    let frozen = tch::no_grad(|| ctx().backbone.query(&x).unwrap());
+    let f = m.task_features(&x, &task(0)).unwrap().unwrap();
+    assert!(f.equal(&frozen), "B = 0: the frozen model, by {}", (&f - &frozen).abs().max().double_value(&[]));
+    m.train_step(&x, &labels(0), &in_stage(&*m, 0, "prompt")).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "lora.b.0")) && !has_grad(&var(&*m, "lora.a.0")), "at B = 0 only B has a gradient");
+    for name in ["lora.a.1", "lora.b.1", "tii.head.weight"] {
+        assert!(!has_grad(&var(&*m, name)), "{name}");
+    }
+    run_task(&mut *m, 0, &mut task_data(0));
+    let (a0, b0) = (var(&*m, "lora.a.0").copy(), var(&*m, "lora.b.0").copy());
+    assert!(b0.abs().sum(Kind::Float).double_value(&[]) > 0.0, "task 0's B trained");
+    m.begin_task(&task(1)).unwrap();
+    assert!(var(&*m, "lora.a.1").equal(&a0) && var(&*m, "lora.b.1").equal(&b0), "task 1 starts from task 0's factors");
+    run_task(&mut *m, 1, &mut task_data(1));
+    assert!(var(&*m, "lora.a.0").equal(&a0) && var(&*m, "lora.b.0").equal(&b0), "task 0's update moved");
+    assert!(!var(&*m, "lora.b.1").equal(&b0), "task 1's update trained");
+    let pred = m.predict(&images(5), 4).unwrap();
+    let ids: Vec<i64> = pred.task_ids.unwrap().try_into().unwrap();
+    assert!(ids.iter().all(|&t| t < 2) && pred.logits.size() == [4, 4], "{ids:?}");
+    // Each sample's prediction is what its identified task's update gives it alone.
+    let feats = pred.features.unwrap();
+    for (i, &t) in ids.iter().enumerate() {
+        let own = m.task_features(&images(5), &task(t as usize)).unwrap().unwrap();
+        assert!((feats.get(i as i64) - own.get(i as i64)).abs().max().double_value(&[]) < 1e-5, "sample {i} routed to task {t}");
+    }
+
+    // LoRA beside the prompts: both train in the prompt stage.
+    let mut m = build("hide-prompt", &format!("{HIDE}\nlora = {{ rank = 2, targets = [\"q\", \"out\"] }}"));
+    m.begin_task(&task(0)).unwrap();
+    m.train_step(&x, &labels(0), &in_stage(&*m, 0, "prompt")).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "e_prompt.0")) && has_grad(&var(&*m, "lora.b.0")));
+    assert_eq!(var(&*m, "lora.a.0").size(), [6, 2, 64], "3 blocks × (q, out), rank 2");
+
+    // Bad values name the key.
+    let err = build_err("hide-lora", "lora = { rank = 0 }");
+    assert!(err.contains("lora.rank = 0"), "{err}");
+    let err = build_err("hide-lora", "lora = { layers = [3] }");
+    assert!(err.contains("lora.layers: block 3"), "{err}");
+    let err = build_err("hide-lora", "lora = { targets = [\"v\", \"v\"] }");
+    assert!(err.contains("`v` twice"), "{err}");
+    let err = build_err("hide-lora", "lora = { targets = [\"w\"] }");
+    assert!(err.contains("w") && err.contains("out"), "{err}");
+    let err = build_err("hide-prompt", "layers = []");
+    assert!(err.contains("needs `lora`"), "{err}");
 }

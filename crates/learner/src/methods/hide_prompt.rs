@@ -46,6 +46,11 @@
 //! ([`crate::parts::gate`], shared, trained in the first task) or
 //! zero-initialised gates, one set per task trained with its prompts and
 //! routed like them at inference.
+//! **LoRA** (`lora = { rank, alpha, targets, layers, … }`, [`crate::parts::lora`]):
+//! task-specific low-rank updates of the attention projections, trained in
+//! the prompt stage with (or, with `layers = []`, instead of) the task prompts,
+//! mixed and sealed with them, and routed per sample by TII at inference:
+//! HiDe-LoRA (HiDe-PET, `ivcylc/HiDe-PET`).
 
 use std::rc::Rc;
 
@@ -57,10 +62,11 @@ use crate::parts::alignment::AlignOptimizer;
 use crate::parts::classifier::Classifier;
 use crate::parts::embedding_tuning::EmbeddingTuning;
 use crate::parts::gate::{Gates, PrefixGate, ZeroGates};
+use crate::parts::lora::{LoraSpec, TaskLora};
 use crate::parts::prompt_param::PrefixExpert;
 use crate::parts::task_prompts::{prefix_prompts, LayerGates, PrefixLayout, PromptSetConfig, TaskPrompts};
 use crate::parts::tii::{TaskIdentity, TiiNet};
-use crate::parts::{alignment, embedding_tuning, gate, tii};
+use crate::parts::{alignment, embedding_tuning, gate, lora, tii};
 use crate::stats::{ClassStats, StatsKind};
 use crate::{
     Backbone, BatchSource, ContinualMethod, Inputs, LearnerError, MethodContext, OptimConfig, Prediction, Result, Stage, StageData, StageOptim, Step,
@@ -72,7 +78,7 @@ crate::method_params! {
     /// `configs/cifar100_norgaprompt.py` @5bd6f7a (the prompt stage's
     /// `--lr 0.03 --sched step` live in `[optim]`).
     pub struct Params {
-        /// Blocks that get the task prefix.
+        /// Blocks that get the task prefix; empty = no prompts (then `lora` is what the tasks train).
         pub layers: Vec<usize> = vec![0, 1, 2, 3, 4],
         /// Prefix length per prompt.
         pub length: i64 = 5,
@@ -150,6 +156,9 @@ crate::method_params! {
         /// `official` pairs key and value halves across the batch as the official code's
         /// `reshape` does (to reproduce published numbers); `correct` gives each sample its own.
         pub prefix_layout: PrefixLayout = PrefixLayout::Correct,
+        /// Task-specific LoRA on the attention projections, e.g. `{ rank = 5, alpha = 1.0,
+        /// targets = ["k", "v"], layers = [0, 1, 2, 3, 4] }`; none by default.
+        pub lora: Option<LoraSpec> = None,
     }
 }
 
@@ -169,7 +178,9 @@ enum Route<'a> {
 
 pub struct HidePrompt {
     vs: nn::VarStore,
-    prompts: TaskPrompts,
+    /// None with `layers = []`.
+    prompts: Option<TaskPrompts>,
+    lora: Option<TaskLora>,
     gates: Option<Gating>,
     head: Classifier,
     tii: TaskIdentity,
@@ -217,6 +228,12 @@ impl HidePrompt {
         {
             return Err(bad("head_hidden and tii_net's widths must be >= 1".into()));
         }
+        if let Some(spec) = &params.lora {
+            spec.validate(ctx.backbone.depth(), ctx.backbone.token_dim()).map_err(bad)?;
+        }
+        if params.layers.is_empty() && (params.lora.is_none() || params.prompt.gate.is_some() || params.pool_size > 1) {
+            return Err(bad("layers = [] (no task prompts) needs `lora`, and takes no prompt gate or pool".into()));
+        }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let set = PromptSetConfig {
@@ -229,7 +246,8 @@ impl HidePrompt {
             seed_tag: 40,
             expert: params.prompt.clone(),
         };
-        let prompts = TaskPrompts::new(&root, ctx, set).map_err(|e| bad(e.to_string()))?;
+        let prompts = (!params.layers.is_empty()).then(|| TaskPrompts::new(&root, ctx, set)).transpose().map_err(|e| bad(e.to_string()))?;
+        let lora = params.lora.as_ref().map(|spec| TaskLora::new(&root, ctx, spec, 45)).transpose().map_err(|e| bad(e.to_string()))?;
         let (layers, h, hd) = (params.layers.len(), ctx.backbone.num_heads(), ctx.backbone.head_dim());
         let gates = params.prompt.gate.map(|g| match g {
             PrefixGate::NoRGa(a) => Gating::NoRGa(Gates::new(&root, layers, a)),
@@ -248,6 +266,7 @@ impl HidePrompt {
             embeddings,
             vs,
             prompts,
+            lora,
             gates,
             head,
             tii,
@@ -270,8 +289,18 @@ impl HidePrompt {
         self.backbone.query_under(x, &self.base())
     }
 
-    /// Prompted features for prefixes `e` (`[B or 1, layers, 2, L, H, hd]`), gated as `route` says.
-    fn prompted(&self, x: &Inputs, e: &Tensor, route: Route) -> Result<Tensor> {
+    /// Prompted features for prefixes `e` (`[B or 1, layers, 2, L, H, hd]`; none without
+    /// prompts), gated and with the LoRA updates of the task(s) `route` says.
+    fn prompted(&self, x: &Inputs, e: Option<&Tensor>, route: Route) -> Result<Tensor> {
+        let updates = match (&self.lora, &route) {
+            (Some(l), Route::Task(t)) => l.of_task(*t),
+            (Some(l), Route::Samples(ids)) => l.of_samples(ids),
+            (None, _) => Vec::new(),
+        };
+        let base = lora::with_updates(self.base(), &updates);
+        let (Some(set), Some(e)) = (&self.prompts, e) else {
+            return Ok(self.backbone.forward(x, &base)?.feature);
+        };
         let e = self.params.prefix_layout.arrange(e, x.len());
         let (norga, zero);
         let gates = match &self.gates {
@@ -288,8 +317,22 @@ impl HidePrompt {
                 LayerGates::ZeroInit(&zero)
             }
         };
-        let prompts = prefix_prompts(self.base(), self.prompts.layers(), &e, gates);
+        let prompts = prefix_prompts(base, set.layers(), &e, gates);
         Ok(self.backbone.forward(x, &prompts)?.feature)
+    }
+
+    /// Task t's prefixes for a batch of it (`mixed`: as the prompt stage trains them,
+    /// else as sealed) and the key-matching term; none without prompts.
+    fn task_prefixes(&self, x: &Inputs, t: usize, mixed: bool) -> Result<(Option<Tensor>, Tensor)> {
+        let Some(set) = &self.prompts else {
+            return Ok((None, Tensor::zeros([], (Kind::Float, x.device()))));
+        };
+        let pool = if mixed { set.mixed(t, self.params.prompt_momentum) } else { set.pool(t) }.unsqueeze(0);
+        let keys = set.keys.get(t).map(|k| k.unsqueeze(0));
+        // Only key matching reads the frozen query here.
+        let q = keys.is_some().then(|| self.query(x)).transpose()?;
+        let (e, matching) = set.choose(&pool, keys.as_ref(), q.as_ref())?;
+        Ok((Some(e), matching))
     }
 
     /// `CE(MMᵀ/τ, I)` over [stored means of classes < `seen_before`; batch features].
@@ -302,11 +345,8 @@ impl HidePrompt {
 
     fn prompt_step(&self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let t = task.task;
-        let keys = self.prompts.keys.get(t).map(|k| k.unsqueeze(0));
-        // Only key matching reads the frozen query here.
-        let q = keys.is_some().then(|| self.query(x)).transpose()?;
-        let (e, matching) = self.prompts.choose(&self.prompts.mixed(t, self.params.prompt_momentum).unsqueeze(0), keys.as_ref(), q.as_ref())?;
-        let feats = self.prompted(x, &e, Route::Task(t))?;
+        let (e, matching) = self.task_prefixes(x, t, true)?;
+        let feats = self.prompted(x, e.as_ref(), Route::Task(t))?;
         let step = ce_step(&self.head.forward(&feats), labels, train_classes(task, self.params.train_mask));
         let mut loss = step.loss + matching * self.params.match_weight;
         if self.params.reg != 0.0 {
@@ -318,17 +358,20 @@ impl HidePrompt {
     /// Features of inputs of task `t` under that task's own prompts, without autograd.
     fn own_features(&self, x: &Inputs, t: usize) -> Result<Tensor> {
         tch::no_grad(|| {
-            let (pool, keys) = (self.prompts.pool(t).unsqueeze(0), self.prompts.keys.get(t).map(|k| k.unsqueeze(0)));
-            let q = keys.is_some().then(|| self.query(x)).transpose()?;
-            let (e, _) = self.prompts.choose(&pool, keys.as_ref(), q.as_ref())?;
-            self.prompted(x, &e, Route::Task(t))
+            let (e, _) = self.task_prefixes(x, t, false)?;
+            self.prompted(x, e.as_ref(), Route::Task(t))
         })
     }
 
     /// Per-class statistics of the task's prompted features (after the momentum write-back).
     fn fit_tap(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         let t = task.task;
-        self.prompts.seal(t, self.params.prompt_momentum);
+        if let Some(set) = &mut self.prompts {
+            set.seal(t, self.params.prompt_momentum);
+        }
+        if let Some(l) = &mut self.lora {
+            l.seal(t);
+        }
         let (mut fs, mut ys) = (Vec::new(), Vec::new());
         data.for_each(&mut |x, y| {
             fs.push(self.own_features(x, t)?);
@@ -369,7 +412,10 @@ impl ContinualMethod for HidePrompt {
             stages.push(Stage::new(TII, p.tii_epochs, tii_optim, StageData::TrainTransform).only(&[(tii::NAME, 1.0)]));
             stages.extend(tii_align.clone());
         }
-        let mut trains: Vec<(&str, f64)> = self.prompts.names().into_iter().map(|n| (n, 1.0)).collect();
+        let mut trains: Vec<(&str, f64)> = self.prompts.iter().flat_map(TaskPrompts::names).map(|n| (n, 1.0)).collect();
+        if self.lora.is_some() {
+            trains.push((lora::NAME, 1.0));
+        }
         match self.gates {
             Some(Gating::NoRGa(_)) => trains.push((gate::NAME, 1.0)),
             Some(Gating::Zero(_)) => trains.push((gate::ZERO_NAME, 1.0)),
@@ -388,7 +434,12 @@ impl ContinualMethod for HidePrompt {
     }
 
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
-        self.prompts.begin_task(task.task, self.params.init_from_previous);
+        if let Some(set) = &mut self.prompts {
+            set.begin_task(task.task, self.params.init_from_previous);
+        }
+        if let Some(l) = &mut self.lora {
+            l.begin_task(task.task);
+        }
         match &mut self.gates {
             Some(Gating::NoRGa(g)) => g.begin_task(task.task),
             Some(Gating::Zero(g)) => g.begin_task(task.task),
@@ -449,9 +500,15 @@ impl ContinualMethod for HidePrompt {
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
         let q = self.query(x)?;
-        let (task_ids, pools, keys) = self.prompts.for_tasks(&self.tii.predict_tasks(&q, seen), x.device());
-        let (e, _) = self.prompts.choose(&pools, keys.as_ref(), Some(&q))?;
-        let feats = self.prompted(x, &e, Route::Samples(&task_ids))?;
+        let tasks = self.tii.predict_tasks(&q, seen);
+        let (task_ids, e) = match &self.prompts {
+            Some(set) => {
+                let (task_ids, pools, keys) = set.for_tasks(&tasks, x.device());
+                (task_ids, Some(set.choose(&pools, keys.as_ref(), Some(&q))?.0))
+            }
+            None => (Tensor::from_slice(&tasks.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(x.device()), None),
+        };
+        let feats = self.prompted(x, e.as_ref(), Route::Samples(&task_ids))?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         Ok(Prediction::new(logits, Some(task_ids)).with_features(&feats))
     }

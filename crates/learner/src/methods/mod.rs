@@ -8,6 +8,7 @@ pub mod ease;
 pub mod epi;
 pub mod fecam;
 pub mod finetune;
+pub mod hide_lora;
 pub mod hide_prompt;
 pub mod joint;
 pub mod l2p;

@@ -11,6 +11,7 @@
 //! - [`classifier`]: a linear head or a ReLU MLP over features (WAVE-CRE's relation classifier and task predictor).
 //! - [`embedding_tuning`]: BERT's marker rows, position and token-type embeddings and embedding LayerNorm trained on the first task (WAVE-CRE's group code).
 //! - [`gate`]: NoRGa's non-linear residual gate on the prefix logits, and task-specific zero-initialised gates.
+//! - [`lora`]: task-specific LoRA on the attention projections, routed per sample by task identity (HiDe-LoRA).
 //! - [`prompt_param`]: how prefixes are made from parameters: direct, reparameterised by an MLP, through the frozen projections, non-linear.
 //! - [`petl`]: AdaptFormer adapters or SSF on the backbone (APER, RanPAC).
 //! - [`prototypes`]: class-mean prototypes and their cosine classifier (SimpleCIL, APER).
@@ -21,6 +22,7 @@ pub mod alignment;
 pub mod classifier;
 pub mod embedding_tuning;
 pub mod gate;
+pub mod lora;
 pub mod null_space;
 pub mod petl;
 pub mod prompt_param;
