@@ -73,3 +73,4 @@ fixtures:
 	$(VENV)/bin/python data-scripts/gen_zeroinit_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_prompt_param_fixtures.py
 	$(VENV)/bin/python data-scripts/gen_lora_fixtures.py
+	$(VENV)/bin/python data-scripts/gen_vapt_fixtures.py

@@ -297,3 +297,24 @@ fn split_lists_resolve_beside_the_config() {
     order.sort();
     assert_eq!(order, (0..200).collect::<Vec<_>>());
 }
+
+/// HiDe-Prompt with VAPT's adaptive prompts per task (`prompt.param =
+/// "adaptive"`, the one parameterisation the registry loop's entries leave
+/// out): all five tasks end to end, and a run stopped after two tasks resumes
+/// to the same matrix (every task's expert comes back from the checkpoint).
+#[test]
+fn adaptive_prompts_run_end_to_end_and_resume_bit_for_bit() {
+    let _one_at_a_time = training();
+    let out = tmp("adaptive");
+    let params = "layers = [0, 1, 2], length = 2, tii_epochs = 1, tii_align_epochs = 1, align_epochs = 1, statistics = \"variance\", prompt = { param = \"adaptive\", adaptive_hidden = 4 }";
+    let text = common::fixture_config("fixture", "hide-prompt", params, 1, 16, 0.05, &out, "");
+    let cfg: RunConfig = toml::from_str(&text).unwrap();
+    cfg.validate().unwrap();
+    let full = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap();
+    let part = run::run(&cfg, 7, None, run::RunOptions { quiet: true, stop_after_tasks: Some(2) }).unwrap();
+    let resumed = run::run(&cfg, 7, Some(&part), run::RunOptions { quiet: true, ..Default::default() }).unwrap();
+    let (a, b) = (results::load_metrics(&full).unwrap(), results::load_metrics(&resumed).unwrap());
+    assert_eq!(a.matrix.num_tasks(), 5);
+    assert_eq!(a.matrix, b.matrix, "resumed accuracy matrix differs");
+    std::fs::remove_dir_all(out).ok();
+}

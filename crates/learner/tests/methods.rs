@@ -776,3 +776,30 @@ fn hide_lora_trains_its_task_update_keeps_finished_ones_and_routes_by_tii() {
     let err = build_err("hide-prompt", "layers = []");
     assert!(err.contains("needs `lora`"), "{err}");
 }
+
+/// HiDe-Prompt with VAPT's adaptive prompts per task: the prompt stage trains
+/// the current task's expert (not the next one's, nor TII), inference routes
+/// by TII; the prefix-only compositions refuse `adaptive` by name.
+#[test]
+fn hide_prompt_takes_adaptive_prompts_and_prefix_methods_refuse_them() {
+    let params = format!("{HIDE}\nlayers = [0, 1, 2]\nprompt = {{ param = \"adaptive\", adaptive_hidden = 4 }}");
+    let mut m = build("hide-prompt", &params.replace("layers = [0, 1]\n", ""));
+    assert!(!m.vars().variables().keys().any(|k| k.starts_with("e_prompt")), "no prefixes");
+    m.begin_task(&task(0)).unwrap();
+    m.train_step(&images(2), &labels(0), &in_stage(&*m, 0, "prompt")).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "vapt.0.prompt")) && has_grad(&var(&*m, "vapt.0.layer.1.proj_weight")));
+    for name in ["vapt.1.prompt", "vapt.1.layer.1.proj_weight", "tii.head.weight"] {
+        assert!(!has_grad(&var(&*m, name)), "{name}");
+    }
+    run_task(&mut *m, 0, &mut task_data(0));
+    run_task(&mut *m, 1, &mut task_data(1));
+    let pred = m.predict(&images(5), 4).unwrap();
+    assert_eq!(pred.logits.size(), [4, 4]);
+
+    let err = build_err("hide-prompt", &format!("{HIDE}\nprompt = {{ param = \"adaptive\", gate = \"zero-init\" }}"));
+    assert!(err.contains("takes no prompt.gate"), "{err}");
+    let err = build_err("epi", "prompt = { param = \"adaptive\" }");
+    assert!(err.contains("not prefixes"), "{err}");
+    let err = build_err("hide-prompt", &format!("{HIDE}\nprompt = {{ param = \"adaptive\", adaptive_kernel = 9 }}"));
+    assert!(err.contains("adaptive_kernel 9"), "{err}");
+}

@@ -304,6 +304,9 @@ impl BertModel {
         let d = self.cfg.hidden_size;
         for (i, layer) in self.layers.iter().enumerate() {
             let lp = prompts.layer(i);
+            if lp.is_some_and(|lp| lp.token_generator.is_some()) {
+                return Err(ModelError::Input(format!("layer {i}: token generators (adaptive prompts) need a patch grid; BERT has none")));
+            }
             if let Some(tokens) = lp.and_then(|lp| lp.tokens.as_ref()) {
                 let p = tokens.size()[1];
                 x = splice_prompt_tokens(&x, &tokens.to_kind(x.kind()).expand([b, p, d], false), n_prompt);

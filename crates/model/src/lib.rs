@@ -22,7 +22,7 @@ pub use error::{ModelError, Result};
 pub use lora::{LayerLora, LoraTarget, LoraUpdate};
 pub use prompt::{
     AdaptFormer, EmbeddingTuning, GateActivation, LayerPrompt, NoRGaGate, ParallelAdapter, Prefix, PrefixScoreHook, Prompts, Ssf, SsfBlock,
-    ZeroInitGate,
+    TokenGenerator, ZeroInitGate,
 };
 pub use vit::{frozen_vit, resample_pos_embed, ForwardOptions, VisionTransformer, VitOutput};
 

@@ -101,6 +101,20 @@ pub trait ParallelAdapter {
     fn apply(&self, x: &Tensor) -> Tensor;
 }
 
+/// Prompt tokens computed from what enters a layer (VAPT's adaptive prompts:
+/// the previous block's patch tokens through the method's own modules). The
+/// tokens replace the prompt tokens the sequence carried in, as deep prompts do.
+///
+/// # Shapes
+/// - `x`: `[B, 1 + N, D]` in fp32, the layer's input without prompt tokens
+///   (class token first, then the N patches in row-major grid order)
+/// - `grid`: the patch grid `(rows, cols)`, `rows · cols = N`
+/// - returns `[B or 1, P, D]`, or an error naming what does not fit (a grid
+///   the generator was not made for)
+pub trait TokenGenerator {
+    fn tokens(&self, x: &Tensor, grid: (i64, i64)) -> Result<Tensor>;
+}
+
 /// AdaptFormer's adapter as LAMDA-PILOT's ViT uses it (`vit_adapter.py`
 /// `Adapter`, `ffn_option = "parallel"`, no LayerNorm, `add_residual=False`):
 /// `scale · up(dropout(ReLU(down(x))))`. The tensors belong to the method.
@@ -223,6 +237,8 @@ pub struct LayerPrompt<'a> {
     pub ssf: Option<&'a SsfBlock>,
     /// Low-rank updates of the layer's attention projections.
     pub lora: Option<&'a LayerLora>,
+    /// Prompt tokens made from the layer's input (ViT only; instead of `tokens`).
+    pub token_generator: Option<&'a dyn TokenGenerator>,
 }
 
 /// Replacements for BERT's embedding layer: the word-embedding rows added
@@ -282,6 +298,13 @@ impl<'a> Prompts<'a> {
     /// Prompt tokens inserted after the class token at the input of `layer`.
     pub fn with_tokens(mut self, layer: usize, tokens: &Tensor) -> Self {
         self.layers.entry(layer).or_default().tokens = Some(tokens.shallow_clone());
+        self
+    }
+
+    /// Prompt tokens at the input of `layer` computed from that input by `generator`
+    /// (replacing the tokens inserted before; ViT only).
+    pub fn with_token_generator(mut self, layer: usize, generator: &'a dyn TokenGenerator) -> Self {
+        self.layers.entry(layer).or_default().token_generator = Some(generator);
         self
     }
 
@@ -386,6 +409,9 @@ impl<'a> Prompts<'a> {
                 }
                 check_float(t, layer, "prompt tokens")?;
             }
+            if p.tokens.is_some() && p.token_generator.is_some() {
+                return bad(format!("layer {layer}: both prompt tokens and a token generator; a layer takes one"));
+            }
             if let Some(pre) = &p.prefix {
                 for (name, t) in [("key", &pre.key), ("value", &pre.value)] {
                     let s = t.size();
@@ -434,6 +460,18 @@ impl<'a> Prompts<'a> {
 pub(crate) fn splice_prompt_tokens(x: &Tensor, tokens: &Tensor, inserted: i64) -> Tensor {
     let rest = x.size()[1] - 1 - inserted;
     Tensor::cat(&[x.narrow(1, 0, 1), tokens.shallow_clone(), x.narrow(1, 1 + inserted, rest)], 1)
+}
+
+/// `layer`'s generated prompt tokens for `x` (the layer's input with `inserted`
+/// prompt tokens), checked against `[B or 1, P, D]`.
+pub(crate) fn generated_tokens(generator: &dyn TokenGenerator, x: &Tensor, inserted: i64, grid: (i64, i64), layer: usize) -> Result<Tensor> {
+    let (clean, _) = split_prompt_tokens(&x.to_kind(Kind::Float), inserted);
+    let t = generator.tokens(&clean, grid)?;
+    let (s, b, d) = (t.size(), x.size()[0], x.size()[2]);
+    if s.len() != 3 || (s[0] != 1 && s[0] != b) || s[2] != d || s[1] < 1 {
+        return Err(ModelError::Input(format!("layer {layer}: the token generator gave {s:?}, expected [{b} or 1, length >= 1, {d}]")));
+    }
+    Ok(t)
 }
 
 /// The sequence of a prompted call without its `inserted` prompt tokens, and

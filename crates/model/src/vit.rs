@@ -10,7 +10,7 @@ use crate::config::ViTConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{linear, LayerNorm};
 use crate::lora::{merge_layer, LayerLora, LoraTarget, QkvWeights};
-use crate::prompt::{splice_prompt_tokens, split_prompt_tokens, LayerPrompt, Prompts, Ssf, SsfBlock};
+use crate::prompt::{generated_tokens, splice_prompt_tokens, split_prompt_tokens, LayerPrompt, Prompts, Ssf, SsfBlock};
 use crate::weights::load_strict;
 use crate::Precision;
 
@@ -277,7 +277,11 @@ impl VisionTransformer {
         let mut block_inputs = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             let lp = prompts.layer(i);
-            if let Some(tokens) = lp.and_then(|lp| lp.tokens.as_ref()) {
+            let generated = match lp.and_then(|lp| lp.token_generator) {
+                Some(g) => Some(generated_tokens(g, &x, n_prompt, (gh, gw), i)?),
+                None => None,
+            };
+            if let Some(tokens) = generated.as_ref().or(lp.and_then(|lp| lp.tokens.as_ref())) {
                 let p = tokens.size()[1];
                 x = splice_prompt_tokens(&x, &tokens.to_kind(Kind::Float).expand([b, p, d], false), n_prompt);
                 n_prompt = p;

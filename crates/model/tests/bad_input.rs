@@ -126,3 +126,33 @@ fn invalid_config_is_rejected_before_any_tensor() {
     let e = frozen_vit(&cfg, None, Device::Cpu, Precision::F32).unwrap_err();
     assert!(matches!(e, ModelError::Config(_)), "{e}");
 }
+
+/// A token generator gets the layer's input without the earlier prompt
+/// tokens and the patch grid; what it returns replaces them. A wrong shape
+/// from it, prompt tokens and a generator on one layer, or a generator on
+/// BERT are errors naming the layer.
+#[test]
+fn token_generators_see_the_clean_input_and_misuse_is_an_error() {
+    /// Records (input shape, grid) per call; returns `.1` patch tokens.
+    type Seen = std::cell::RefCell<Vec<(Vec<i64>, (i64, i64))>>;
+    struct Echo(Seen, i64);
+    impl promptcl_model::TokenGenerator for Echo {
+        fn tokens(&self, x: &Tensor, grid: (i64, i64)) -> promptcl_model::Result<Tensor> {
+            self.0.borrow_mut().push((x.size(), grid));
+            Ok(x.narrow(1, 1, self.1))
+        }
+    }
+    let (_vs, m) = frozen_vit(&tiny_cfg(), Some(&fixture("vit_tiny_test.safetensors")), Device::Cpu, Precision::F32).unwrap();
+    let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let first = Tensor::zeros([1, 3, 64], (Kind::Float, Device::Cpu));
+    let echo = Echo(Default::default(), 2);
+    let out = m.forward(&x, &Prompts::none().with_tokens(0, &first).with_token_generator(2, &echo)).unwrap();
+    assert_eq!(echo.0.borrow().as_slice(), &[(vec![2, 17, 64], (4, 4))], "[CLS; 16 patches], without the 3 tokens of block 0");
+    assert_eq!(out.prompt_tokens.unwrap().size(), [2, 2, 64], "the generated tokens replaced block 0's");
+
+    let bad = Echo(Default::default(), 0);
+    let e = m.forward(&x, &Prompts::none().with_token_generator(1, &bad)).unwrap_err().to_string();
+    assert!(e.contains("layer 1: the token generator gave [2, 0, 64]"), "{e}");
+    let e = m.forward(&x, &Prompts::none().with_tokens(1, &first).with_token_generator(1, &echo)).unwrap_err().to_string();
+    assert!(e.contains("layer 1: both prompt tokens and a token generator"), "{e}");
+}

@@ -102,6 +102,14 @@ fn bad_bert_inputs_are_errors() {
     let ids = Tensor::ones([2, 4], (Kind::Int64, Device::Cpu));
     let bad_mask = Tensor::ones([2, 5], (Kind::Int64, Device::Cpu));
     assert!(bert.forward(&ids, Some(&bad_mask), &Prompts::none(), &opts).is_err());
+    struct Never;
+    impl promptcl_model::TokenGenerator for Never {
+        fn tokens(&self, x: &Tensor, _: (i64, i64)) -> promptcl_model::Result<Tensor> {
+            Ok(x.shallow_clone())
+        }
+    }
+    let e = bert.forward(&ids, None, &Prompts::none().with_token_generator(1, &Never), &opts).unwrap_err().to_string();
+    assert!(e.contains("layer 1: token generators") && e.contains("BERT has none"), "{e}");
     let wrong = BertConfig { hidden_size: 48, ..cfg() };
     let e = frozen_bert(&wrong, Some(&fixture("bert_tiny_test.safetensors")), Device::Cpu).err().unwrap();
     assert!(matches!(e, ModelError::ShapeMismatch { .. }), "{e}");

@@ -51,6 +51,12 @@
 //! the prompt stage with (or, with `layers = []`, instead of) the task prompts,
 //! mixed and sealed with them, and routed per sample by TII at inference:
 //! HiDe-LoRA (HiDe-PET, `ivcylc/HiDe-PET`).
+//! **Adaptive prompts** (`prompt = { param = "adaptive" }`,
+//! [`crate::parts::adaptive_prompt`]): VAPT's token prompts in place of the
+//! prefixes, `length` tokens at every block of `layers` (static at the
+//! first, made from the previous block's patches after), one expert per
+//! task, copied forward like the prompts and routed by TII; the momentum mix
+//! is for prefixes and leaves them alone.
 
 use std::rc::Rc;
 
@@ -58,15 +64,16 @@ use promptcl_model::Prompts;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, train_classes, LinearInit};
+use crate::parts::adaptive_prompt::{AdaptivePrompts, AdaptiveShape, Routing};
 use crate::parts::alignment::AlignOptimizer;
 use crate::parts::classifier::Classifier;
 use crate::parts::embedding_tuning::EmbeddingTuning;
 use crate::parts::gate::{Gates, PrefixGate, ZeroGates};
 use crate::parts::lora::{LoraSpec, TaskLora};
-use crate::parts::prompt_param::PrefixExpert;
+use crate::parts::prompt_param::{PrefixExpert, PromptParam};
 use crate::parts::task_prompts::{prefix_prompts, LayerGates, PrefixLayout, PromptSetConfig, TaskPrompts};
 use crate::parts::tii::{TaskIdentity, TiiNet};
-use crate::parts::{alignment, embedding_tuning, gate, lora, tii};
+use crate::parts::{adaptive_prompt, alignment, embedding_tuning, gate, lora, tii};
 use crate::stats::{ClassStats, StatsKind};
 use crate::{
     Backbone, BatchSource, ContinualMethod, Inputs, LearnerError, MethodContext, OptimConfig, Prediction, Result, Stage, StageData, StageOptim, Step,
@@ -178,8 +185,9 @@ enum Route<'a> {
 
 pub struct HidePrompt {
     vs: nn::VarStore,
-    /// None with `layers = []`.
+    /// None with `layers = []` or adaptive prompts.
     prompts: Option<TaskPrompts>,
+    adaptive: Option<AdaptivePrompts>,
     lora: Option<TaskLora>,
     gates: Option<Gating>,
     head: Classifier,
@@ -231,7 +239,9 @@ impl HidePrompt {
         if let Some(spec) = &params.lora {
             spec.validate(ctx.backbone.depth(), ctx.backbone.token_dim()).map_err(bad)?;
         }
-        if params.layers.is_empty() && (params.lora.is_none() || params.prompt.gate.is_some() || params.pool_size > 1) {
+        if params.layers.is_empty()
+            && (params.lora.is_none() || params.prompt.gate.is_some() || params.pool_size > 1 || params.prompt.param == PromptParam::Adaptive)
+        {
             return Err(bad("layers = [] (no task prompts) needs `lora`, and takes no prompt gate or pool".into()));
         }
         let vs = nn::VarStore::new(ctx.device);
@@ -246,7 +256,26 @@ impl HidePrompt {
             seed_tag: 40,
             expert: params.prompt.clone(),
         };
-        let prompts = (!params.layers.is_empty()).then(|| TaskPrompts::new(&root, ctx, set)).transpose().map_err(|e| bad(e.to_string()))?;
+        let adaptive_param = params.prompt.param == PromptParam::Adaptive;
+        if adaptive_param && (params.prompt.gate.is_some() || params.pool_size > 1) {
+            return Err(bad("prompt.param = \"adaptive\" takes no prompt.gate and no pool (pool_size = 1)".into()));
+        }
+        let prompts =
+            (!params.layers.is_empty() && !adaptive_param).then(|| TaskPrompts::new(&root, ctx, set)).transpose().map_err(|e| bad(e.to_string()))?;
+        let adaptive = adaptive_param
+            .then(|| {
+                let e = &params.prompt;
+                let shape = AdaptiveShape {
+                    kernel: e.adaptive_kernel,
+                    padding: e.adaptive_padding,
+                    hidden: e.adaptive_hidden,
+                    conv_dropout: e.adaptive_conv_dropout,
+                    mlp_dropout: e.adaptive_mlp_dropout,
+                };
+                AdaptivePrompts::new(&root, ctx, &params.layers, params.length, shape, 47)
+            })
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?;
         let lora = params.lora.as_ref().map(|spec| TaskLora::new(&root, ctx, spec, 45)).transpose().map_err(|e| bad(e.to_string()))?;
         let (layers, h, hd) = (params.layers.len(), ctx.backbone.num_heads(), ctx.backbone.head_dim());
         let gates = params.prompt.gate.map(|g| match g {
@@ -266,6 +295,7 @@ impl HidePrompt {
             embeddings,
             vs,
             prompts,
+            adaptive,
             lora,
             gates,
             head,
@@ -290,14 +320,29 @@ impl HidePrompt {
     }
 
     /// Prompted features for prefixes `e` (`[B or 1, layers, 2, L, H, hd]`; none without
-    /// prompts), gated and with the LoRA updates of the task(s) `route` says.
-    fn prompted(&self, x: &Inputs, e: Option<&Tensor>, route: Route) -> Result<Tensor> {
+    /// prompts), gated, with the LoRA updates and adaptive prompts of the task(s)
+    /// `route` says (`train`: their dropout on).
+    fn prompted(&self, x: &Inputs, e: Option<&Tensor>, route: Route, train: bool) -> Result<Tensor> {
         let updates = match (&self.lora, &route) {
             (Some(l), Route::Task(t)) => l.of_task(*t),
             (Some(l), Route::Samples(ids)) => l.of_samples(ids),
             (None, _) => Vec::new(),
         };
-        let base = lora::with_updates(self.base(), &updates);
+        let routing = match &route {
+            Route::Task(t) => Routing::Task(*t),
+            Route::Samples(ids) => Routing::Samples(ids),
+        };
+        let (first, generators) = match &self.adaptive {
+            Some(a) => (Some(a.first_tokens(routing)), a.generators(routing, train)),
+            None => (None, Vec::new()),
+        };
+        let mut base = lora::with_updates(self.base(), &updates);
+        if let (Some(a), Some(first)) = (&self.adaptive, &first) {
+            base = base.with_tokens(a.layers()[0], first);
+            for (l, g) in &generators {
+                base = base.with_token_generator(*l, g);
+            }
+        }
         let (Some(set), Some(e)) = (&self.prompts, e) else {
             return Ok(self.backbone.forward(x, &base)?.feature);
         };
@@ -346,7 +391,7 @@ impl HidePrompt {
     fn prompt_step(&self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
         let t = task.task;
         let (e, matching) = self.task_prefixes(x, t, true)?;
-        let feats = self.prompted(x, e.as_ref(), Route::Task(t))?;
+        let feats = self.prompted(x, e.as_ref(), Route::Task(t), true)?;
         let step = ce_step(&self.head.forward(&feats), labels, train_classes(task, self.params.train_mask));
         let mut loss = step.loss + matching * self.params.match_weight;
         if self.params.reg != 0.0 {
@@ -359,7 +404,7 @@ impl HidePrompt {
     fn own_features(&self, x: &Inputs, t: usize) -> Result<Tensor> {
         tch::no_grad(|| {
             let (e, _) = self.task_prefixes(x, t, false)?;
-            self.prompted(x, e.as_ref(), Route::Task(t))
+            self.prompted(x, e.as_ref(), Route::Task(t), false)
         })
     }
 
@@ -416,6 +461,9 @@ impl ContinualMethod for HidePrompt {
         if self.lora.is_some() {
             trains.push((lora::NAME, 1.0));
         }
+        if self.adaptive.is_some() {
+            trains.push((adaptive_prompt::NAME, 1.0));
+        }
         match self.gates {
             Some(Gating::NoRGa(_)) => trains.push((gate::NAME, 1.0)),
             Some(Gating::Zero(_)) => trains.push((gate::ZERO_NAME, 1.0)),
@@ -439,6 +487,9 @@ impl ContinualMethod for HidePrompt {
         }
         if let Some(l) = &mut self.lora {
             l.begin_task(task.task);
+        }
+        if let Some(a) = &mut self.adaptive {
+            a.begin_task(task.task, self.params.init_from_previous);
         }
         match &mut self.gates {
             Some(Gating::NoRGa(g)) => g.begin_task(task.task),
@@ -508,7 +559,7 @@ impl ContinualMethod for HidePrompt {
             }
             None => (Tensor::from_slice(&tasks.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(x.device()), None),
         };
-        let feats = self.prompted(x, e.as_ref(), Route::Samples(&task_ids))?;
+        let feats = self.prompted(x, e.as_ref(), Route::Samples(&task_ids), false)?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         Ok(Prediction::new(logits, Some(task_ids)).with_features(&feats))
     }

@@ -6,6 +6,7 @@
 //!   `Prompts` once for every prefix method.
 //! - [`tii`]: task-identity inference from the frozen query (an MLP + head
 //!   trained on the task, refined on Gaussian pseudo-queries).
+//! - [`adaptive_prompt`]: VAPT's adaptive prompt tokens, made from the previous block's patches, per task.
 //! - [`alignment`]: Gaussian class statistics as a generator of pseudo-feature
 //!   batches, and the stage that retrains a head on them.
 //! - [`classifier`]: a linear head or a ReLU MLP over features (WAVE-CRE's relation classifier and task predictor).
@@ -18,6 +19,7 @@
 //! - [`ridge`]: a ridge classifier on accumulated Gram statistics with λ chosen per task (RanPAC).
 //! - [`null_space`]: prompts as prefixes through the frozen attention, and the null-space projection of their updates (VPT-NSP).
 
+pub mod adaptive_prompt;
 pub mod alignment;
 pub mod classifier;
 pub mod embedding_tuning;

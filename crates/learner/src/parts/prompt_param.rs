@@ -51,6 +51,9 @@ pub enum PromptParam {
     ReparamLinear,
     FrozenProjection,
     Nonlinear,
+    /// VAPT's adaptive token prompts ([`super::adaptive_prompt`]): not prefixes, so
+    /// only the HiDe engine's task prompts take it (without a gate or pool).
+    Adaptive,
 }
 
 /// Who owns a generated parameterisation's generator.
@@ -81,6 +84,16 @@ crate::method_params! {
         pub nonlinear_embed: i64 = 64,
         /// Hidden width of `nonlinear`'s decoder (official `hidden_dim=64`, ReLU).
         pub nonlinear_hidden: i64 = 64,
+        /// `adaptive`: k of the k×k kernel shared by the channels (official `KERNEL = 2`).
+        pub adaptive_kernel: i64 = 2,
+        /// `adaptive`: the convolution's zero padding (official `PADDING = 0`).
+        pub adaptive_padding: i64 = 0,
+        /// `adaptive`: hidden width of the residual feature MLP (official `HIDDEN_DIM = 8`).
+        pub adaptive_hidden: i64 = 8,
+        /// `adaptive`: `Dropout2d` after the convolution (official 0.1, hard-coded).
+        pub adaptive_conv_dropout: f64 = 0.1,
+        /// `adaptive`: dropout after the MLP's ReLU (official `DROPOUT_MLP = 0.1`).
+        pub adaptive_mlp_dropout: f64 = 0.1,
     }
 }
 
@@ -184,6 +197,11 @@ impl Parameterization {
         tag: u64,
     ) -> Result<Self> {
         expert.validate().map_err(LearnerError::Invalid)?;
+        if expert.param == PromptParam::Adaptive {
+            return Err(LearnerError::Invalid(
+                "prompt.param = \"adaptive\" (VAPT) makes prompt tokens, not prefixes: the HiDe engine's task prompts (hide-prompt) take it".into(),
+            ));
+        }
         let d = backbone.token_dim();
         let owners = match (expert.param, expert.generator) {
             (PromptParam::Direct | PromptParam::FrozenProjection, _) => 0,
