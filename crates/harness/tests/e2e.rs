@@ -10,7 +10,8 @@ use promptcl_harness::{config::RunConfig, results, run};
 
 fn params(method: &str) -> &'static str {
     match method {
-        "dualprompt" => "g_layers = [0]\ne_layers = [1, 2]\ne_length = 3",
+        // E-prompts as experts: reparameterised, zero-init gated, with task LoRA (resumed below too).
+        "dualprompt" => "g_layers = [0]\ne_layers = [1, 2]\ne_length = 3\nprompt = { param = \"reparam-mlp\", gate = \"zero-init\" }\nlora = { rank = 2 }",
         "coda-prompt" => "pool_size = 10\nlength = 4\nlayers = [0, 1, 2]",
         "l2p" => "pool_size = 6\ntop_k = 2\nlength = 3",
         // Each prompt parameterisation and gate of issue #18 once (the goldens cover the direct prefixes).

@@ -803,3 +803,35 @@ fn hide_prompt_takes_adaptive_prompts_and_prefix_methods_refuse_them() {
     let err = build_err("hide-prompt", &format!("{HIDE}\nprompt = {{ param = \"adaptive\", adaptive_kernel = 9 }}"));
     assert!(err.contains("adaptive_kernel 9"), "{err}");
 }
+
+/// DualPrompt's E-prompts as experts: with a reparameterised, zero-init gated
+/// E-prompt and task LoRA, the current task's gate, key and B take gradients
+/// (the next task's none); the generated E-prompt is sealed at the
+/// end of its task and stays put through the next; inference routes gates
+/// and LoRA by the matched key.
+#[test]
+fn dualprompt_e_prompts_take_experts_gates_and_lora() {
+    let mut m = build(
+        "dualprompt",
+        "g_layers = [0]\ne_layers = [1, 2]\ne_length = 2\nprompt = { param = \"reparam-mlp\", gate = \"zero-init\" }\nlora = { rank = 2 }",
+    );
+    m.begin_task(&task(0)).unwrap();
+    let x = images(4);
+    m.train_step(&x, &labels(0), &task(0)).unwrap().loss.backward();
+    // A closed gate passes no gradient to its prompt yet: the gate opens by gradient.
+    for name in ["zero_gate.0", "lora.b.0", "e_key.0"] {
+        assert!(has_grad(&var(&*m, name)), "{name}");
+    }
+    for name in ["e_prompt.1", "zero_gate.1", "lora.b.1", "lora.a.0"] {
+        assert!(!has_grad(&var(&*m, name)), "{name}");
+    }
+    train(&mut *m, 0, 2);
+    m.end_task(&task(0), &mut Held(vec![])).unwrap();
+    assert_eq!(var(&*m, "e_prompt_sealed").double_value(&[0]), 1.0);
+    let sealed = var(&*m, "e_prompt_stored.0").copy();
+    train(&mut *m, 1, 2);
+    assert!(var(&*m, "e_prompt_stored.0").equal(&sealed), "task 0's E-prompt moved while the shared generator trained");
+    let pred = m.predict(&images(5), 4).unwrap();
+    assert_eq!(pred.logits.size(), [4, 4]);
+    assert!(pred.logits.isfinite().all().int64_value(&[]) == 1);
+}

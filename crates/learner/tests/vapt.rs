@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use promptcl_learner::parts::adaptive_prompt::{AdaptivePrompts, AdaptiveShape, Routing};
+use promptcl_learner::parts::adaptive_prompt::{AdaptivePrompts, AdaptiveShape};
+use promptcl_learner::parts::Route;
 use promptcl_learner::{Inputs, OptimConfig};
 use promptcl_model::{Prompts, TokenGenerator};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
@@ -27,7 +28,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).double_value(&[])
 }
 
-fn forward(ctx: &promptcl_learner::MethodContext, set: &AdaptivePrompts, x: &Inputs, route: Routing, train: bool) -> Tensor {
+fn forward(ctx: &promptcl_learner::MethodContext, set: &AdaptivePrompts, x: &Inputs, route: Route, train: bool) -> Tensor {
     let first = set.first_tokens(route);
     let gens = set.generators(route, train);
     let mut p = Prompts::none().with_tokens(set.layers()[0], &first);
@@ -54,7 +55,7 @@ fn adaptive_prompts_match_the_official_code() {
     }
     assert_eq!(loaded, g.keys().filter(|k| k.starts_with("grad.")).count(), "every official tensor has its promptcl variable");
     let x = Inputs::Images(g["input"].shallow_clone());
-    let cls = forward(&ctx, &set, &x, Routing::Task(0), false);
+    let cls = forward(&ctx, &set, &x, Route::Task(0), false);
     let err = rel_err(&cls, &g["cls"]);
     assert!(err < 1e-5, "class token: {err}");
     (&cls * &g["probe"]).sum(Kind::Float).backward();
@@ -79,7 +80,7 @@ fn adaptive_prompts_start_at_zero_follow_the_input_route_per_sample_and_keep_fin
     let tokens = |set: &AdaptivePrompts, t: usize, seed: i64| {
         let x = images(seed);
         let seq = Tensor::randn([2, 17, 64], (Kind::Float, Device::Cpu)) + x.mean(Kind::Float);
-        set.generators(Routing::Task(t), false)[0].1.tokens(&seq, (4, 4)).unwrap()
+        set.generators(Route::Task(t), false)[0].1.tokens(&seq, (4, 4)).unwrap()
     };
     set.begin_task(0, false);
     assert_eq!(tokens(&set, 0, 1).abs().max().double_value(&[]), 0.0, "a zero projection: adaptive tokens start at 0");
@@ -88,7 +89,7 @@ fn adaptive_prompts_start_at_zero_follow_the_input_route_per_sample_and_keep_fin
     let mut opt = nn::Adam::default().build(&vs, 0.05).unwrap();
     let mut train = |set: &AdaptivePrompts, t: usize| {
         for s in 0..3 {
-            let f = forward(&ctx, set, &Inputs::Images(images(s)), Routing::Task(t), true);
+            let f = forward(&ctx, set, &Inputs::Images(images(s)), Route::Task(t), true);
             opt.zero_grad();
             f.square().sum(Kind::Float).backward();
             opt.step();
@@ -103,7 +104,7 @@ fn adaptive_prompts_start_at_zero_follow_the_input_route_per_sample_and_keep_fin
     let task0 = snapshot(&vs, 0);
     assert!(tokens(&set, 0, 1).abs().max().double_value(&[]) > 0.0, "trained adaptive tokens are not zero");
     assert!(!tokens(&set, 0, 1).equal(&tokens(&set, 0, 2)), "an adaptive prompt depends on the input");
-    assert!(set.first_tokens(Routing::Task(0)).equal(&set.first_tokens(Routing::Task(0))), "the static first-block prompt is a parameter");
+    assert!(set.first_tokens(Route::Task(0)).equal(&set.first_tokens(Route::Task(0))), "the static first-block prompt is a parameter");
     set.begin_task(1, true);
     let task1 = snapshot(&vs, 1);
     assert!(task0.iter().zip(&task1).all(|(a, b)| a.1.equal(&b.1)), "task 1 starts as task 0");
@@ -114,13 +115,13 @@ fn adaptive_prompts_start_at_zero_follow_the_input_route_per_sample_and_keep_fin
     // Per-sample routing = each sample under its own task's expert.
     let x = Inputs::Images(images(9));
     let ids = Tensor::from_slice(&[1i64, 0]);
-    let both = forward(&ctx, &set, &x, Routing::Samples(&ids), false);
+    let both = forward(&ctx, &set, &x, Route::Samples(&ids), false);
     for (i, t) in [(0i64, 1usize), (1, 0)] {
-        let alone = forward(&ctx, &set, &x, Routing::Task(t), false);
+        let alone = forward(&ctx, &set, &x, Route::Task(t), false);
         assert!((both.get(i) - alone.get(i)).abs().max().double_value(&[]) < 1e-5, "sample {i} (task {t})");
     }
 
     // A grid the experts were not made for is an error, not a panic.
-    let err = set.generators(Routing::Task(0), false)[0].1.tokens(&Tensor::zeros([2, 26, 64], (Kind::Float, Device::Cpu)), (5, 5)).unwrap_err();
+    let err = set.generators(Route::Task(0), false)[0].1.tokens(&Tensor::zeros([2, 26, 64], (Kind::Float, Device::Cpu)), (5, 5)).unwrap_err();
     assert!(err.to_string().contains("4×4 patch grid"), "{err}");
 }

@@ -64,16 +64,16 @@ use promptcl_model::Prompts;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, train_classes, LinearInit};
-use crate::parts::adaptive_prompt::{AdaptivePrompts, AdaptiveShape, Routing};
+use crate::parts::adaptive_prompt::{AdaptivePrompts, AdaptiveShape};
 use crate::parts::alignment::AlignOptimizer;
 use crate::parts::classifier::Classifier;
 use crate::parts::embedding_tuning::EmbeddingTuning;
-use crate::parts::gate::{Gates, PrefixGate, ZeroGates};
+use crate::parts::gate::ExpertGates;
 use crate::parts::lora::{LoraSpec, TaskLora};
 use crate::parts::prompt_param::{PrefixExpert, PromptParam};
 use crate::parts::task_prompts::{prefix_prompts, LayerGates, PrefixLayout, PromptSetConfig, TaskPrompts};
 use crate::parts::tii::{TaskIdentity, TiiNet};
-use crate::parts::{adaptive_prompt, alignment, embedding_tuning, gate, lora, tii};
+use crate::parts::{adaptive_prompt, alignment, embedding_tuning, lora, tii, Route};
 use crate::stats::{ClassStats, StatsKind};
 use crate::{
     Backbone, BatchSource, ContinualMethod, Inputs, LearnerError, MethodContext, OptimConfig, Prediction, Result, Stage, StageData, StageOptim, Step,
@@ -169,27 +169,13 @@ crate::method_params! {
     }
 }
 
-/// The prefix gate's parameters.
-enum Gating {
-    NoRGa(Gates),
-    Zero(ZeroGates),
-}
-
-/// Whose gates a forward pass uses.
-enum Route<'a> {
-    /// The whole batch is of this task.
-    Task(usize),
-    /// Per sample (`[B]` task ids).
-    Samples(&'a Tensor),
-}
-
 pub struct HidePrompt {
     vs: nn::VarStore,
     /// None with `layers = []` or adaptive prompts.
     prompts: Option<TaskPrompts>,
     adaptive: Option<AdaptivePrompts>,
     lora: Option<TaskLora>,
-    gates: Option<Gating>,
+    gates: Option<ExpertGates>,
     head: Classifier,
     tii: TaskIdentity,
     tap_stats: ClassStats,
@@ -278,11 +264,7 @@ impl HidePrompt {
             .map_err(|e| bad(e.to_string()))?;
         let lora = params.lora.as_ref().map(|spec| TaskLora::new(&root, ctx, spec, 45)).transpose().map_err(|e| bad(e.to_string()))?;
         let (layers, h, hd) = (params.layers.len(), ctx.backbone.num_heads(), ctx.backbone.head_dim());
-        let gates = params.prompt.gate.map(|g| match g {
-            PrefixGate::NoRGa(a) => Gating::NoRGa(Gates::new(&root, layers, a)),
-            PrefixGate::ZeroInit => Gating::Zero(ZeroGates::new(&root, ctx.num_tasks, layers, h, hd, false)),
-            PrefixGate::ZeroInitQuery => Gating::Zero(ZeroGates::new(&root, ctx.num_tasks, layers, h, hd, true)),
-        });
+        let gates = ExpertGates::new(&root, params.prompt.gate, ctx.num_tasks, layers, h, hd);
         let d = ctx.feature_dim();
         let head = Classifier::new(&root, d, &params.head_hidden, ctx.num_classes, ctx.seed, LinearInit::Timm);
         let tii = TaskIdentity::new(&root, ctx, &params.tii_net, &params.tii_mlp_hidden, params.statistics, params.n_centroids);
@@ -323,17 +305,9 @@ impl HidePrompt {
     /// prompts), gated, with the LoRA updates and adaptive prompts of the task(s)
     /// `route` says (`train`: their dropout on).
     fn prompted(&self, x: &Inputs, e: Option<&Tensor>, route: Route, train: bool) -> Result<Tensor> {
-        let updates = match (&self.lora, &route) {
-            (Some(l), Route::Task(t)) => l.of_task(*t),
-            (Some(l), Route::Samples(ids)) => l.of_samples(ids),
-            (None, _) => Vec::new(),
-        };
-        let routing = match &route {
-            Route::Task(t) => Routing::Task(*t),
-            Route::Samples(ids) => Routing::Samples(ids),
-        };
+        let updates = self.lora.as_ref().map(|l| l.routed(route)).unwrap_or_default();
         let (first, generators) = match &self.adaptive {
-            Some(a) => (Some(a.first_tokens(routing)), a.generators(routing, train)),
+            Some(a) => (Some(a.first_tokens(route)), a.generators(route, train)),
             None => (None, Vec::new()),
         };
         let mut base = lora::with_updates(self.base(), &updates);
@@ -347,21 +321,8 @@ impl HidePrompt {
             return Ok(self.backbone.forward(x, &base)?.feature);
         };
         let e = self.params.prefix_layout.arrange(e, x.len());
-        let (norga, zero);
-        let gates = match &self.gates {
-            None => LayerGates::None,
-            Some(Gating::NoRGa(g)) => {
-                norga = g.per_layer();
-                LayerGates::NoRGa(&norga)
-            }
-            Some(Gating::Zero(g)) => {
-                zero = match route {
-                    Route::Task(t) => g.of_task(t),
-                    Route::Samples(ids) => g.of_samples(ids),
-                };
-                LayerGates::ZeroInit(&zero)
-            }
-        };
+        let routed = self.gates.as_ref().map(|g| g.routed(route));
+        let gates = routed.as_ref().map_or(LayerGates::None, |g| g.layer_gates());
         let prompts = prefix_prompts(base, set.layers(), &e, gates);
         Ok(self.backbone.forward(x, &prompts)?.feature)
     }
@@ -464,10 +425,8 @@ impl ContinualMethod for HidePrompt {
         if self.adaptive.is_some() {
             trains.push((adaptive_prompt::NAME, 1.0));
         }
-        match self.gates {
-            Some(Gating::NoRGa(_)) => trains.push((gate::NAME, 1.0)),
-            Some(Gating::Zero(_)) => trains.push((gate::ZERO_NAME, 1.0)),
-            None => {}
+        if let Some(g) = &self.gates {
+            trains.push((g.name(), 1.0));
         }
         trains.push(("head", p.head_lr_scale));
         stages.push(Stage::from_run(PROMPT, optim).only(&trains));
@@ -491,10 +450,8 @@ impl ContinualMethod for HidePrompt {
         if let Some(a) = &mut self.adaptive {
             a.begin_task(task.task, self.params.init_from_previous);
         }
-        match &mut self.gates {
-            Some(Gating::NoRGa(g)) => g.begin_task(task.task),
-            Some(Gating::Zero(g)) => g.begin_task(task.task),
-            None => {}
+        if let Some(g) = &mut self.gates {
+            g.begin_task(task.task);
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ use promptcl_model::{ModelError, TokenGenerator};
 use promptcl_stream::SplitMix64;
 use tch::{Kind, Tensor};
 
+use super::Route;
 use crate::methods::common::{gaussian, seeded_uniform, var_from};
 use crate::{Encoder, LearnerError, MethodContext, Result};
 
@@ -165,10 +166,10 @@ impl AdaptivePrompts {
     }
 
     /// The static first-block tokens of each sample's task, `[B or 1, T, D]`.
-    pub fn first_tokens(&self, route: Routing) -> Tensor {
+    pub fn first_tokens(&self, route: Route) -> Tensor {
         match route {
-            Routing::Task(t) => self.experts[t].first.shallow_clone(),
-            Routing::Samples(ids) => {
+            Route::Task(t) => self.experts[t].first.shallow_clone(),
+            Route::Samples(ids) => {
                 let n = ids.max().int64_value(&[]) as usize + 1;
                 Tensor::cat(&self.experts[..n].iter().map(|e| e.first.shallow_clone()).collect::<Vec<_>>(), 0).index_select(0, ids)
             }
@@ -176,7 +177,7 @@ impl AdaptivePrompts {
     }
 
     /// One generator per adaptive block (`layers[1..]`), for [`promptcl_model::Prompts::with_token_generator`].
-    pub fn generators<'a>(&'a self, route: Routing<'a>, train: bool) -> Vec<(usize, Generator<'a>)> {
+    pub fn generators<'a>(&'a self, route: Route<'a>, train: bool) -> Vec<(usize, Generator<'a>)> {
         self.layers[1..].iter().enumerate().map(|(j, &l)| (l, Generator { set: self, layer: j, route, train })).collect()
     }
 
@@ -210,28 +211,19 @@ impl AdaptivePrompts {
     }
 }
 
-/// Whose expert a forward pass uses.
-#[derive(Clone, Copy)]
-pub enum Routing<'a> {
-    /// The whole batch is of this task.
-    Task(usize),
-    /// Per sample (`[B]` task ids, int64).
-    Samples(&'a Tensor),
-}
-
 /// One adaptive block's token generator under a routing.
 pub struct Generator<'a> {
     set: &'a AdaptivePrompts,
     layer: usize,
-    route: Routing<'a>,
+    route: Route<'a>,
     train: bool,
 }
 
 impl TokenGenerator for Generator<'_> {
     fn tokens(&self, x: &Tensor, grid: (i64, i64)) -> promptcl_model::Result<Tensor> {
         match self.route {
-            Routing::Task(t) => self.set.compute(t, self.layer, x, grid, self.train),
-            Routing::Samples(ids) => {
+            Route::Task(t) => self.set.compute(t, self.layer, x, grid, self.train),
+            Route::Samples(ids) => {
                 let tasks: Vec<i64> = Vec::try_from(ids.to_device(tch::Device::Cpu)).map_err(|e: tch::TchError| ModelError::Input(e.to_string()))?;
                 let mut distinct = tasks.clone();
                 distinct.sort_unstable();

@@ -5,6 +5,9 @@
 //! from task 2 on).
 
 use promptcl_model::{GateActivation, NoRGaGate, ZeroInitGate};
+
+use super::task_prompts::LayerGates;
+use super::Route;
 use serde::Deserialize;
 use tch::{nn, Tensor};
 
@@ -111,5 +114,61 @@ impl ZeroGates {
     pub fn of_samples(&self, task_ids: &Tensor) -> Vec<ZeroInitGate> {
         let all = Tensor::stack(&self.gates, 0).index_select(0, task_ids);
         (0..all.size()[1]).map(|i| self.wrap(all.select(1, i))).collect()
+    }
+}
+
+/// A prompt set's gate (`prompt.gate`): NoRGa's, shared and trained in the
+/// first task, or zero-initialised gates per task, routed like the prompts.
+pub enum ExpertGates {
+    NoRGa(Gates),
+    Zero(ZeroGates),
+}
+
+/// One forward pass's gates per prompted layer ([`ExpertGates::routed`]).
+pub enum RoutedGates {
+    NoRGa(Vec<NoRGaGate>),
+    Zero(Vec<ZeroInitGate>),
+}
+
+impl RoutedGates {
+    pub fn layer_gates(&self) -> LayerGates<'_> {
+        match self {
+            Self::NoRGa(g) => LayerGates::NoRGa(g),
+            Self::Zero(g) => LayerGates::ZeroInit(g),
+        }
+    }
+}
+
+impl ExpertGates {
+    /// The gate of `layers` prompted layers (`heads` × `head_dim` attention), if any.
+    pub fn new(p: &nn::Path, gate: Option<PrefixGate>, num_tasks: usize, layers: usize, heads: i64, head_dim: i64) -> Option<Self> {
+        gate.map(|g| match g {
+            PrefixGate::NoRGa(a) => Self::NoRGa(Gates::new(p, layers, a)),
+            PrefixGate::ZeroInit => Self::Zero(ZeroGates::new(p, num_tasks, layers, heads, head_dim, false)),
+            PrefixGate::ZeroInitQuery => Self::Zero(ZeroGates::new(p, num_tasks, layers, heads, head_dim, true)),
+        })
+    }
+
+    /// The variables' name, for the stage that trains them with the prompts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::NoRGa(_) => NAME,
+            Self::Zero(_) => ZERO_NAME,
+        }
+    }
+
+    pub fn begin_task(&mut self, task: usize) {
+        match self {
+            Self::NoRGa(g) => g.begin_task(task),
+            Self::Zero(g) => g.begin_task(task),
+        }
+    }
+
+    pub fn routed(&self, route: Route) -> RoutedGates {
+        match (self, route) {
+            (Self::NoRGa(g), _) => RoutedGates::NoRGa(g.per_layer()),
+            (Self::Zero(g), Route::Task(t)) => RoutedGates::Zero(g.of_task(t)),
+            (Self::Zero(g), Route::Samples(ids)) => RoutedGates::Zero(g.of_samples(ids)),
+        }
     }
 }

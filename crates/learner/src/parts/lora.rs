@@ -178,6 +178,16 @@ impl TaskLora {
     }
 }
 
+impl TaskLora {
+    /// The updates per block for `route`.
+    pub fn routed(&self, route: super::Route) -> Vec<(usize, LayerLora)> {
+        match route {
+            super::Route::Task(t) => self.of_task(t),
+            super::Route::Samples(ids) => self.of_samples(ids),
+        }
+    }
+}
+
 /// `prompts` with `updates` (from [`TaskLora::of_task`] / [`TaskLora::of_samples`]) at their blocks.
 pub fn with_updates<'a>(prompts: Prompts<'a>, updates: &'a [(usize, LayerLora)]) -> Prompts<'a> {
     updates.iter().fold(prompts, |p, (l, lora)| p.with_lora(*l, lora))

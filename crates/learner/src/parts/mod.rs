@@ -35,6 +35,15 @@ pub mod tii;
 
 use tch::Tensor;
 
+/// Whose per-task experts (prompts, gates, LoRA, adaptive prompts) a forward pass uses.
+#[derive(Clone, Copy)]
+pub enum Route<'a> {
+    /// The whole batch is of this task (training, per-task statistics).
+    Task(usize),
+    /// Per sample (`[B]` task ids, int64): inference under task identity.
+    Samples(&'a Tensor),
+}
+
 /// Trains only `vars[current]`: the others stop taking gradients (and lose
 /// any they have), so a finished task's parameters stay bit-identical.
 pub fn train_only(vars: &mut [Tensor], current: usize) {
