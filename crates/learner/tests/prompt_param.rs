@@ -6,8 +6,6 @@
 //! continual methods rest on: a sealed task's prefixes do not move when a
 //! shared generator trains on; a per-task generator trains only in its task.
 
-use std::collections::HashMap;
-
 use promptcl_learner::parts::gate::PrefixGate;
 use promptcl_learner::parts::prompt_param::{Generator, PrefixExpert, PromptParam};
 use promptcl_learner::parts::task_prompts::{prefix_prompts, LayerGates, PromptSetConfig, TaskPrompts};
@@ -17,23 +15,13 @@ use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
 
 mod common;
 
-fn golden() -> HashMap<String, Tensor> {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prompt_param_golden.safetensors");
-    Tensor::read_safetensors(path).unwrap().into_iter().collect()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).double_value(&[])
-}
-
 fn set(expert: PrefixExpert) -> PromptSetConfig {
     PromptSetConfig { prompt_name: "p", key_name: "k", layers: vec![0, 2], length: 3, pool_size: 1, top_k: 1, seed_tag: 9, expert }
 }
 
 #[test]
 fn parameterisations_match_their_official_code() {
-    let g = golden();
+    let g = common::golden("prompt_param_golden.safetensors");
     let ctx = common::vit_ctx(2, 2, OptimConfig::default(), None);
     let x = Inputs::Images(g["input"].shallow_clone());
     let cases = [
@@ -71,17 +59,17 @@ fn parameterisations_match_their_official_code() {
         let gates = if zero.is_empty() { LayerGates::None } else { LayerGates::ZeroInit(&zero) };
         let e = prompts.pool(0).unsqueeze(0).select(1, 0);
         let cls = ctx.backbone.forward(&x, &prefix_prompts(Prompts::none(), prompts.layers(), &e, gates)).unwrap().feature;
-        let err = rel_err(&cls, &g[&format!("{case}.cls")]);
+        let err = common::rel_err(&cls, &g[&format!("{case}.cls")]);
         assert!(err < 1e-5, "{case} class token: {err}");
         (&cls * &g["probe"]).sum(Kind::Float).backward();
         for (name, t) in &vars {
             if let Some(want) = g.get(&format!("{case}.grad.{name}")) {
-                let err = rel_err(&t.grad(), want);
+                let err = common::rel_err(&t.grad(), want);
                 assert!(err < 1e-5, "{case} gradient of {name}: {err}");
             }
         }
         if let Some(gate) = &gate {
-            let err = rel_err(&gate.grad(), &g[&format!("{case}.grad.zero_gate.0")]);
+            let err = common::rel_err(&gate.grad(), &g[&format!("{case}.grad.zero_gate.0")]);
             assert!(err < 1e-5, "{case} gradient of the gate: {err}");
         }
     }

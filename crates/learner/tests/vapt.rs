@@ -6,8 +6,6 @@
 //! static ones do not, per-sample routing gives each sample its task's
 //! expert, and a finished task's expert does not move.
 
-use std::collections::HashMap;
-
 use promptcl_learner::parts::adaptive_prompt::{AdaptivePrompts, AdaptiveShape};
 use promptcl_learner::parts::Route;
 use promptcl_learner::{Inputs, OptimConfig};
@@ -17,16 +15,6 @@ use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 mod common;
 
 const SHAPE: AdaptiveShape = AdaptiveShape { kernel: 2, padding: 0, hidden: 5, conv_dropout: 0.1, mlp_dropout: 0.1 };
-
-fn golden() -> HashMap<String, Tensor> {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vapt_golden.safetensors");
-    Tensor::read_safetensors(path).unwrap().into_iter().collect()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).double_value(&[])
-}
 
 fn forward(ctx: &promptcl_learner::MethodContext, set: &AdaptivePrompts, x: &Inputs, route: Route, train: bool) -> Tensor {
     let first = set.first_tokens(route);
@@ -40,7 +28,7 @@ fn forward(ctx: &promptcl_learner::MethodContext, set: &AdaptivePrompts, x: &Inp
 
 #[test]
 fn adaptive_prompts_match_the_official_code() {
-    let g = golden();
+    let g = common::golden("vapt_golden.safetensors");
     let ctx = common::vit_ctx(2, 2, OptimConfig::default(), None);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut set = AdaptivePrompts::new(&vs.root(), &ctx, &[0, 1, 2], 3, SHAPE, 1).unwrap();
@@ -56,12 +44,12 @@ fn adaptive_prompts_match_the_official_code() {
     assert_eq!(loaded, g.keys().filter(|k| k.starts_with("grad.")).count(), "every official tensor has its promptcl variable");
     let x = Inputs::Images(g["input"].shallow_clone());
     let cls = forward(&ctx, &set, &x, Route::Task(0), false);
-    let err = rel_err(&cls, &g["cls"]);
+    let err = common::rel_err(&cls, &g["cls"]);
     assert!(err < 1e-5, "class token: {err}");
     (&cls * &g["probe"]).sum(Kind::Float).backward();
     for (name, t) in &vars {
         if let Some(want) = g.get(&format!("grad.{name}")) {
-            let err = rel_err(&t.grad(), want);
+            let err = common::rel_err(&t.grad(), want);
             assert!(err < 1e-5, "gradient of {name}: {err}");
         }
     }

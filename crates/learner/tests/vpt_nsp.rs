@@ -13,24 +13,13 @@ use tch::{nn, Device, Kind, Tensor};
 
 mod common;
 
-fn golden() -> std::collections::HashMap<String, Tensor> {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vptnsp_golden.safetensors");
-    Tensor::read_safetensors(path).unwrap().into_iter().collect()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let b = b.to_kind(a.kind());
-    ((a - &b).abs().max() / b.abs().max().clamp_min(1e-30)).double_value(&[])
-}
-
 /// Prompts as prefixes through the frozen norm1/qkv give the official
 /// appended-token block's class token and prompt gradients (1e-5); the
 /// statistics of the batch match too, and so do the projections built from
 /// them (f64, 1e-8).
 #[test]
 fn prompts_statistics_and_projections_match_the_official_code() {
-    let g = golden();
+    let g = common::golden("vptnsp_golden.safetensors");
     let ctx = common::vit_ctx(2, 2, OptimConfig::default(), None);
     let Encoder::Vit(vit) = &ctx.backbone.encoder else { unreachable!() };
     let attn: Vec<FrozenAttention> = (0..3).map(|i| FrozenAttention::of(&ctx.backbone, i).unwrap()).collect();
@@ -41,18 +30,18 @@ fn prompts_statistics_and_projections_match_the_official_code() {
         with = with.with_prefix(i, k, v);
     }
     let out = vit.forward_with(&g["images"], &with, &ForwardOptions { return_block_inputs: true, ..Default::default() }).unwrap();
-    assert!(rel_err(&out.cls, &g["cls"]) < 1e-5, "class token: {}", rel_err(&out.cls, &g["cls"]));
+    assert!(common::rel_err(&out.cls, &g["cls"]) < 1e-5, "class token: {}", common::rel_err(&out.cls, &g["cls"]));
     (&out.cls * &g["probe"]).sum(Kind::Float).backward();
     for (i, p) in prompts.iter().enumerate() {
-        let err = rel_err(&p.grad(), &g[&format!("grad.{i}")]);
+        let err = common::rel_err(&p.grad(), &g[&format!("grad.{i}")]);
         assert!(err < 1e-5, "layer {i} prompt gradient: {err}");
     }
     for (i, a) in attn.iter().enumerate() {
         let (m1, m2) = tch::no_grad(|| a.feature_matrices(&out.block_inputs[i], &prompts[i]));
         for (name, m) in [("m1", &m1), ("m2", &m2)] {
-            let err = rel_err(m, &g[&format!("{name}.{i}")]);
+            let err = common::rel_err(m, &g[&format!("{name}.{i}")]);
             assert!(err < 1e-5, "layer {i} {name}: {err}");
-            let err = rel_err(&null_projection(&g[&format!("{name}.{i}")], 0.97), &g[&format!("proj.{name}.{i}")]);
+            let err = common::rel_err(&null_projection(&g[&format!("{name}.{i}")], 0.97), &g[&format!("proj.{name}.{i}")]);
             assert!(err < 1e-8, "layer {i} projection of {name}: {err}");
         }
     }
@@ -64,7 +53,7 @@ fn prompts_statistics_and_projections_match_the_official_code() {
 /// `mod_adam.py`'s (coupled weight decay included).
 #[test]
 fn projected_adam_steps_match_mod_adam() {
-    let g = golden();
+    let g = common::golden("vptnsp_golden.safetensors");
     let vs = nn::VarStore::new(Device::Cpu);
     let p = vs.root().var_copy("prompt", &g["adam.p0"]);
     let mut opt = Optimizer::new(&vs, &StageOptim::adam(0.01).weight_decay(5e-5), &|_| Some(1.0));
@@ -76,7 +65,7 @@ fn projected_adam_steps_match_mod_adam() {
         (&p * &g[grad]).sum(Kind::Float).backward();
         opt.step();
     }
-    let err = rel_err(&p, &g["adam.p2"]);
+    let err = common::rel_err(&p, &g["adam.p2"]);
     assert!(err < 1e-6, "{err}");
     let wrong = UpdateProjection { name: "prompt".into(), left: g["proj.m1.0"].shallow_clone(), right: g["proj.m1.0"].shallow_clone() };
     assert!(opt.project(vec![wrong]).unwrap_err().to_string().contains("do not fit"));
@@ -136,7 +125,7 @@ fn later_tasks_move_the_prompts_only_in_the_null_space() {
     let last = TaskInfo::new(2, 3, 4..6, 0..6);
     let m1 = vars["null.0.m1"].copy();
     m.end_task(&last, &mut Held(vec![(batch(), Tensor::from_slice(&[4i64, 5, 4, 5, 4, 5]))])).unwrap();
-    assert_eq!(rel_err(&vars["null.0.m1"], &m1), 0.0, "the last task's statistics are never used");
+    assert_eq!(common::rel_err(&vars["null.0.m1"], &m1), 0.0, "the last task's statistics are never used");
     let logits = tch::no_grad(|| m.predict(&batch(), 6)).unwrap().logits;
     assert_eq!(logits.size(), [6, 6]);
 

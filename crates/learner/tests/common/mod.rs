@@ -1,12 +1,13 @@
 #![allow(dead_code)]
 //! The tiny timm-fixture ViT the learner tests share.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
 use promptcl_learner::{Backbone, Encoder, MethodContext, OptimConfig};
 use promptcl_model::{frozen_vit, Precision, ViTConfig};
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// `tasks` tasks of `per_task` classes on the 3-block, 64-wide fixture ViT (32×32 images).
 pub fn vit_ctx(tasks: usize, per_task: usize, optim: OptimConfig, groups: Option<Vec<usize>>) -> MethodContext {
@@ -23,4 +24,17 @@ pub fn vit_ctx(tasks: usize, per_task: usize, optim: OptimConfig, groups: Option
         seed: 5,
         groups,
     }
+}
+
+/// A golden file of `tests/fixtures/` (tch's reader: fixtures may hold int64 tensors).
+pub fn golden(file: &str) -> HashMap<String, Tensor> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
+    Tensor::read_safetensors(path).unwrap().into_iter().collect()
+}
+
+/// max |a − b| relative to max |b| (b cast to a's dtype).
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    let b = b.to_kind(a.kind());
+    ((a - &b).abs().max() / b.abs().max().clamp_min(1e-30)).double_value(&[])
 }
