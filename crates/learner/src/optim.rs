@@ -51,6 +51,20 @@ pub enum Schedule {
     /// epochs 0 and 1 both run at `lr` and the last one stops a step short of
     /// cos(99π/200) ≈ 1.6 % (at 9.7 % of `lr` for E = 20).
     CodaCosine,
+    /// timm's `CosineLRScheduler` per epoch as `create_scheduler` builds it
+    /// (`t_initial = E`, one cycle, `warmup_prefix = False`): `f(t)` rises
+    /// linearly from `warmup_lr` over `warmup_epochs`, then is
+    /// `min_lr + ½·(lr − min_lr)·(1 + cos(π·t/E))`. Epoch e runs at `f(e)`; with
+    /// `step_late`, at `f(max(e − 1, 0))`, as engines that call
+    /// `lr_scheduler.step(epoch)` after epoch e (HiDe-PET; timm means
+    /// `step(epoch + 1)`), so epochs 0 and 1 both run at `warmup_lr`.
+    /// `warmup_lr` and `min_lr` are absolute (never batch-scaled).
+    TimmCosine {
+        warmup_epochs: usize,
+        warmup_lr: f64,
+        min_lr: f64,
+        step_late: bool,
+    },
 }
 
 impl Schedule {
@@ -75,6 +89,14 @@ impl Schedule {
                 let t = if epochs < 2 { 0.0 } else { epoch.saturating_sub(1) as f64 / (epochs - 1) as f64 };
                 lr * (99.0 * std::f64::consts::PI * t / 200.0).cos()
             }
+            Self::TimmCosine { warmup_epochs, warmup_lr, min_lr, step_late } => {
+                let t = if step_late { epoch.saturating_sub(1) } else { epoch };
+                if t < warmup_epochs {
+                    warmup_lr + t as f64 * (lr - warmup_lr) / warmup_epochs as f64
+                } else {
+                    min_lr + 0.5 * (lr - min_lr) * (1.0 + (std::f64::consts::PI * t as f64 / epochs.max(1) as f64).cos())
+                }
+            }
         }
     }
 
@@ -85,6 +107,9 @@ impl Schedule {
             }
             Self::Milestones { at, rate } if at[0] > at[1] || !(rate > 0.0) => {
                 Err(format!("schedule.milestones: at = {at:?} must be increasing and rate = {rate} > 0"))
+            }
+            Self::TimmCosine { warmup_lr, min_lr, .. } if !(warmup_lr >= 0.0 && min_lr >= 0.0) => {
+                Err(format!("schedule.timm-cosine: warmup_lr = {warmup_lr} and min_lr = {min_lr} must be >= 0"))
             }
             _ => Ok(()),
         }
@@ -463,5 +488,39 @@ mod tests {
         assert_eq!(Schedule::CodaCosine.lr(0.001, 0, 0, 10, 1), 0.001);
         let s: Schedule = serde_json::from_str("\"coda-cosine\"").unwrap();
         assert_eq!(s, Schedule::CodaCosine);
+    }
+
+    /// timm 0.6's `CosineLRScheduler._get_lr` driven in HiDe-PET's order of
+    /// calls: built (the groups at `warmup_lr_init`), then per epoch train and
+    /// `step(epoch)`; and in timm's intended order, `step(epoch + 1)`.
+    #[test]
+    fn timm_cosine_follows_the_official_order_of_calls() {
+        let (base, warm, min, wt, e) = (9.375e-4, 1e-6, 1e-5, 5usize, 50usize);
+        let get = |t: usize| {
+            if t < wt {
+                warm + t as f64 * ((base - warm) / wt as f64)
+            } else {
+                min + 0.5 * (base - min) * (1.0 + (std::f64::consts::PI * t as f64 / e as f64).cos())
+            }
+        };
+        for late in [true, false] {
+            let s = Schedule::TimmCosine { warmup_epochs: wt, warmup_lr: warm, min_lr: min, step_late: late };
+            let mut current = warm;
+            for epoch in 0..e {
+                let got = s.lr(base, epoch, 7, 10, e);
+                assert!((got - current).abs() < 1e-18, "step_late {late}, epoch {epoch}: {got} vs {current}");
+                current = get(if late { epoch } else { epoch + 1 });
+            }
+        }
+        let late = Schedule::TimmCosine { warmup_epochs: wt, warmup_lr: warm, min_lr: min, step_late: true };
+        assert_eq!((late.lr(base, 0, 0, 1, e), late.lr(base, 1, 0, 1, e)), (warm, warm), "two epochs at the warm-up rate");
+        let s: Schedule =
+            toml::from_str::<toml::Table>("s = { timm-cosine = { warmup_epochs = 5, warmup_lr = 1e-6, min_lr = 1e-5, step_late = true } }").unwrap()
+                ["s"]
+                .clone()
+                .try_into()
+                .unwrap();
+        assert_eq!(s, late);
+        assert!(Schedule::TimmCosine { warmup_epochs: 5, warmup_lr: -1.0, min_lr: 0.0, step_late: false }.validate().is_err());
     }
 }
