@@ -71,7 +71,9 @@ fn vision_params(method: &str) -> String {
         "coda-prompt" => "pool_size = 10, length = 4, layers = [0, 1, 2]".into(),
         "l2p" => "pool_size = 6, top_k = 2, length = 3".into(),
         "hide-prompt" | "norga" => HIDE.into(),
-        "hide-lora" => "tii_epochs = 1, tii_align_epochs = 1, align_epochs = 1, n_centroids = 1, lora = { layers = [0, 1] }".into(),
+        "hide-lora" => {
+            "tii_epochs = 1, tii_align_epochs = 1, align_epochs = 1, n_centroids = 1, lora = { layers = [0, 1] }, tii_lora = { layers = [2] }".into()
+        }
         "wave-cre" => concat!(
             "layers = [0, 1], pool_size = 3, top_k = 2, tii_align_epochs = 1, align_epochs = 1, replay_samples = 8, statistics = \"variance\", ",
             "head_hidden = [16], tii_net = { classifier = [16] }, tii_align_lr = 0.001, align_lr = 0.001"

@@ -194,7 +194,7 @@ fn predictions_cover_exactly_the_seen_classes() {
         ("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0]"),
         ("hide-prompt", HIDE),
         ("norga", HIDE),
-        ("hide-lora", "n_centroids = 2\nlora = { layers = [0, 2] }"),
+        ("hide-lora", "n_centroids = 2\nlora = { layers = [0, 2] }\ntii_lora = { layers = [1] }"),
         ("wave-cre", "layers = [0, 1]\npool_size = 3\ntop_k = 2"),
         ("epi", "layers = [0, 1, 2]\nlength = 2"),
         ("vpt-nsp", "length = 3"),
@@ -726,7 +726,7 @@ fn hide_prompt_experts_start_as_no_ops_train_their_own_parts_and_keep_finished_o
 /// its identified task's update. Then LoRA beside prompts, and bad values.
 #[test]
 fn hide_lora_trains_its_task_update_keeps_finished_ones_and_routes_by_tii() {
-    let fast = "tii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nn_centroids = 2\nlora = { layers = [0, 2] }";
+    let fast = "tii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nn_centroids = 2\nlora = { layers = [0, 2] }\ntii_lora = { layers = [1] }";
     let mut m = build("hide-lora", fast);
     assert!(!m.vars().variables().keys().any(|k| k.starts_with("e_prompt")), "no task prompts");
     m.begin_task(&task(0)).unwrap();
@@ -736,16 +736,28 @@ fn hide_lora_trains_its_task_update_keeps_finished_ones_and_routes_by_tii() {
     assert!(f.equal(&frozen), "B = 0: the frozen model, by {}", (&f - &frozen).abs().max().double_value(&[]));
     m.train_step(&x, &labels(0), &in_stage(&*m, 0, "prompt")).unwrap().loss.backward();
     assert!(has_grad(&var(&*m, "lora.b.0")) && !has_grad(&var(&*m, "lora.a.0")), "at B = 0 only B has a gradient");
-    for name in ["lora.a.1", "lora.b.1", "tii.head.weight"] {
+    for name in ["lora.a.1", "lora.b.1", "tii.head.weight", "tii_lora.b.0"] {
         assert!(!has_grad(&var(&*m, name)), "{name}");
     }
+    // TII: the head and its shared LoRA train in the `tii` stage (the task LoRA does not);
+    // from the second task the LoRA at 0.1 × the rate.
+    m.train_step(&x, &labels(0), &in_stage(&*m, 0, "tii")).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "tii_lora.b.0")) && has_grad(&var(&*m, "tii.head.weight")));
+    let scale = |t: usize| {
+        let stages = m.stages(&task(t), &OptimConfig::default());
+        let tii = stages.iter().find(|s| s.name == "tii").unwrap();
+        tii.trains.iter().find(|g| g.prefix == "tii_lora").map(|g| g.lr_scale)
+    };
+    assert_eq!((scale(0), scale(1)), (Some(1.0), Some(0.1)));
     run_task(&mut *m, 0, &mut task_data(0));
     let (a0, b0) = (var(&*m, "lora.a.0").copy(), var(&*m, "lora.b.0").copy());
     assert!(b0.abs().sum(Kind::Float).double_value(&[]) > 0.0, "task 0's B trained");
     m.begin_task(&task(1)).unwrap();
     assert!(var(&*m, "lora.a.1").equal(&a0) && var(&*m, "lora.b.1").equal(&b0), "task 1 starts from task 0's factors");
+    let tii_lora = var(&*m, "tii_lora.b.0").copy();
     run_task(&mut *m, 1, &mut task_data(1));
     assert!(var(&*m, "lora.a.0").equal(&a0) && var(&*m, "lora.b.0").equal(&b0), "task 0's update moved");
+    assert!(!var(&*m, "tii_lora.b.0").equal(&tii_lora), "TII's LoRA trains on in every task");
     assert!(!var(&*m, "lora.b.1").equal(&b0), "task 1's update trained");
     let pred = m.predict(&images(5), 4).unwrap();
     let ids: Vec<i64> = pred.task_ids.unwrap().try_into().unwrap();
@@ -775,6 +787,8 @@ fn hide_lora_trains_its_task_update_keeps_finished_ones_and_routes_by_tii() {
     assert!(err.contains("w") && err.contains("out"), "{err}");
     let err = build_err("hide-prompt", "layers = []");
     assert!(err.contains("needs `lora`"), "{err}");
+    let err = build_err("wave-cre", "tii_lora = { layers = [0] }");
+    assert!(err.contains("tii_lora trains in the `tii` stage"), "{err}");
 }
 
 /// HiDe-Prompt with VAPT's adaptive prompts per task: the prompt stage trains

@@ -13,15 +13,24 @@
 //! `--ca_lr 0.005`, multi-centroid statistics (10 per class, diagonal
 //! variance + 1e-4, `5 × batch` samples per centroid), head and LoRA in one
 //! optimizer at one learning rate. The prompt stage's `--lr 0.01 --sched
-//! cosine`, Adam and 50 epochs live in `[optim]`. What differs: the official
-//! task identifier is a second ViT with one continually trained LoRA (its
-//! `imr_continual_lora` run); here it is HiDe-Prompt's MLP on the frozen
-//! query (`benchmarks/configs/README.md`, deviations).
+//! cosine`, Adam and 50 epochs live in `[optim]`.
+//!
+//! TII as the official `imr_continual_lora` run (`engines/continual_pet_engine.py`):
+//! the backbone under one LoRA of the same shape, shared by all tasks and
+//! trained in every task's `tii` stage with a linear head (timm init; CE
+//! masked to the task; from the second task the LoRA at `--slow_lr 0.1` × the
+//! head's rate), statistics of its features after each task, and from the
+//! second task its head realigned on `5 × batch` samples per centroid of every
+//! seen class (`train_task_adaptive_prediction`, the same as TAP). The
+//! official code runs it as a separate job and loads its checkpoints; here it
+//! is the `tii` and `tii-align` stages of the same run (per task the two are
+//! independent, as in HiDe-Prompt).
 
 use promptcl_model::LoraTarget;
 
 use super::hide_prompt::{HidePrompt, Params};
 use crate::parts::lora::{LoraInit, LoraSpec};
+use crate::parts::tii::TiiNet;
 use crate::stats::StatsKind;
 use crate::{MethodContext, Result};
 
@@ -35,9 +44,17 @@ pub fn defaults() -> Params {
         init_from_previous: true,
         momentum: 0.1,
     };
+    // `ContinualLora`: the same sites, rank and init, one set trained on.
+    let tii_lora = LoraSpec { init_from_previous: false, momentum: 0.0, ..lora.clone() };
     Params {
         layers: vec![],
         lora: Some(lora),
+        tii_lora: Some(tii_lora),
+        tii_lora_lr_scale: 0.1,
+        tii_net: TiiNet::Linear,
+        tii_align_samples_factor: 5,
+        tii_align_epochs: 30,
+        tii_align_lr: 0.005,
         reg: 0.001,
         head_lr_scale: 1.0,
         statistics: StatsKind::MultiCentroid,

@@ -166,6 +166,16 @@ crate::method_params! {
         /// Task-specific LoRA on the attention projections, e.g. `{ rank = 5, alpha = 1.0,
         /// targets = ["k", "v"], layers = [0, 1, 2, 3, 4] }`; none by default.
         pub lora: Option<LoraSpec> = None,
+        /// TII on the backbone under one LoRA trained by the `tii` stage of every task
+        /// (HiDe-PET's task identifier, its `continual_lora` run), instead of on the frozen
+        /// query; its statistics are taken after each task's `tii` stage. None by default.
+        pub tii_lora: Option<LoraSpec> = None,
+        /// The TII LoRA's learning rate after the first task as a multiple of the `tii`
+        /// stage's (`--slow_lr`, `continual_type = first_sl`; the head keeps the full rate).
+        pub tii_lora_lr_scale: f64 = 0.1,
+        /// Gaussian samples per seen class per `tii-align` epoch, as a multiple of the batch
+        /// size (HiDe-Prompt's TII trainer: 1; HiDe-PET's TII run aligns as TAP does: 5).
+        pub tii_align_samples_factor: i64 = 1,
     }
 }
 
@@ -175,6 +185,8 @@ pub struct HidePrompt {
     prompts: Option<TaskPrompts>,
     adaptive: Option<AdaptivePrompts>,
     lora: Option<TaskLora>,
+    /// HiDe-PET's TII LoRA (`tii_lora`), one set for every task.
+    tii_lora: Option<TaskLora>,
     gates: Option<ExpertGates>,
     head: Classifier,
     tii: TaskIdentity,
@@ -216,14 +228,23 @@ impl HidePrompt {
             .iter()
             .chain(match &params.tii_net {
                 TiiNet::Classifier(w) => w.as_slice(),
-                TiiNet::Mapping => &[],
+                TiiNet::Mapping | TiiNet::Linear => &[],
             })
             .any(|&w| w < 1)
         {
             return Err(bad("head_hidden and tii_net's widths must be >= 1".into()));
         }
-        if let Some(spec) = &params.lora {
+        for spec in params.lora.iter().chain(&params.tii_lora) {
             spec.validate(ctx.backbone.depth(), ctx.backbone.token_dim()).map_err(bad)?;
+        }
+        if params.tii_lora.is_some() && params.tii_epochs == 0 {
+            return Err(bad("tii_lora trains in the `tii` stage: it needs tii_epochs >= 1".into()));
+        }
+        if !(params.tii_lora_lr_scale >= 0.0) || params.tii_align_samples_factor < 1 {
+            return Err(bad(format!(
+                "tii_lora_lr_scale = {} must be >= 0 and tii_align_samples_factor = {} >= 1",
+                params.tii_lora_lr_scale, params.tii_align_samples_factor
+            )));
         }
         if params.layers.is_empty()
             && (params.lora.is_none() || params.prompt.gate.is_some() || params.pool_size > 1 || params.prompt.param == PromptParam::Adaptive)
@@ -263,6 +284,8 @@ impl HidePrompt {
             .transpose()
             .map_err(|e| bad(e.to_string()))?;
         let lora = params.lora.as_ref().map(|spec| TaskLora::new(&root, ctx, spec, 45)).transpose().map_err(|e| bad(e.to_string()))?;
+        let tii_lora =
+            params.tii_lora.as_ref().map(|spec| TaskLora::shared(&root, ctx, spec, 46, TII_LORA)).transpose().map_err(|e| bad(e.to_string()))?;
         let (layers, h, hd) = (params.layers.len(), ctx.backbone.num_heads(), ctx.backbone.head_dim());
         let gates = ExpertGates::new(&root, params.prompt.gate, ctx.num_tasks, layers, h, hd);
         let d = ctx.feature_dim();
@@ -279,6 +302,7 @@ impl HidePrompt {
             prompts,
             adaptive,
             lora,
+            tii_lora,
             gates,
             head,
             tii,
@@ -299,6 +323,24 @@ impl HidePrompt {
     /// The un-prompted query, without autograd.
     fn query(&self, x: &Inputs) -> Result<Tensor> {
         self.backbone.query_under(x, &self.base())
+    }
+
+    /// What TII reads: the frozen query, or with `tii_lora` the feature under the TII
+    /// LoRA (with autograd: the `tii` stage trains it).
+    fn tii_input(&self, x: &Inputs) -> Result<Tensor> {
+        match &self.tii_lora {
+            None => self.query(x),
+            Some(l) => {
+                let updates = l.of_task(0);
+                Ok(self.backbone.forward(x, &lora::with_updates(self.base(), &updates))?.feature)
+            }
+        }
+    }
+
+    /// TII's statistics of the task's classes, from [`Self::tii_input`].
+    fn fit_tii(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
+        let (q, y) = tch::no_grad(|| crate::method::collect_features(data, &mut |x| self.tii_input(x)))?;
+        self.tii.fit(task.classes.clone(), &q, &y, self.seed)
     }
 
     /// Prompted features for prefixes `e` (`[B or 1, layers, 2, L, H, hd]`; none without
@@ -394,6 +436,8 @@ impl HidePrompt {
 const EMBED: &str = embedding_tuning::NAME;
 const TII: &str = "tii";
 const TII_ALIGN: &str = "tii-align";
+/// The TII LoRA's variables (`tii_lora.a.0`, `tii_lora.b.0`).
+const TII_LORA: &str = "tii_lora";
 const PROMPT: &str = "prompt";
 const ALIGN: &str = "align";
 
@@ -415,7 +459,9 @@ impl ContinualMethod for HidePrompt {
             stages.push(Stage::new(EMBED, p.embedding_epochs, adam, StageData::TrainTransform).only(&[(EMBED, 1.0)]));
         }
         if p.tii_epochs > 0 {
-            stages.push(Stage::new(TII, p.tii_epochs, tii_optim, StageData::TrainTransform).only(&[(tii::NAME, 1.0)]));
+            let lora_scale = if task.task == 0 { 1.0 } else { p.tii_lora_lr_scale };
+            let trains: &[(&str, f64)] = if self.tii_lora.is_some() { &[(tii::NAME, 1.0), (TII_LORA, lora_scale)] } else { &[(tii::NAME, 1.0)] };
+            stages.push(Stage::new(TII, p.tii_epochs, tii_optim, StageData::TrainTransform).only(trains));
             stages.extend(tii_align.clone());
         }
         let mut trains: Vec<(&str, f64)> = self.prompts.iter().flat_map(TaskPrompts::names).map(|n| (n, 1.0)).collect();
@@ -447,6 +493,9 @@ impl ContinualMethod for HidePrompt {
         if let Some(l) = &mut self.lora {
             l.begin_task(task.task);
         }
+        if let Some(l) = &mut self.tii_lora {
+            l.begin_task(0);
+        }
         if let Some(a) = &mut self.adaptive {
             a.begin_task(task.task, self.params.init_from_previous);
         }
@@ -458,7 +507,7 @@ impl ContinualMethod for HidePrompt {
 
     fn generate(&mut self, task: &TaskInfo) -> Result<Vec<(Tensor, Tensor)>> {
         let (stats, per_class) = match task.stage {
-            TII_ALIGN => (&self.tii.stats, self.batch_size),
+            TII_ALIGN => (&self.tii.stats, self.batch_size * self.params.tii_align_samples_factor),
             ALIGN => (&self.tap_stats, self.batch_size * self.params.align_samples_factor),
             s => return Err(LearnerError::Invalid(format!("{}: stage `{s}` does not generate data", self.name))),
         };
@@ -477,7 +526,7 @@ impl ContinualMethod for HidePrompt {
                 Some(e) => e.step(&self.backbone, x, labels, train_classes(task, self.params.train_mask)),
                 None => Err(LearnerError::Invalid(format!("{}: no stage `{EMBED}` (embedding_epochs = 0)", self.name))),
             },
-            TII => Ok(self.tii.step(&self.query(x)?, labels, train_classes(task, self.params.train_mask))),
+            TII => Ok(self.tii.step(&self.tii_input(x)?, labels, train_classes(task, self.params.train_mask))),
             TII_ALIGN => Ok(self.tii.step(x.features()?, labels, 0..task.seen.end)),
             PROMPT => self.prompt_step(x, labels, task),
             ALIGN => Ok(ce_step(&self.head.forward(x.features()?), labels, 0..task.seen.end)),
@@ -487,14 +536,10 @@ impl ContinualMethod for HidePrompt {
 
     fn end_stage(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         match task.stage {
-            TII => {
-                let (q, y) = self.backbone.queries_under(data, &self.base())?;
-                self.tii.fit(task.classes.clone(), &q, &y, self.seed)
-            }
+            TII => self.fit_tii(task, data),
             PROMPT => {
                 if self.params.tii_epochs == 0 {
-                    let (q, y) = self.backbone.queries_under(data, &self.base())?;
-                    self.tii.fit(task.classes.clone(), &q, &y, self.seed)?;
+                    self.fit_tii(task, data)?;
                 }
                 self.fit_tap(task, data)
             }
@@ -508,7 +553,11 @@ impl ContinualMethod for HidePrompt {
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
         let q = self.query(x)?;
-        let tasks = self.tii.predict_tasks(&q, seen);
+        let tasks = if self.tii_lora.is_some() {
+            self.tii.predict_tasks(&tch::no_grad(|| self.tii_input(x))?, seen)
+        } else {
+            self.tii.predict_tasks(&q, seen)
+        };
         let (task_ids, e) = match &self.prompts {
             Some(set) => {
                 let (task_ids, pools, keys) = set.for_tasks(&tasks, x.device());

@@ -106,6 +106,17 @@ pub struct TaskLora {
 
 impl TaskLora {
     pub fn new(p: &nn::Path, ctx: &MethodContext, spec: &LoraSpec, seed_tag: u64) -> Result<Self> {
+        Self::with_sets(p, ctx, spec, seed_tag, ctx.num_tasks, NAME)
+    }
+
+    /// One set of factors that every task trains in turn (HiDe-PET's continual
+    /// LoRA of its task identifier), named `<name>.a.0`, `<name>.b.0`: use it as
+    /// task 0's, [`Self::begin_task`]`(0)` each task.
+    pub fn shared(p: &nn::Path, ctx: &MethodContext, spec: &LoraSpec, seed_tag: u64, name: &str) -> Result<Self> {
+        Self::with_sets(p, ctx, spec, seed_tag, 1, name)
+    }
+
+    fn with_sets(p: &nn::Path, ctx: &MethodContext, spec: &LoraSpec, seed_tag: u64, sets: usize, name: &str) -> Result<Self> {
         let (depth, d) = (ctx.backbone.depth(), ctx.backbone.token_dim());
         spec.validate(depth, d).map_err(crate::LearnerError::Invalid)?;
         let layers: Vec<usize> = if spec.layers.is_empty() { (0..depth).collect() } else { spec.layers.clone() };
@@ -115,12 +126,11 @@ impl TaskLora {
             LoraInit::Peft => 1.0 / (d as f64).sqrt(),
             LoraInit::HidePet => 1.0 / (r as f64).sqrt(),
         };
-        let pa = p / NAME / "a";
-        let pb = p / NAME / "b";
-        let a = (0..ctx.num_tasks)
-            .map(|t| var_from(&pa, &t.to_string(), seeded_uniform(ctx.seed, &[seed_tag, t as u64], &[s, r, d], -bound, bound)))
-            .collect();
-        let b = (0..ctx.num_tasks).map(|t| pb.zeros(&t.to_string(), &[s, d, r])).collect();
+        let pa = p / name / "a";
+        let pb = p / name / "b";
+        let a =
+            (0..sets).map(|t| var_from(&pa, &t.to_string(), seeded_uniform(ctx.seed, &[seed_tag, t as u64], &[s, r, d], -bound, bound))).collect();
+        let b = (0..sets).map(|t| pb.zeros(&t.to_string(), &[s, d, r])).collect();
         Ok(Self { a, b, sites, scale: spec.alpha / r as f64, spec: spec.clone() })
     }
 

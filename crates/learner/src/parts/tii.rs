@@ -26,6 +26,8 @@ pub enum TiiNet {
     /// A ReLU MLP [`Classifier`] with these hidden widths (WAVE-CRE's task
     /// predictor, the group's code: the relation classifier's architecture).
     Classifier(Vec<i64>),
+    /// A linear head, timm-initialised (HiDe-PET's task identifier: its ViT's class head).
+    Linear,
 }
 
 enum Net {
@@ -65,6 +67,7 @@ impl TaskIdentity {
                 }
             }
             TiiNet::Classifier(widths) => Net::Classifier(Classifier::new(&p, d, widths, ctx.num_classes, seed ^ 0x7111, LinearInit::Torch)),
+            TiiNet::Linear => Net::Classifier(Classifier::new(&p, d, &[], ctx.num_classes, seed ^ 0x7111, LinearInit::Timm)),
         };
         Self { net, stats: ClassStats::new(&(root / "tii_stats"), statistics, ctx.num_classes, d, centroids), task_sizes: ctx.task_sizes.clone() }
     }
