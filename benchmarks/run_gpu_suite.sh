@@ -31,8 +31,8 @@ echo "== loader (target >= 5000 img/s)"
 
 echo "== step benchmark vs PyTorch"
 benchmarks/run_step_bench.sh "$BIN/step_bench" "$PY"
-echo "== step benchmark, issue #18 experts (zero-init gate, reparam-mlp prefixes), batch 64"
-benchmarks/run_step_bench.sh "$BIN/step_bench" "$PY" --experts zero-init,reparam-mlp --batch 64
+echo "== step benchmark, issue #18 experts (zero-init gate, reparam-mlp prefixes, k/v LoRA), batch 64"
+benchmarks/run_step_bench.sh "$BIN/step_bench" "$PY" --experts zero-init,reparam-mlp,lora --batch 64
 
 echo "== OT step, 100 and 200 classes"
 PROMPTCL_OT_BENCH="$BIN/ot_bench" PROMPTCL_PYTHON="$PY" benchmarks/run_ot_bench.sh --device cuda

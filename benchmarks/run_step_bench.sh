@@ -3,7 +3,7 @@
 # one invocation on one device, samples each process's peak memory (GPU:
 # nvidia-smi per process; CPU: the kernel's VmHWM), and prints ratios. Results
 # (JSON lines with device, versions, commit) go to results/perf/step-<UTC>.jsonl.
-# Usage: benchmarks/run_step_bench.sh [path/to/step_bench] [python] [--device cpu] [--batch 8] [--experts norga,zero-init,reparam-mlp] [--warmup N] [--iters N]
+# Usage: benchmarks/run_step_bench.sh [path/to/step_bench] [python] [--device cpu] [--batch 8] [--experts norga,zero-init,reparam-mlp,lora] [--warmup N] [--iters N]
 #   GPU (default): batches 64,128; promptcl bf16 vs official / eager / compile.
 #   CPU: promptcl f32 vs official / eager (torch.compile's CPU build time is not the point); a check that
 #   the two sides do the same work at the same speed where no GPU is at hand, not the GPU target.

@@ -5,6 +5,7 @@ eval step on a ViT-B/16 (pure torch, timm's layout), per expert (`--experts`):
   norga        direct prefixes in blocks 0-4, NoRGa's gate on the prefix logits
   zero-init    direct prefixes, zero-initialised gated attention (tanh(g) per head, LLaMA-Adapter)
   reparam-mlp  prefixes generated every step by ReparamPrefix's per-layer MLP
+  lora         no prefixes: LoRA (rank 5, scale 1/5) on k and v of blocks 0-4, as HiDe-LoRA trains one task's
                (Linear(D, 48) -> Tanh -> Linear(48, 2D), key/value interleaved), NoRGa's gate
 
 in three modes:
@@ -36,9 +37,13 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
-    def forward(self, x, prefix=None, gate=None, fused=False):
+    def forward(self, x, prefix=None, gate=None, fused=False, lora=None):
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(x)
+        if lora is not None:  # PEFT's scale * (x A^T) B^T on the k and v slices
+            (ak, bk, av, bv), s = lora, 0.2
+            qkv = qkv + torch.cat([torch.zeros_like(x), (x @ ak.t()) @ bk.t() * s, (x @ av.t()) @ bv.t() * s], -1)
+        q, k, v = qkv.reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         scale = (C // self.heads) ** -0.5
         if prefix is not None:
             pk, pv = (t.expand(B, -1, -1, -1) for t in prefix)
@@ -71,8 +76,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x, prefix=None, gate=None, fused=False):
-        x = x + self.attn(self.norm1(x), prefix, gate, fused)
+    def forward(self, x, prefix=None, gate=None, fused=False, lora=None):
+        x = x + self.attn(self.norm1(x), prefix, gate, fused, lora)
         return x + self.mlp(self.norm2(x))
 
 
@@ -85,13 +90,14 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
-    def forward(self, x, prompts=None, gates=None, fused=False):
+    def forward(self, x, prompts=None, gates=None, fused=False, loras=None):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
         for i, b in enumerate(self.blocks):
             p = prompts[i] if prompts is not None and i < len(prompts) else None
             g = gates[i] if gates is not None and p is not None else None
-            x = b(x, p, g, fused)
+            l = loras[i] if loras is not None and i < len(loras) else None
+            x = b(x, p, g, fused, l)
         return self.norm(x)[:, 0]
 
 
@@ -107,7 +113,12 @@ def bench(mode, batch, device, tiny, warmup, iters, expert="norga"):
     emb = nn.Parameter(torch.empty(5, L, dim, device=device).uniform_(-0.0625, 0.0625))
     gen = nn.ModuleList(nn.Sequential(nn.Linear(dim, 48), nn.Tanh(), nn.Linear(48, 2 * dim)) for _ in range(5)).to(device)
     head = nn.Linear(dim, 100).to(device)
-    if expert == "reparam-mlp":
+    r = 5
+    loras = [tuple(nn.Parameter(torch.empty(*shape, device=device).uniform_(-0.2, 0.2) if shape[0] == r else torch.zeros(*shape, device=device))
+                   for shape in [(r, dim), (dim, r), (r, dim), (dim, r)]) for _ in range(5)]
+    if expert == "lora":
+        trained = [p for quad in loras for p in quad]
+    elif expert == "reparam-mlp":
         trained = [emb, act_scale] + list(gen.parameters())
     elif expert == "zero-init":
         trained = [p for pair in prompts for p in pair] + [zero]
@@ -139,6 +150,8 @@ def bench(mode, batch, device, tiny, warmup, iters, expert="norga"):
         with amp:
             with torch.no_grad():
                 vit(inp, fused=fused)  # the query forward
+            if expert == "lora":
+                return head(vit(inp, fused=fused, loras=loras))
             return head(vit(inp, prefixes(), gates(), fused))
 
     fwd = torch.compile(forward) if mode == "compile" else forward

@@ -8,7 +8,9 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use promptcl_model::{frozen_vit, GateActivation, NoRGaGate, Precision, PrefixScoreHook, Prompts, ViTConfig, ZeroInitGate};
+use promptcl_model::{
+    frozen_vit, GateActivation, LayerLora, LoraTarget, LoraUpdate, NoRGaGate, Precision, PrefixScoreHook, Prompts, ViTConfig, ZeroInitGate,
+};
 use serde::Serialize;
 use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -22,6 +24,8 @@ pub enum Expert {
     ZeroInit,
     /// Prefixes generated every step by ReparamPrefix's per-layer MLP, NoRGa's gate.
     ReparamMlp,
+    /// No prefixes: LoRA (rank 5, scale 1/5) on k and v of `layers`, as HiDe-LoRA trains one task's.
+    Lora,
 }
 
 impl std::str::FromStr for Expert {
@@ -31,7 +35,8 @@ impl std::str::FromStr for Expert {
             "norga" => Ok(Self::Norga),
             "zero-init" => Ok(Self::ZeroInit),
             "reparam-mlp" => Ok(Self::ReparamMlp),
-            _ => Err(format!("unknown expert `{s}`: norga, zero-init or reparam-mlp")),
+            "lora" => Ok(Self::Lora),
+            _ => Err(format!("unknown expert `{s}`: norga, zero-init, reparam-mlp or lora")),
         }
     }
 }
@@ -106,6 +111,19 @@ pub fn run(cfg: &StepConfig) -> Result<StepResult> {
             (nn::linear(&root / "gen" / i / "fc1", d, 48, Default::default()), nn::linear(&root / "gen" / i / "fc2", 48, 2 * d, Default::default()))
         })
         .collect();
+    // lora: A [5, D] uniform, B [D, 5] zeros per projection (PEFT's layout).
+    let loras: Vec<LayerLora> = (0..n)
+        .map(|i| {
+            let p = &root / "lora" / i;
+            let mut l = LayerLora::default();
+            for t in [LoraTarget::K, LoraTarget::V] {
+                let a = p.uniform(&format!("{}_a", t.name()), &[5, d], -0.2, 0.2);
+                let b = p.zeros(&format!("{}_b", t.name()), &[d, 5]);
+                l.set(t, LoraUpdate { a, b, scale: 0.2 });
+            }
+            l
+        })
+        .collect();
     let head = nn::linear(&root / "head", d, cfg.classes, Default::default());
     let mut opt = nn::Adam::default().build(&vs, 1e-3)?;
     let images = Tensor::rand([cfg.batch, 3, cfg.vit.img_size, cfg.vit.img_size], (Kind::Float, cfg.device));
@@ -130,6 +148,12 @@ pub fn run(cfg: &StepConfig) -> Result<StepResult> {
         };
         let prefixes = if generated.is_empty() { &prefixes } else { &generated };
         let mut prompts = Prompts::none();
+        if cfg.expert == Expert::Lora {
+            for (i, &l) in cfg.layers.iter().enumerate() {
+                prompts = prompts.with_lora(l, &loras[i]);
+            }
+            return Ok(head.forward(&vit.forward(x, &prompts)?.cls));
+        }
         for (i, &l) in cfg.layers.iter().enumerate() {
             prompts = prompts.with_prefix(l, &prefixes[i].0, &prefixes[i].1);
             prompts = match cfg.expert {

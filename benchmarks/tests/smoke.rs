@@ -20,7 +20,7 @@ fn loader_benchmark_runs_tiny_on_cpu() {
 fn step_benchmark_runs_tiny_on_cpu() {
     use promptcl_benchmarks::step::{run, Expert, StepConfig};
     use promptcl_model::{Precision, ViTConfig};
-    for expert in [Expert::Norga, Expert::ZeroInit, Expert::ReparamMlp] {
+    for expert in [Expert::Norga, Expert::ZeroInit, Expert::ReparamMlp, Expert::Lora] {
         let cfg = StepConfig {
             vit: ViTConfig { img_size: 32, patch_size: 8, embed_dim: 64, depth: 6, num_heads: 4, ..ViTConfig::vit_tiny_patch16_224() },
             batch: 4,
@@ -58,7 +58,7 @@ fn pytorch_reference_runs_tiny_on_cpu() {
             "--modes",
             "official,eager",
             "--experts",
-            "norga,zero-init,reparam-mlp",
+            "norga,zero-init,reparam-mlp,lora",
             "--warmup",
             "1",
             "--iters",
@@ -68,7 +68,7 @@ fn pytorch_reference_runs_tiny_on_cpu() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 6, "two modes by three experts");
+    assert_eq!(lines.len(), 8, "two modes by four experts");
     assert!(lines.iter().all(|l| l["train_images_per_s"].as_f64().unwrap() > 0.0));
 }
 

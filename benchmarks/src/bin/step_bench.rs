@@ -1,4 +1,4 @@
-//! `step_bench [--device cuda] [--batch 64,128] [--precision bf16,f32] [--experts norga,zero-init,reparam-mlp] [--tiny]`
+//! `step_bench [--device cuda] [--batch 64,128] [--precision bf16,f32] [--experts norga,zero-init,reparam-mlp,lora] [--tiny]`
 //! One JSON line per (expert, precision, batch), in the fields `torch_step_reference.py` prints.
 
 use anyhow::Result;

@@ -21,7 +21,7 @@ fn params(method: &str) -> &'static str {
         "hide-lora" => "tii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nn_centroids = 1\nlora = { layers = [0, 1] }\ntii_lora = { layers = [2] }\nlayers = [0, 1, 2]\nlength = 2\nprompt = { param = \"adaptive\", adaptive_hidden = 4 }",
         "norga" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nprompt = { param = \"reparam-mlp\", gate = \"sigmoid\" }",
         "wave-cre" => "layers = [0, 1]\npool_size = 3\ntop_k = 2\ntii_align_epochs = 1\nalign_epochs = 1\nreplay_samples = 8\nhead_hidden = [8]\ntii_net = { classifier = [8] }\nstatistics = \"variance\"\nprompt = { param = \"frozen-projection\", gate = \"zero-init-query\" }",
-        "epi" => "layers = [0, 1, 2]\nlength = 2\nprompt = { param = \"reparam-linear\", generator = \"per-task\" }",
+        "epi" => "layers = [0, 1, 2]\nlength = 2\nprompt = { param = \"reparam-linear\", generator = \"per-task\" }\nlora = { rank = 2, targets = [\"v\", \"out\"] }",
         "vpt-nsp" => "length = 3",
         "aper" | "ease" | "fecam-pilot" => "ffn_num = 8",
         "ranpac" => "ffn_num = 8\nprojection = 64",

@@ -759,13 +759,15 @@ fn hide_lora_trains_its_task_update_keeps_finished_ones_and_routes_by_tii() {
     assert!(var(&*m, "lora.a.0").equal(&a0) && var(&*m, "lora.b.0").equal(&b0), "task 0's update moved");
     assert!(!var(&*m, "tii_lora.b.0").equal(&tii_lora), "TII's LoRA trains on in every task");
     assert!(!var(&*m, "lora.b.1").equal(&b0), "task 1's update trained");
-    let pred = m.predict(&images(5), 4).unwrap();
+    // One batch for both calls: parallel tests share libtorch's generator.
+    let x5 = images(5);
+    let pred = m.predict(&x5, 4).unwrap();
     let ids: Vec<i64> = pred.task_ids.unwrap().try_into().unwrap();
     assert!(ids.iter().all(|&t| t < 2) && pred.logits.size() == [4, 4], "{ids:?}");
     // Each sample's prediction is what its identified task's update gives it alone.
     let feats = pred.features.unwrap();
     for (i, &t) in ids.iter().enumerate() {
-        let own = m.task_features(&images(5), &task(t as usize)).unwrap().unwrap();
+        let own = m.task_features(&x5, &task(t as usize)).unwrap().unwrap();
         assert!((feats.get(i as i64) - own.get(i as i64)).abs().max().double_value(&[]) < 1e-5, "sample {i} routed to task {t}");
     }
 
@@ -848,4 +850,40 @@ fn dualprompt_e_prompts_take_experts_gates_and_lora() {
     let pred = m.predict(&images(5), 4).unwrap();
     assert_eq!(pred.logits.size(), [4, 4]);
     assert!(pred.logits.isfinite().all().int64_value(&[]) == 1);
+}
+
+/// Multi-centroid statistics with as many centroids as examples per class
+/// leave every cluster a single point, which sampling skips (as the official
+/// code): the alignment stage is then an error naming `n_centroids`, not a
+/// silent epoch without data.
+#[test]
+fn alignment_without_any_pseudo_sample_is_an_error() {
+    let mut m =
+        build("hide-prompt", &format!("{}\nstatistics = \"multi-centroid\"\nn_centroids = 3", HIDE.replace("statistics = \"covariance\"", "")));
+    run_task(&mut *m, 0, &mut task_data(0));
+    m.begin_task(&task(1)).unwrap();
+    let err = m.generate(&in_stage(&*m, 1, "tii-align")).unwrap_err().to_string();
+    assert!(err.contains("drew no pseudo-samples") && err.contains("n_centroids = 3"), "{err}");
+}
+
+/// EPI with task LoRA: the task's B trains beside its prompt (no other
+/// task's), and inference routes LoRA by the Mahalanobis-identified task.
+#[test]
+fn epi_takes_task_lora_routed_by_its_task_identity() {
+    let mut m = build("epi", "layers = [0, 1]\nlength = 2\nlora = { rank = 2 }");
+    m.begin_task(&task(0)).unwrap();
+    m.train_step(&images(6), &labels(0), &task(0)).unwrap().loss.backward();
+    assert!(has_grad(&var(&*m, "lora.b.0")) && has_grad(&var(&*m, "prompt.0")));
+    assert!(!has_grad(&var(&*m, "lora.b.1")));
+    let mut data = task_data(0);
+    train(&mut *m, 0, 2);
+    m.end_task(&task(0), &mut data).unwrap();
+    let mut data = task_data(1);
+    train(&mut *m, 1, 2);
+    m.end_task(&task(1), &mut data).unwrap();
+    let pred = m.predict(&images(5), 4).unwrap();
+    let ids: Vec<i64> = pred.task_ids.unwrap().try_into().unwrap();
+    assert!(ids.iter().all(|&t| t < 2), "{ids:?}");
+    let err = build_err("epi", "lora = { layers = [7] }");
+    assert!(err.contains("lora.layers: block 7"), "{err}");
 }

@@ -24,8 +24,10 @@ use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, head, LinearInit};
 use crate::method::{Backbone, BatchSource, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::parts::lora::{self, LoraSpec, TaskLora};
 use crate::parts::prompt_param::PrefixExpert;
 use crate::parts::task_prompts::{prefix_prompts, LayerGates, PromptSetConfig, TaskPrompts};
+use crate::parts::Route;
 use crate::{LearnerError, Result};
 
 crate::method_params! {
@@ -39,12 +41,15 @@ crate::method_params! {
         pub shrinkage: f64 = 0.0,
         /// The task prompts' parameterisation (`{ param = "reparam-mlp" }`, …); EPI's prefixes take no gate.
         pub prompt: PrefixExpert = PrefixExpert::default(),
+        /// Task-specific LoRA beside the prefixes, routed by the identified task; none by default.
+        pub lora: Option<LoraSpec> = None,
     }
 }
 
 pub struct Epi {
     vs: nn::VarStore,
     prompts: TaskPrompts,
+    lora: Option<TaskLora>,
     head: nn::Linear,
     /// `[C, D]` frozen-query class means.
     means: Tensor,
@@ -72,6 +77,9 @@ impl Epi {
         if params.prompt.gate.is_some() {
             return Err(LearnerError::Params { method: "epi".into(), reason: "prompt.gate: EPI's prefixes take no gate".into() });
         }
+        if let Some(spec) = &params.lora {
+            spec.validate(depth, ctx.backbone.token_dim()).map_err(|reason| LearnerError::Params { method: "epi".into(), reason })?;
+        }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let f = ctx.feature_dim();
@@ -86,6 +94,12 @@ impl Epi {
             expert: params.prompt.clone(),
         };
         let prompts = TaskPrompts::new(&root, ctx, set).map_err(|e| LearnerError::Params { method: "epi".into(), reason: e.to_string() })?;
+        let lora = params
+            .lora
+            .as_ref()
+            .map(|spec| TaskLora::new(&root, ctx, spec, 61))
+            .transpose()
+            .map_err(|e| LearnerError::Params { method: "epi".into(), reason: e.to_string() })?;
         let c = ctx.num_classes as i64;
         Ok(Self {
             head: head(&root, f, ctx.num_classes, ctx.seed, LinearInit::Torch),
@@ -95,16 +109,19 @@ impl Epi {
             precision: root.zeros_no_train("query_precision", &[f, f]),
             vs,
             prompts,
+            lora,
             backbone: ctx.backbone.clone(),
             task_sizes: ctx.task_sizes.clone(),
             params,
         })
     }
 
-    /// Prompted features for pools `[B or 1, 1, layers, 2, L, H, hd]`.
-    fn prompted(&self, x: &Inputs, pools: &Tensor) -> Result<Tensor> {
+    /// Prompted features for pools `[B or 1, 1, layers, 2, L, H, hd]`, with the LoRA of the task(s) `route` says.
+    fn prompted(&self, x: &Inputs, pools: &Tensor, route: Route) -> Result<Tensor> {
         let (e, _) = self.prompts.choose(pools, None, None)?;
-        Ok(self.backbone.forward(x, &prefix_prompts(Prompts::none(), self.prompts.layers(), &e, LayerGates::None))?.feature)
+        let updates = self.lora.as_ref().map(|l| l.routed(route)).unwrap_or_default();
+        let base = lora::with_updates(Prompts::none(), &updates);
+        Ok(self.backbone.forward(x, &prefix_prompts(base, self.prompts.layers(), &e, LayerGates::None))?.feature)
     }
 
     /// The task each sample's query is nearest to (Mahalanobis, class means of `0..seen`).
@@ -124,16 +141,22 @@ impl ContinualMethod for Epi {
 
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
         self.prompts.begin_task(task.task, false);
+        if let Some(l) = &mut self.lora {
+            l.begin_task(task.task);
+        }
         Ok(())
     }
 
     fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let feats = self.prompted(x, &self.prompts.pool(task.task).unsqueeze(0))?;
+        let feats = self.prompted(x, &self.prompts.pool(task.task).unsqueeze(0), Route::Task(task.task))?;
         Ok(ce_step(&self.head.forward(&feats), labels, task.classes.clone()).with_features(&feats))
     }
 
     fn end_task(&mut self, task: &TaskInfo, data: &mut dyn BatchSource) -> Result<()> {
         self.prompts.seal(task.task, 0.0);
+        if let Some(l) = &mut self.lora {
+            l.seal(task.task);
+        }
         let (q, y) = self.backbone.queries(data)?;
         let f = self.cov_sum.size()[0];
         tch::no_grad(|| {
@@ -165,7 +188,7 @@ impl ContinualMethod for Epi {
         let q = self.backbone.query(x)?;
         let tasks = self.identify(&q, seen);
         let (task_ids, pools, _) = self.prompts.for_tasks(&tasks, x.device());
-        let feats = self.prompted(x, &pools)?;
+        let feats = self.prompted(x, &pools, Route::Samples(&task_ids))?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);
         // Only the identified task's classes compete.
         let c = Tensor::arange(seen as i64, (Kind::Int64, x.device())).unsqueeze(0);

@@ -511,13 +511,24 @@ impl ContinualMethod for HidePrompt {
             ALIGN => (&self.tap_stats, self.batch_size * self.params.align_samples_factor),
             s => return Err(LearnerError::Invalid(format!("{}: stage `{s}` does not generate data", self.name))),
         };
-        if self.params.replay_samples > 0 {
+        let (batches, steps) = if self.params.replay_samples > 0 {
             let steps = (self.params.replay_samples as usize * task.seen.end).div_ceil(self.batch_size as usize);
-            return Ok(alignment::pseudo_batches_drawn(stats, 0..task.seen.end, self.params.replay_samples, self.batch_size, steps));
+            (alignment::pseudo_batches_drawn(stats, 0..task.seen.end, self.params.replay_samples, self.batch_size, steps), steps)
+        } else {
+            let per_centroid = self.params.align_per_centroid && self.params.statistics == StatsKind::MultiCentroid;
+            let draw = if per_centroid { per_class * self.params.n_centroids as i64 } else { per_class };
+            (alignment::pseudo_batches_drawn(stats, 0..task.seen.end, draw, per_class, task.classes.start), task.classes.start)
+        };
+        // Multi-centroid statistics skip single-point clusters (as the official code, which
+        // then fails on an empty `torch.cat`): with every cluster skipped nothing would align.
+        if batches.is_empty() && steps > 0 {
+            return Err(LearnerError::Invalid(format!(
+                "{}: stage `{}` drew no pseudo-samples: every cluster of the seen classes' statistics holds one example \
+                 (n_centroids = {} for this few examples per class); lower n_centroids or use statistics = \"variance\"",
+                self.name, task.stage, self.params.n_centroids
+            )));
         }
-        let per_centroid = self.params.align_per_centroid && self.params.statistics == StatsKind::MultiCentroid;
-        let draw = if per_centroid { per_class * self.params.n_centroids as i64 } else { per_class };
-        Ok(alignment::pseudo_batches_drawn(stats, 0..task.seen.end, draw, per_class, task.classes.start))
+        Ok(batches)
     }
 
     fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
