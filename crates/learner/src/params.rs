@@ -97,8 +97,24 @@ pub fn describe<T: Documented + serde::Serialize>(defaults: &T) -> String {
         for line in f.doc.lines().map(str::trim).filter(|l| !l.is_empty()) {
             out.push_str(&format!("    {line}\n"));
         }
+        // A table of its own (`prompt = { … }`, `lora = { … }`): its keys, each with its doc.
+        for sub in nested(f.ty) {
+            out.push_str(&format!("    {}.{}  ({})\n", f.name, sub.name, sub.ty.replace(' ', "")));
+            for line in sub.doc.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                out.push_str(&format!("        {line}\n"));
+            }
+        }
     }
     out
+}
+
+/// The documented fields of a parameter type that is itself a table.
+fn nested(ty: &str) -> &'static [FieldDoc] {
+    match ty.replace(' ', "").as_str() {
+        "PrefixExpert" => crate::parts::prompt_param::PrefixExpert::fields(),
+        "Option<LoraSpec>" | "LoraSpec" => crate::parts::lora::LoraSpec::fields(),
+        _ => &[],
+    }
 }
 
 #[cfg(test)]

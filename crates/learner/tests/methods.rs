@@ -887,3 +887,13 @@ fn epi_takes_task_lora_routed_by_its_task_identity() {
     let err = build_err("epi", "lora = { layers = [7] }");
     assert!(err.contains("lora.layers: block 7"), "{err}");
 }
+
+/// `promptcl methods --params` lists the keys of the nested tables too.
+#[test]
+fn parameter_help_lists_the_expert_and_lora_keys() {
+    let entry = registry::METHODS.iter().find(|e| e.name == "hide-prompt").unwrap();
+    let text = (entry.describe)();
+    for key in ["prompt.param  (PromptParam)", "prompt.adaptive_kernel  (i64)", "lora.targets  (Vec<LoraTarget>)", "tii_lora.a_init  (LoraInit)"] {
+        assert!(text.contains(key), "{key} missing in:\n{text}");
+    }
+}
