@@ -62,12 +62,7 @@ fn parameterisations_match_their_official_code() {
         let err = common::rel_err(&cls, &g[&format!("{case}.cls")]);
         assert!(err < 1e-5, "{case} class token: {err}");
         (&cls * &g["probe"]).sum(Kind::Float).backward();
-        for (name, t) in &vars {
-            if let Some(want) = g.get(&format!("{case}.grad.{name}")) {
-                let err = common::rel_err(&t.grad(), want);
-                assert!(err < 1e-5, "{case} gradient of {name}: {err}");
-            }
-        }
+        common::assert_grads_match(&vars, &g, |name| format!("{case}.grad.{name}"), case);
         if let Some(gate) = &gate {
             let err = common::rel_err(&gate.grad(), &g[&format!("{case}.grad.zero_gate.0")]);
             assert!(err < 1e-5, "{case} gradient of the gate: {err}");

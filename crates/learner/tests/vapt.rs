@@ -47,12 +47,7 @@ fn adaptive_prompts_match_the_official_code() {
     let err = common::rel_err(&cls, &g["cls"]);
     assert!(err < 1e-5, "class token: {err}");
     (&cls * &g["probe"]).sum(Kind::Float).backward();
-    for (name, t) in &vars {
-        if let Some(want) = g.get(&format!("grad.{name}")) {
-            let err = common::rel_err(&t.grad(), want);
-            assert!(err < 1e-5, "gradient of {name}: {err}");
-        }
-    }
+    common::assert_grads_match(&vars, &g, |name| format!("grad.{name}"), "VAPT");
 }
 
 #[test]

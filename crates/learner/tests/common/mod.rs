@@ -38,3 +38,13 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let b = b.to_kind(a.kind());
     ((a - &b).abs().max() / b.abs().max().clamp_min(1e-30)).double_value(&[])
 }
+
+/// Every variable with a golden gradient (`golden[key(name)]`) matches it to 1e-5 (relative).
+pub fn assert_grads_match(vars: &HashMap<String, Tensor>, golden: &HashMap<String, Tensor>, key: impl Fn(&str) -> String, what: &str) {
+    for (name, t) in vars {
+        if let Some(want) = golden.get(&key(name)) {
+            let err = rel_err(&t.grad(), want);
+            assert!(err < 1e-5, "{what} gradient of {name}: {err}");
+        }
+    }
+}
