@@ -177,8 +177,19 @@ impl AdaptivePrompts {
     }
 
     /// One generator per adaptive block (`layers[1..]`), for [`promptcl_model::Prompts::with_token_generator`].
+    /// Per-sample routes are grouped by task once here (one device read for all blocks).
     pub fn generators<'a>(&'a self, route: Route<'a>, train: bool) -> Vec<(usize, Generator<'a>)> {
-        self.layers[1..].iter().enumerate().map(|(j, &l)| (l, Generator { set: self, layer: j, route, train })).collect()
+        let groups = match route {
+            Route::Task(t) => vec![(t, None)],
+            Route::Samples(ids) => {
+                let mut tasks: Vec<i64> = Vec::try_from(ids.to_device(tch::Device::Cpu)).unwrap_or_default();
+                tasks.sort_unstable();
+                tasks.dedup();
+                tasks.into_iter().map(|t| (t as usize, Some(ids.eq(t).nonzero().squeeze_dim(1)))).collect()
+            }
+        };
+        let groups = std::rc::Rc::new(groups);
+        self.layers[1..].iter().enumerate().map(|(j, &l)| (l, Generator { set: self, layer: j, groups: groups.clone(), train })).collect()
     }
 
     fn compute(&self, task: usize, j: usize, x: &Tensor, grid: (i64, i64), train: bool) -> std::result::Result<Tensor, ModelError> {
@@ -215,28 +226,26 @@ impl AdaptivePrompts {
 pub struct Generator<'a> {
     set: &'a AdaptivePrompts,
     layer: usize,
-    route: Route<'a>,
+    /// Each task of the batch and its samples' indices (none: the whole batch).
+    groups: std::rc::Rc<Vec<(usize, Option<Tensor>)>>,
     train: bool,
 }
 
 impl TokenGenerator for Generator<'_> {
     fn tokens(&self, x: &Tensor, grid: (i64, i64)) -> promptcl_model::Result<Tensor> {
-        match self.route {
-            Route::Task(t) => self.set.compute(t, self.layer, x, grid, self.train),
-            Route::Samples(ids) => {
-                let tasks: Vec<i64> = Vec::try_from(ids.to_device(tch::Device::Cpu)).map_err(|e: tch::TchError| ModelError::Input(e.to_string()))?;
-                let mut distinct = tasks.clone();
-                distinct.sort_unstable();
-                distinct.dedup();
-                let s = x.size();
-                let mut out = Tensor::zeros([s[0], self.set.tokens, s[2]], (Kind::Float, x.device()));
-                for t in distinct {
-                    let idx = ids.eq(t).nonzero().squeeze_dim(1);
-                    let part = self.set.compute(t as usize, self.layer, &x.index_select(0, &idx), grid, self.train)?;
-                    out = out.index_copy(0, &idx, &part);
-                }
-                Ok(out)
-            }
+        match self.groups.as_slice() {
+            [(t, None)] => return self.set.compute(*t, self.layer, x, grid, self.train),
+            // `generators` could not read the ids (not an int64 `[B]`).
+            [] => return Err(ModelError::Input("adaptive prompts: the per-sample task ids must be an int64 [B] tensor".into())),
+            _ => {}
         }
+        let s = x.size();
+        let mut out = Tensor::zeros([s[0], self.set.tokens, s[2]], (Kind::Float, x.device()));
+        for (t, idx) in self.groups.iter() {
+            let Some(idx) = idx else { continue };
+            let part = self.set.compute(*t, self.layer, &x.index_select(0, idx), grid, self.train)?;
+            out = out.index_copy(0, idx, &part);
+        }
+        Ok(out)
     }
 }
