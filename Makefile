@@ -47,6 +47,7 @@ cre-80:
 	SUITE=fewrel80 PROMPTCL_BIN=target/release/promptcl benchmarks/run_cre_cpu.sh finetune_head l2p epi hide_prompt wave_cre wave_cre_embeddings wave_cre_reparam
 	target/release/promptcl compare results/cre-80/runs --out results/cre-80 --paired cre-fewrel80/wave-cre,cre-fewrel80/hide-prompt
 	target/release/promptcl compare results/cre-80/runs --out results/cre-80 --paired cre-fewrel80/epi,cre-fewrel80/hide-prompt
+	target/release/promptcl compare results/cre-80/runs --out results/cre-80 --paired cre-fewrel80-reparam/wave-cre,cre-fewrel80/wave-cre
 	target/release/promptcl compare results/cre-80/runs --out results/cre-80 --paired cre-fewrel80-embeddings/wave-cre,cre-fewrel80/wave-cre
 
 # Every GPU figure of the issues in one go (needs an NVIDIA GPU; results/perf).
