@@ -33,10 +33,15 @@ pub enum Schedule {
     /// (`CosineAnnealingLR(T_max = E)` stepped per epoch, as the official
     /// HiDe-Prompt / NoRGa alignment stages).
     CosineEpoch,
-    /// `lr · rate^⌊epoch / every⌋` (timm `StepLRScheduler`, `--sched step`).
+    /// `lr · rate^⌊t / every⌋` at t = epoch (timm `StepLRScheduler`, `--sched step`);
+    /// with `step_late`, t = max(epoch − 1, 0), as engines that call
+    /// `lr_scheduler.step(epoch)` after epoch e (MoE_PromptCL, HiDe-Prompt): the
+    /// first decay lands one epoch later.
     Step {
         every: usize,
         rate: f64,
+        #[serde(default)]
+        step_late: bool,
     },
     /// `lr · rate^(number of milestones ≤ epoch)`: timm's `MultiStepLRScheduler`
     /// (VPT-NSP decays after passes 40 and 70 of 100).
@@ -82,7 +87,10 @@ impl Schedule {
                 let t = if epochs == 0 { 0.0 } else { epoch as f64 / epochs as f64 };
                 0.5 * lr * (1.0 + (std::f64::consts::PI * t).cos())
             }
-            Self::Step { every, rate } => lr * rate.powi((epoch / every.max(1)) as i32),
+            Self::Step { every, rate, step_late } => {
+                let t = if step_late { epoch.saturating_sub(1) } else { epoch };
+                lr * rate.powi((t / every.max(1)) as i32)
+            }
             Self::Milestones { at, rate } => lr * rate.powi(at.iter().filter(|&&m| m <= epoch).count() as i32),
             Self::CodaCosine => {
                 // One epoch: the official K − 1 = 0 divides by zero; the only epoch runs at lr.
@@ -102,7 +110,7 @@ impl Schedule {
 
     pub fn validate(&self) -> std::result::Result<(), String> {
         match *self {
-            Self::Step { every, rate } if every == 0 || !(rate > 0.0) => {
+            Self::Step { every, rate, .. } if every == 0 || !(rate > 0.0) => {
                 Err(format!("schedule.step: every = {every} must be >= 1 and rate = {rate} > 0"))
             }
             Self::Milestones { at, rate } if at[0] > at[1] || !(rate > 0.0) => {
@@ -455,8 +463,13 @@ mod tests {
         assert_eq!(s.lr(1.0, 0, 5, 10, 4), 1.0);
         assert!((s.lr(1.0, 2, 0, 10, 4) - 0.5).abs() < 1e-12);
         assert!((Schedule::Cosine.lr(1.0, 2, 0, 10, 4) - 0.5).abs() < 1e-12);
-        assert_eq!(Schedule::Step { every: 2, rate: 0.1 }.lr(1.0, 3, 0, 10, 4), 0.1);
-        assert!(Schedule::Step { every: 0, rate: 0.1 }.validate().is_err());
+        assert_eq!(Schedule::Step { every: 2, rate: 0.1, step_late: false }.lr(1.0, 3, 0, 10, 4), 0.1);
+        assert!(Schedule::Step { every: 0, rate: 0.1, step_late: false }.validate().is_err());
+        // MoE_PromptCL's order (decay-epochs 30, 50 epochs): epochs 0–30 at lr, 31–49 at lr / 10.
+        let late = Schedule::Step { every: 30, rate: 0.1, step_late: true };
+        assert_eq!((late.lr(1.0, 30, 0, 1, 50), late.lr(1.0, 31, 0, 1, 50)), (1.0, 0.1));
+        let s: Schedule = serde_json::from_str(r#"{"step": {"every": 30, "rate": 0.1}}"#).unwrap();
+        assert_eq!(s, Schedule::Step { every: 30, rate: 0.1, step_late: false }, "step_late defaults to false");
     }
 
     /// CODA-Prompt's official CIFAR run (lr 0.001, 20 epochs): the rates its

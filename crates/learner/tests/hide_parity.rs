@@ -34,7 +34,7 @@ fn check(layout: &str) {
         batch_size: 4,
         epochs: 2,
         clip_grad_norm: 1.0,
-        schedule: Schedule::Step { every: 30, rate: 0.1 },
+        schedule: Schedule::Step { every: 30, rate: 0.1, step_late: false },
         ..OptimConfig::default()
     };
     let ctx = common::vit_ctx(3, 2, optim.clone(), None);

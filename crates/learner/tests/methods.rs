@@ -323,7 +323,8 @@ fn hide_prompt_stages_follow_the_official_runs_and_train_their_own_parameters() 
     let names = |t: usize| m.stages(&task(t), &OptimConfig::default()).iter().map(|s| s.name).collect::<Vec<_>>();
     assert_eq!(names(0), ["tii", "prompt"], "no alignment before there are old classes");
     assert_eq!(names(1), ["tii", "tii-align", "prompt", "align"]);
-    let optim = OptimConfig { kind: OptimizerKind::Sgd, schedule: Schedule::Step { every: 30, rate: 0.1 }, ..OptimConfig::default() };
+    let optim =
+        OptimConfig { kind: OptimizerKind::Sgd, schedule: Schedule::Step { every: 30, rate: 0.1, step_late: false }, ..OptimConfig::default() };
     for s in m.stages(&task(1), &optim) {
         let opt = s.optimizer(m.vars());
         let trained = opt.names();
