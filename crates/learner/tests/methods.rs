@@ -284,6 +284,18 @@ fn in_stage(m: &dyn ContinualMethod, t: usize, stage: &str) -> TaskInfo {
     info.in_stage(s)
 }
 
+/// Task 0's features before training are exactly the frozen query's (`what`
+/// makes them so); then one backward of the prompt stage, on the returned batch.
+fn starts_as_the_frozen_model(m: &mut dyn ContinualMethod, what: &str) -> Inputs {
+    m.begin_task(&task(0)).unwrap();
+    let x = images(3);
+    let frozen = tch::no_grad(|| ctx().backbone.query(&x).unwrap());
+    let f = m.task_features(&x, &task(0)).unwrap().unwrap();
+    assert!(f.equal(&frozen), "{what}: the frozen model, by {}", (&f - &frozen).abs().max().double_value(&[]));
+    m.train_step(&x, &labels(0), &in_stage(m, 0, "prompt")).unwrap().loss.backward();
+    x
+}
+
 /// One epoch of every stage of task `t` over two fixed batches (the harness's order of calls).
 fn run_task(m: &mut dyn ContinualMethod, t: usize, data: &mut Counting) {
     let batches = vec![(images(10 + t as i64), labels(t)), (images(20 + t as i64), labels(t))];
@@ -673,12 +685,7 @@ fn slca_trains_slowly_aligns_and_recalls_the_heads() {
 fn hide_prompt_experts_start_as_no_ops_train_their_own_parts_and_keep_finished_ones() {
     let params = format!("{HIDE}\nprompt = {{ param = \"nonlinear\", gate = \"zero-init\" }}");
     let mut m = build("hide-prompt", &params);
-    m.begin_task(&task(0)).unwrap();
-    let x = images(3);
-    let frozen = tch::no_grad(|| ctx().backbone.query(&x).unwrap());
-    let f = m.task_features(&x, &task(0)).unwrap().unwrap();
-    assert!(f.equal(&frozen), "a closed gate is the frozen model, by {}", (&f - &frozen).abs().max().double_value(&[]));
-    m.train_step(&x, &labels(0), &in_stage(&*m, 0, "prompt")).unwrap().loss.backward();
+    starts_as_the_frozen_model(&mut *m, "a closed gate");
     assert!(has_grad(&var(&*m, "zero_gate.0")), "the gate opens by gradient");
     for name in ["e_prompt.1", "zero_gate.1", "tii.head.weight"] {
         assert!(!has_grad(&var(&*m, name)), "{name}");
@@ -730,12 +737,7 @@ fn hide_lora_trains_its_task_update_keeps_finished_ones_and_routes_by_tii() {
     let fast = "tii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nn_centroids = 2\nlora = { layers = [0, 2] }\ntii_lora = { layers = [1] }";
     let mut m = build("hide-lora", fast);
     assert!(!m.vars().variables().keys().any(|k| k.starts_with("e_prompt")), "no task prompts");
-    m.begin_task(&task(0)).unwrap();
-    let x = images(3);
-    let frozen = tch::no_grad(|| ctx().backbone.query(&x).unwrap());
-    let f = m.task_features(&x, &task(0)).unwrap().unwrap();
-    assert!(f.equal(&frozen), "B = 0: the frozen model, by {}", (&f - &frozen).abs().max().double_value(&[]));
-    m.train_step(&x, &labels(0), &in_stage(&*m, 0, "prompt")).unwrap().loss.backward();
+    let x = starts_as_the_frozen_model(&mut *m, "B = 0");
     assert!(has_grad(&var(&*m, "lora.b.0")) && !has_grad(&var(&*m, "lora.a.0")), "at B = 0 only B has a gradient");
     for name in ["lora.a.1", "lora.b.1", "tii.head.weight", "tii_lora.b.0"] {
         assert!(!has_grad(&var(&*m, name)), "{name}");

@@ -121,17 +121,11 @@ impl Layer {
         let (b, t, d) = (s[0], s[1], s[2]);
         let split = |y: Tensor| y.view([b, t, self.heads, d / self.heads]).transpose(1, 2);
         let lora = lp.and_then(|lp| lp.lora);
-        let project = |lin: &nn::Linear, target: LoraTarget| match lora {
-            Some(l) => l.add(target, x, lin.forward(x)),
-            None => lin.forward(x),
-        };
+        let project = |lin: &nn::Linear, target: LoraTarget| LayerLora::add_if(lora, target, x, lin.forward(x));
         let (q, k, v) =
             (split(project(&self.query, LoraTarget::Q)), split(project(&self.key, LoraTarget::K)), split(project(&self.value, LoraTarget::V)));
         let ctx = attend(&q, &k, &v, prefix, hook, lp.and_then(|lp| lp.zero_gate), Some(mask), opts.attention).transpose(1, 2).reshape([b, t, d]);
-        let attn_out = match lora {
-            Some(l) => l.add(LoraTarget::Out, &ctx, self.attn_out.forward(&ctx)),
-            None => self.attn_out.forward(&ctx),
-        };
+        let attn_out = LayerLora::add_if(lora, LoraTarget::Out, &ctx, self.attn_out.forward(&ctx));
         let h = self.attn_norm.forward(&(attn_out + x));
         let inter = self.intermediate.forward(&h).gelu("none");
         let ffn = self.out.forward(&inter) + &h;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::prompt::check_float;
 
 /// Which projection an update applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -89,9 +90,7 @@ impl LoraUpdate {
             return bad();
         }
         for (name, t) in [("a", &self.a), ("b", &self.b)] {
-            if !matches!(t.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
-                return Err(ModelError::Input(format!("layer {layer}: LoRA `{}` {name} must be a float tensor, got {:?}", target.name(), t.kind())));
-            }
+            check_float(t, layer, &format!("LoRA `{}` {name}", target.name()))?;
         }
         Ok(())
     }
@@ -130,6 +129,14 @@ impl LayerLora {
     pub(crate) fn add(&self, target: LoraTarget, x: &Tensor, y: Tensor) -> Tensor {
         match self.get(target) {
             Some(u) => y + u.delta(x),
+            None => y,
+        }
+    }
+
+    /// [`Self::add`] for a layer that may have no updates at all.
+    pub(crate) fn add_if(lora: Option<&Self>, target: LoraTarget, x: &Tensor, y: Tensor) -> Tensor {
+        match lora {
+            Some(l) => l.add(target, x, y),
             None => y,
         }
     }

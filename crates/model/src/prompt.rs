@@ -484,7 +484,7 @@ pub(crate) fn split_prompt_tokens(x: &Tensor, inserted: i64) -> (Tensor, Option<
     (Tensor::cat(&[x.narrow(1, 0, 1), x.narrow(1, 1 + inserted, rest)], 1), Some(x.narrow(1, 1, inserted)))
 }
 
-fn check_float(t: &Tensor, layer: usize, what: &str) -> Result<()> {
+pub(crate) fn check_float(t: &Tensor, layer: usize, what: &str) -> Result<()> {
     if matches!(t.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
         Ok(())
     } else {

@@ -82,11 +82,7 @@ impl Attention {
         let out =
             attend(&q, &k, &v, lp.and_then(|lp| lp.prefix.as_ref()), lp.and_then(|lp| lp.score_hook), lp.and_then(|lp| lp.zero_gate), None, imp);
         let out = out.transpose(1, 2).reshape([b, n, c]);
-        let y = self.proj.forward(&out);
-        let y = match lora {
-            Some(l) => l.add(LoraTarget::Out, &out, y),
-            None => y,
-        };
+        let y = LayerLora::add_if(lora, LoraTarget::Out, &out, self.proj.forward(&out));
         with_ssf(y, ssf.map(|s| &s.proj))
     }
 }

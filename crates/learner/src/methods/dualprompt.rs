@@ -181,8 +181,7 @@ impl ContinualMethod for DualPrompt {
         let query = self.backbone.query(x)?;
         let n_tasks = tasks_seen(&self.task_sizes, seen);
         let ids = self.match_task(&query, n_tasks);
-        let tasks: Vec<usize> = Vec::<i64>::try_from(&ids)?.into_iter().map(|t| t as usize).collect();
-        let (ids, pools, _) = self.e_prompts.for_tasks(&tasks, x.device());
+        let (pools, _) = self.e_prompts.for_ids(&ids, n_tasks);
         let (e, _) = self.e_prompts.choose(&pools, None, None)?;
         let feature = self.prompted(x, &e, Route::Samples(&ids))?;
         let logits = self.head.forward(&feature).narrow(1, 0, seen as i64);

@@ -66,19 +66,17 @@ pub struct Epi {
 impl Epi {
     pub fn new(ctx: &MethodContext, mut params: Params) -> Result<Self> {
         let depth = ctx.backbone.depth();
+        let bad = |reason: String| LearnerError::Params { method: "epi".into(), reason };
         // The default "every layer" follows the backbone.
         params.layers.retain(|&l| l < depth);
         if params.layers.is_empty() || params.length < 1 || !(params.shrinkage >= 0.0) {
-            return Err(LearnerError::Params {
-                method: "epi".into(),
-                reason: format!("need layers within 0..{depth}, length >= 1 and shrinkage >= 0"),
-            });
+            return Err(bad(format!("need layers within 0..{depth}, length >= 1 and shrinkage >= 0")));
         }
         if params.prompt.gate.is_some() {
-            return Err(LearnerError::Params { method: "epi".into(), reason: "prompt.gate: EPI's prefixes take no gate".into() });
+            return Err(bad("prompt.gate: EPI's prefixes take no gate".into()));
         }
         if let Some(spec) = &params.lora {
-            spec.validate(depth, ctx.backbone.token_dim()).map_err(|reason| LearnerError::Params { method: "epi".into(), reason })?;
+            spec.validate(depth, ctx.backbone.token_dim()).map_err(bad)?;
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
@@ -93,13 +91,8 @@ impl Epi {
             seed_tag: 60,
             expert: params.prompt.clone(),
         };
-        let prompts = TaskPrompts::new(&root, ctx, set).map_err(|e| LearnerError::Params { method: "epi".into(), reason: e.to_string() })?;
-        let lora = params
-            .lora
-            .as_ref()
-            .map(|spec| TaskLora::new(&root, ctx, spec, 61))
-            .transpose()
-            .map_err(|e| LearnerError::Params { method: "epi".into(), reason: e.to_string() })?;
+        let prompts = TaskPrompts::new(&root, ctx, set).map_err(|e| bad(e.to_string()))?;
+        let lora = params.lora.as_ref().map(|spec| TaskLora::new(&root, ctx, spec, 61)).transpose().map_err(|e| bad(e.to_string()))?;
         let c = ctx.num_classes as i64;
         Ok(Self {
             head: head(&root, f, ctx.num_classes, ctx.seed, LinearInit::Torch),

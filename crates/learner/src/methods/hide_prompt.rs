@@ -563,18 +563,20 @@ impl ContinualMethod for HidePrompt {
     }
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
-        let q = self.query(x)?;
-        let tasks = if self.tii_lora.is_some() {
-            self.tii.predict_tasks(&tch::no_grad(|| self.tii_input(x))?, seen)
-        } else {
-            self.tii.predict_tasks(&q, seen)
-        };
+        // The frozen query is TII's input without `tii_lora`; with it, only key matching reads one.
+        let tii_q = tch::no_grad(|| self.tii_input(x))?;
+        let tasks = self.tii.predict_tasks(&tii_q, seen);
         let (task_ids, e) = match &self.prompts {
             Some(set) => {
                 let (task_ids, pools, keys) = set.for_tasks(&tasks, x.device());
-                (task_ids, Some(set.choose(&pools, keys.as_ref(), Some(&q))?.0))
+                let q = match (&self.tii_lora, &keys) {
+                    (None, _) => Some(tii_q),
+                    (Some(_), Some(_)) => Some(self.query(x)?),
+                    (Some(_), None) => None,
+                };
+                (task_ids, Some(set.choose(&pools, keys.as_ref(), q.as_ref())?.0))
             }
-            None => (Tensor::from_slice(&tasks.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(x.device()), None),
+            None => (crate::parts::task_ids(&tasks, x.device()), None),
         };
         let feats = self.prompted(x, e.as_ref(), Route::Samples(&task_ids), false)?;
         let logits = self.head.forward(&feats).narrow(1, 0, seen as i64);

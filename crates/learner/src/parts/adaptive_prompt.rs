@@ -147,21 +147,13 @@ impl AdaptivePrompts {
 
     /// Trains task `t`'s expert only; with `copy_previous` it starts as task t−1's.
     pub fn begin_task(&mut self, t: usize, copy_previous: bool) {
-        if copy_previous && t > 0 {
-            tch::no_grad(|| {
-                for (dst, src) in self.experts[t].tensors().into_iter().zip(self.experts[t - 1].tensors()) {
-                    dst.shallow_clone().copy_(src);
-                }
-            });
-        }
-        for (i, e) in self.experts.iter().enumerate() {
-            for v in e.tensors() {
-                let mut v = v.shallow_clone();
-                if i != t {
-                    v.zero_grad();
-                }
-                let _ = v.set_requires_grad(i == t);
+        // Tensor by tensor, the tasks' copies side by side (shallow: the same storage).
+        for k in 0..self.experts[0].tensors().len() {
+            let mut per_task: Vec<Tensor> = self.experts.iter().map(|e| e.tensors()[k].shallow_clone()).collect();
+            if copy_previous {
+                super::copy_previous(&mut per_task, t);
             }
+            super::train_only(&mut per_task, t);
         }
     }
 
@@ -169,10 +161,7 @@ impl AdaptivePrompts {
     pub fn first_tokens(&self, route: Route) -> Tensor {
         match route {
             Route::Task(t) => self.experts[t].first.shallow_clone(),
-            Route::Samples(ids) => {
-                let n = ids.max().int64_value(&[]) as usize + 1;
-                Tensor::cat(&self.experts[..n].iter().map(|e| e.first.shallow_clone()).collect::<Vec<_>>(), 0).index_select(0, ids)
-            }
+            Route::Samples(ids) => Tensor::cat(&self.experts.iter().map(|e| e.first.shallow_clone()).collect::<Vec<_>>(), 0).index_select(0, ids),
         }
     }
 
@@ -214,11 +203,6 @@ impl AdaptivePrompts {
         let hidden = y.matmul(&e.mlp.0.tr()).relu();
         let hidden = if train && self.shape.mlp_dropout > 0.0 { hidden.dropout(self.shape.mlp_dropout, true) } else { hidden };
         Ok(&y + hidden.matmul(&e.mlp.1.tr()))
-    }
-
-    /// Tokens per expert at most.
-    pub fn length(&self) -> i64 {
-        self.tokens
     }
 }
 

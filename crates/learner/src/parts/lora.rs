@@ -181,14 +181,11 @@ impl TaskLora {
 
     /// Each sample's task's updates per block, `task_ids` `[B]` (int64).
     pub fn of_samples(&self, task_ids: &Tensor) -> Vec<(usize, LayerLora)> {
-        let n = task_ids.max().int64_value(&[]) as usize + 1;
-        let a = Tensor::stack(&self.a[..n], 0).index_select(0, task_ids);
-        let b = Tensor::stack(&self.b[..n], 0).index_select(0, task_ids);
+        let a = Tensor::stack(&self.a, 0).index_select(0, task_ids);
+        let b = Tensor::stack(&self.b, 0).index_select(0, task_ids);
         self.layers(&a, &b, 1)
     }
-}
 
-impl TaskLora {
     /// The updates per block for `route`.
     pub fn routed(&self, route: super::Route) -> Vec<(usize, LayerLora)> {
         match route {

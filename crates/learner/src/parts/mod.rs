@@ -33,7 +33,7 @@ pub mod ridge;
 pub mod task_prompts;
 pub mod tii;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// Whose per-task experts (prompts, gates, LoRA, adaptive prompts) a forward pass uses.
 #[derive(Clone, Copy)]
@@ -65,4 +65,9 @@ pub fn copy_previous(vars: &mut [Tensor], t: usize) {
             vars[t].copy_(&prev);
         });
     }
+}
+
+/// Per-sample task ids `[B]` (int64 on `device`), the form [`Route::Samples`] takes.
+pub fn task_ids(tasks: &[usize], device: Device) -> Tensor {
+    Tensor::from_slice(&tasks.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(device)
 }

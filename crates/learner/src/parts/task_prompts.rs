@@ -203,12 +203,16 @@ impl TaskPrompts {
     /// Routes each sample to its task's pool: the task ids `[B]` (int64 on
     /// `device`), the pools `[B, M, ...]` and keys `[B, M, D]`.
     pub fn for_tasks(&self, tasks: &[usize], device: Device) -> (Tensor, Tensor, Option<Tensor>) {
-        let ids: Vec<i64> = tasks.iter().map(|&t| t as i64).collect();
-        let task_ids = Tensor::from_slice(&ids).to_device(device);
-        let n_tasks = tasks.iter().max().map_or(1, |&m| m + 1);
-        let pools = self.pools(n_tasks).index_select(0, &task_ids);
-        let keys = self.keyed().then(|| Tensor::stack(&self.keys[..n_tasks], 0).index_select(0, &task_ids));
+        let task_ids = super::task_ids(tasks, device);
+        let (pools, keys) = self.for_ids(&task_ids, tasks.iter().max().map_or(1, |&m| m + 1));
         (task_ids, pools, keys)
+    }
+
+    /// [`Self::for_tasks`] for ids already on the device (`[B]` int64, each below `n_tasks`).
+    pub fn for_ids(&self, task_ids: &Tensor, n_tasks: usize) -> (Tensor, Option<Tensor>) {
+        let pools = self.pools(n_tasks).index_select(0, task_ids);
+        let keys = self.keyed().then(|| Tensor::stack(&self.keys[..n_tasks], 0).index_select(0, task_ids));
+        (pools, keys)
     }
 
     /// Each sample's prefix from its pool: `pools` `[B or 1, M, layers, 2, L, H, hd]`,
