@@ -73,8 +73,13 @@ fn check(layout: &str) {
             Some(v) => v,
             None => continue,
         };
+        // Four Adam steps of lr·4/256 ≈ 0.016 each: Adam divides every gradient element by
+        // its own running norm, so where an element's gradient is ~1e-8 (its eps) a
+        // last-bit difference between CPUs' kernels moves the step visibly (1.6e-5 on
+        // one Xeon, < 1e-5 on another). The losses above hold to 1e-5; the parameters
+        // to 1e-4, under 1 % of one step.
         let d = max_diff(&vars[var], want);
-        assert!(d <= 1e-5, "{layout}: {var} after the task differs from the official run by {d}");
+        assert!(d <= 1e-4, "{layout}: {var} after the task differs from the official run by {d}");
         assert!(max_diff(&vars[var], &g[&format!("init.{var}")]) > 1e-3, "{var} was trained");
     }
 }
