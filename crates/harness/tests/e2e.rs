@@ -12,7 +12,8 @@ fn params(method: &str) -> &'static str {
     match method {
         // E-prompts as experts: reparameterised, zero-init gated, with task LoRA (resumed below too).
         "dualprompt" => "g_layers = [0]\ne_layers = [1, 2]\ne_length = 3\nprompt = { param = \"reparam-mlp\", gate = \"zero-init\" }\nlora = { rank = 2 }",
-        "coda-prompt" => "pool_size = 10\nlength = 4\nlayers = [0, 1, 2]",
+        // Components as experts: reparameterised, under one shared zero-init gate, beside a shared LoRA.
+        "coda-prompt" => "pool_size = 10\nlength = 4\nlayers = [0, 1, 2]\nprompt = { param = \"reparam-mlp\", reparam_hidden = 8, gate = \"zero-init\" }\nlora = { rank = 2 }",
         "l2p" => "pool_size = 6\ntop_k = 2\nlength = 3",
         // Each prompt parameterisation and gate of issue #18 once (the goldens cover the direct prefixes).
         "hide-prompt" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nprompt = { param = \"nonlinear\", gate = \"zero-init\" }",

@@ -130,9 +130,9 @@ fn l2p_selects_the_nearest_keys_batchwise() {
 fn coda_components_of_finished_tasks_are_frozen_and_new_ones_orthogonal() {
     let mut m = build("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0, 1]");
     train(&mut *m, 0, 3);
-    let old = snapshot(&*m, "e.0.");
+    let old = snapshot(&*m, "e.");
     let old0: Vec<_> = old.into_iter().filter(|(k, _)| k.ends_with(".0")).collect();
-    assert_eq!(old0.len(), 3, "p, k, a of task 0 in layer 0");
+    assert_eq!(old0.len(), 5, "task 0's components (every layer) and its k, a in layers 0 and 1");
     train(&mut *m, 1, 3);
     for (name, before) in &old0 {
         assert!(before.equal(&var(&*m, name)), "{name} changed after task 1");
@@ -169,7 +169,11 @@ fn coda_orthogonality_penalty_weighs_k_a_and_p_by_ortho_mu() {
     };
     let want: f64 = [0, 1]
         .iter()
-        .flat_map(|l| ["k", "a", "p"].map(|w| Tensor::cat(&[var(&*m, &format!("e.{l}.{w}.0")), var(&*m, &format!("e.{l}.{w}.1"))], 0)))
+        .flat_map(|l| {
+            let p = |t: usize| var(&*m, &format!("e.p.{t}")).select(1, *l);
+            let [k, a] = ["k", "a"].map(|w| Tensor::cat(&[var(&*m, &format!("e.{l}.{w}.0")), var(&*m, &format!("e.{l}.{w}.1"))], 0));
+            [k, a, Tensor::cat(&[p(0), p(1)], 0)]
+        })
         .map(|t| 0.5 * pen(&t))
         .sum();
     assert!(want > 0.1, "the components are not orthonormal, so the penalty is not small: {want}");
@@ -540,7 +544,7 @@ fn task_prompts_mix_with_earlier_tasks_write_back_and_copy_forward() {
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = PromptSetConfig {
         prompt_name: "p",
-        key_name: "k",
+        key_name: Some("k"),
         layers: vec![0, 1],
         length: 2,
         pool_size: 1,
@@ -899,4 +903,65 @@ fn parameter_help_lists_the_expert_and_lora_keys() {
     for key in ["prompt.param  (PromptParam)", "prompt.adaptive_kernel  (i64)", "lora.targets  (Vec<LoraTarget>)", "tii_lora.a_init  (LoraInit)"] {
         assert!(text.contains(key), "{key} missing in:\n{text}");
     }
+}
+
+/// CODA-Prompt with reparameterised components: task 0's prompted feature is
+/// bit-identical after task 1 trained the shared generator (its components
+/// are sealed with their task; its keys and attention vectors frozen), and
+/// task 1's components start orthogonal to task 0's in what trains, the
+/// embeddings.
+#[test]
+fn coda_generated_components_of_finished_tasks_are_sealed() {
+    let params = "pool_size = 10\nlength = 4\nlayers = [0, 1]\nprompt = { param = \"reparam-mlp\", reparam_hidden = 8 }";
+    let mut m = build("coda-prompt", params);
+    train(&mut *m, 0, 2);
+    m.end_task(&task(0), &mut Held(vec![])).unwrap();
+    assert_eq!(var(&*m, "e.p_sealed").double_value(&[0]), 1.0);
+    let x = images(7);
+    let before = m.predict(&x, PER_TASK).unwrap().features.unwrap();
+    let generator = snapshot(&*m, "e.p_gen.");
+    train(&mut *m, 1, 2);
+    let after = m.predict(&x, PER_TASK).unwrap().features.unwrap();
+    assert!(before.equal(&after), "task 0's feature moved by {}", (&before - &after).abs().max().double_value(&[]));
+    assert!(generator.iter().any(|(k, v)| !v.equal(&var(&*m, k))), "the shared generator trains in task 1");
+    let rows = |t: usize| var(&*m, &format!("e.p.{t}")).select(1, 0).flatten(1, -1);
+    let mut fresh = build("coda-prompt", params);
+    fresh.begin_task(&task(0)).unwrap();
+    fresh.begin_task(&task(1)).unwrap();
+    let rows_fresh = |t: usize| var(&*fresh, &format!("e.p.{t}")).select(1, 0).flatten(1, -1);
+    let cross = rows_fresh(1).matmul(&rows_fresh(0).tr()).abs().max().double_value(&[]);
+    assert!(cross < 1e-5, "task-1 embeddings not orthogonal to task 0's: {cross}");
+    assert_eq!(rows(0).size(), [2, 2 * 64], "two components per task, each length/2 × D embeddings");
+}
+
+/// A zero-initialised gate makes CODA-Prompt start as the frozen model; it is
+/// one gate for every task (CODA infers no task), trained in each, and the
+/// shared LoRA beside it too. A nonlinear parameterisation whose embeddings
+/// are narrower than the pool cannot be orthogonalised: an error naming
+/// `pool_size`, as is LoRA momentum, which needs per-task factors.
+#[test]
+fn coda_zero_gate_starts_as_the_frozen_model_and_is_shared_by_the_tasks() {
+    let mut m = build("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0, 1]\nprompt = { gate = \"zero-init\" }\nlora = { rank = 2 }");
+    assert!(!m.vars().variables().contains_key("zero_gate.1"), "one shared gate set");
+    m.begin_task(&task(0)).unwrap();
+    let x = images(3);
+    let frozen = tch::no_grad(|| ctx().backbone.query(&x).unwrap());
+    let f = m.predict(&x, PER_TASK).unwrap().features.unwrap();
+    assert!(f.equal(&frozen), "closed gates and B = 0: the frozen model, by {}", (&f - &frozen).abs().max().double_value(&[]));
+    train(&mut *m, 0, 2);
+    m.end_task(&task(0), &mut Held(vec![])).unwrap();
+    m.begin_task(&task(1)).unwrap();
+    m.train_step(&images(4), &labels(1), &task(1)).unwrap().loss.backward();
+    for name in ["zero_gate.0", "lora.b.0", "e.p.1", "e.0.k.1"] {
+        assert!(has_grad(&var(&*m, name)), "{name} trains in task 1");
+    }
+    for name in ["e.p.0", "e.0.k.0", "e.1.a.0"] {
+        assert!(!has_grad(&var(&*m, name)), "{name} is task 0's and frozen");
+    }
+    let err = build_err("coda-prompt", "pool_size = 10\nlayers = [0]\nprompt = { param = \"nonlinear\", nonlinear_embed = 8 }");
+    assert!(err.contains("pool_size 10 exceeds the 8 numbers"), "{err}");
+    let err = build_err("coda-prompt", "pool_size = 100\nlayers = [0]");
+    assert!(err.contains("pool_size 100 exceeds the query width 64"), "{err}");
+    let err = build_err("coda-prompt", "pool_size = 10\nlayers = [0]\nlora = { momentum = 0.5 }");
+    assert!(err.contains("lora.momentum"), "{err}");
 }

@@ -16,7 +16,7 @@ use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
 mod common;
 
 fn set(expert: PrefixExpert) -> PromptSetConfig {
-    PromptSetConfig { prompt_name: "p", key_name: "k", layers: vec![0, 2], length: 3, pool_size: 1, top_k: 1, seed_tag: 9, expert }
+    PromptSetConfig { prompt_name: "p", key_name: Some("k"), layers: vec![0, 2], length: 3, pool_size: 1, top_k: 1, seed_tag: 9, expert }
 }
 
 #[test]

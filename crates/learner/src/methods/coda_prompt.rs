@@ -11,6 +11,20 @@
 //! it, per prompted layer: `ortho_mu·(‖KKᵀ−I‖² + ‖AAᵀ−I‖² + ‖PPᵀ−I‖²)` (means,
 //! over the components of every task so far), only when `ortho_mu > 0` (the
 //! official runs have 0). Its schedule is `coda-cosine` (`[optim]`).
+//!
+//! Experts (issue #18), where CODA-Prompt's code is silent, chosen as follows:
+//! - `prompt = { param, … }` parameterises the components: each task's
+//!   components are a [`TaskPrompts`] set (`pool_size / tasks` prompts of
+//!   `length / 2` key and value positions), so a generated task's components
+//!   are sealed at the end of its task like any task prompt. Gram–Schmidt
+//!   orthogonalises what trains, the set's parameters (for `direct` the
+//!   components themselves, as the official code; otherwise the embeddings the
+//!   generator reads), and the ortho penalty reads the same tensors.
+//! - `prompt.gate`: the prefix mixes every task's components, so there is no
+//!   task to route a gate by: NoRGa's gate is as everywhere (trained in the
+//!   first task), a zero-initialised gate is one set trained in every task.
+//! - `lora = { … }`: likewise one shared set of factors trained in every task
+//!   (sequential LoRA), since CODA-Prompt infers no task.
 
 use std::rc::Rc;
 
@@ -20,7 +34,11 @@ use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, gaussian, head, l2_normalize, seeded_uniform, train_classes, var_from, LinearInit};
 use crate::method::{tasks_seen, Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
-use crate::parts::train_only;
+use crate::parts::gate::ExpertGates;
+use crate::parts::lora::{self, LoraSpec, TaskLora};
+use crate::parts::prompt_param::PrefixExpert;
+use crate::parts::task_prompts::{prefix_prompts, LayerGates, PromptSetConfig, TaskPrompts};
+use crate::parts::{train_only, Route};
 use crate::{LearnerError, Result};
 
 crate::method_params! {
@@ -36,12 +54,15 @@ crate::method_params! {
         pub ortho_mu: f64 = 0.0,
         /// Score only the task's classes while training (`train_mask`).
         pub train_mask: bool = true,
+        /// The components' parameterisation and the prefix gate (see hide-prompt's `prompt`); direct by default.
+        pub prompt: PrefixExpert = PrefixExpert::default(),
+        /// One LoRA trained in every task (CODA-Prompt infers no task to route per-task factors by); none by default.
+        pub lora: Option<LoraSpec> = None,
     }
 }
 
-/// One layer's components, one variable per task: `p[t]` `[pt, L, D]`, `k[t]`, `a[t]` `[pt, D]`.
+/// One layer's keys and attention vectors, one variable per task: `k[t]`, `a[t]` `[pt, D]`.
 struct Layer {
-    p: Vec<Tensor>,
     k: Vec<Tensor>,
     a: Vec<Tensor>,
 }
@@ -49,6 +70,10 @@ struct Layer {
 pub struct CodaPrompt {
     vs: nn::VarStore,
     layers: Vec<(usize, Layer)>,
+    /// The components, per task `[pt, layers, …]` (`e.p.<t>`).
+    components: TaskPrompts,
+    gates: Option<ExpertGates>,
+    lora: Option<TaskLora>,
     head: nn::Linear,
     backbone: Rc<Backbone>,
     task_sizes: Vec<usize>,
@@ -58,74 +83,149 @@ pub struct CodaPrompt {
 
 impl CodaPrompt {
     pub fn new(ctx: &MethodContext, params: Params) -> Result<Self> {
-        let bad = |reason: String| Err(LearnerError::Params { method: "coda-prompt".into(), reason });
+        let bad = |reason: String| LearnerError::Params { method: "coda-prompt".into(), reason };
         if !params.pool_size.is_multiple_of(ctx.num_tasks) || params.pool_size == 0 {
-            return bad(format!("pool_size {} must be a positive multiple of the number of tasks {}", params.pool_size, ctx.num_tasks));
+            return Err(bad(format!("pool_size {} must be a positive multiple of the number of tasks {}", params.pool_size, ctx.num_tasks)));
         }
         if params.length < 2 || params.length % 2 != 0 {
-            return bad(format!("length {} must be even (split into key and value halves)", params.length));
+            return Err(bad(format!("length {} must be even (split into key and value halves)", params.length)));
         }
         if let Some(l) = params.layers.iter().find(|&&l| l >= ctx.backbone.depth()) {
-            return bad(format!("layer {l} beyond the backbone's depth {}", ctx.backbone.depth()));
+            return Err(bad(format!("layer {l} beyond the backbone's depth {}", ctx.backbone.depth())));
+        }
+        let (d, f) = (ctx.token_dim(), ctx.feature_dim());
+        // Gram–Schmidt draws `pool_size` orthogonal rows: it cannot in fewer dimensions.
+        if params.pool_size as i64 > f {
+            return Err(bad(format!("pool_size {} exceeds the query width {f}: keys cannot all be orthogonal", params.pool_size)));
+        }
+        if let Some(spec) = &params.lora {
+            spec.validate(ctx.backbone.depth(), d).map_err(bad)?;
+            if spec.init_from_previous || spec.momentum != 0.0 {
+                return Err(bad("lora.init_from_previous and lora.momentum mix per-task factors; CODA-Prompt's LoRA is one shared set".into()));
+            }
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let pt = (params.pool_size / ctx.num_tasks) as i64;
-        let (d, f) = (ctx.token_dim(), ctx.feature_dim());
+        let set = PromptSetConfig {
+            prompt_name: "p",
+            key_name: None,
+            layers: params.layers.clone(),
+            length: params.length / 2,
+            pool_size: pt as usize,
+            top_k: 1,
+            seed_tag: 22,
+            expert: params.prompt.clone(),
+        };
+        let components = TaskPrompts::new(&(&root / "e"), ctx, set).map_err(|e| bad(e.to_string()))?;
+        let width: i64 = components.params()[0].select(1, 0).size()[1..].iter().product();
+        if params.pool_size as i64 > width {
+            return Err(bad(format!(
+                "pool_size {} exceeds the {width} numbers of a component's parameters (length, prompt.param): they cannot all be orthogonal",
+                params.pool_size
+            )));
+        }
         let mut layers = Vec::new();
         for &l in &params.layers {
             let lp = &root / "e" / l;
-            let mut layer = Layer { p: Vec::new(), k: Vec::new(), a: Vec::new() };
+            let mut layer = Layer { k: Vec::new(), a: Vec::new() };
             for t in 0..ctx.num_tasks {
                 let s = |which: u64, dims: &[i64]| seeded_uniform(ctx.seed, &[20, l as u64, t as u64, which], dims, 0.0, 1.0);
-                layer.p.push(var_from(&(&lp / "p"), &t.to_string(), s(0, &[pt, params.length, d])));
                 layer.k.push(var_from(&(&lp / "k"), &t.to_string(), s(1, &[pt, f])));
                 layer.a.push(var_from(&(&lp / "a"), &t.to_string(), s(2, &[pt, f])));
             }
             layers.push((l, layer));
         }
+        let (h, hd) = (ctx.backbone.num_heads(), ctx.backbone.head_dim());
+        let gates = ExpertGates::shared(&root, params.prompt.gate, params.layers.len(), h, hd);
+        let lora = params.lora.as_ref().map(|spec| TaskLora::shared(&root, ctx, spec, 23, lora::NAME)).transpose().map_err(|e| bad(e.to_string()))?;
         let head = head(&root, f, ctx.num_classes, ctx.seed, LinearInit::Torch);
-        Ok(Self { vs, layers, head, backbone: ctx.backbone.clone(), task_sizes: ctx.task_sizes.clone(), params, seed: ctx.seed })
+        Ok(Self {
+            vs,
+            layers,
+            components,
+            gates,
+            lora,
+            head,
+            backbone: ctx.backbone.clone(),
+            task_sizes: ctx.task_sizes.clone(),
+            params,
+            seed: ctx.seed,
+        })
     }
 
     /// Prefixes from the components of tasks `0..n_tasks`, and the ortho penalty.
-    fn prompts(&self, query: &Tensor, n_tasks: usize, train: bool) -> (Prompts<'static>, Tensor) {
-        let mut prompts = Prompts::none();
+    fn prompts<'a>(
+        &'a self,
+        query: &Tensor,
+        n_tasks: usize,
+        train: bool,
+        gates: LayerGates<'a>,
+        updates: &'a [(usize, promptcl_model::LayerLora)],
+    ) -> (Prompts<'a>, Tensor) {
         let mut loss = Tensor::zeros([], (Kind::Float, query.device()));
-        let bb = &self.backbone;
         let b = query.size()[0];
-        let half = self.params.length / 2;
-        for (l, layer) in &self.layers {
-            let k = Tensor::cat(&layer.k[..n_tasks], 0);
-            let a = Tensor::cat(&layer.a[..n_tasks], 0);
-            let p = Tensor::cat(&layer.p[..n_tasks], 0);
-            let m = k.size()[0];
-            let aq = l2_normalize(&(query.unsqueeze(1) * a.unsqueeze(0)), 2);
-            let weights = (aq * l2_normalize(&k, 1).unsqueeze(0)).sum_dim_intlist(2, false, Kind::Float);
-            let mixed = weights.matmul(&p.view([m, -1])).view([b, self.params.length, bb.token_dim()]);
-            let to_heads = |x: Tensor| x.view([b, half, bb.num_heads(), bb.head_dim()]).permute([0, 2, 1, 3]);
-            let ek = to_heads(mixed.narrow(1, 0, half));
-            let ev = to_heads(mixed.narrow(1, half, half));
-            prompts = prompts.with_prefix(*l, &ek, &ev);
-            if train && self.params.ortho_mu > 0.0 {
-                loss = loss + (ortho_penalty(&k) + ortho_penalty(&a) + ortho_penalty(&p.view([m, -1]))) * self.params.ortho_mu;
-            }
-        }
+        // [n, pt, layers, 2, L/2, H, hd]: component m of layer i is row m of its [n·pt, L·D] view.
+        let pools = self.components.pools(n_tasks);
+        let per_layer: Vec<Tensor> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, (_, layer))| {
+                let k = Tensor::cat(&layer.k[..n_tasks], 0);
+                let a = Tensor::cat(&layer.a[..n_tasks], 0);
+                let m = k.size()[0];
+                let p = pools.select(2, i as i64);
+                let shape = p.size();
+                let aq = l2_normalize(&(query.unsqueeze(1) * a.unsqueeze(0)), 2);
+                let weights = (aq * l2_normalize(&k, 1).unsqueeze(0)).sum_dim_intlist(2, false, Kind::Float);
+                let mixed = weights.matmul(&p.reshape([m, -1]));
+                if train && self.params.ortho_mu > 0.0 {
+                    let own = self.layer_params(i, n_tasks);
+                    loss += (ortho_penalty(&k) + ortho_penalty(&a) + ortho_penalty(&own)) * self.params.ortho_mu;
+                }
+                mixed.view(&[&[b][..], &shape[2..]].concat()[..])
+            })
+            .collect();
+        let layer_ids: Vec<usize> = self.layers.iter().map(|(l, _)| *l).collect();
+        let prompts = prefix_prompts(lora::with_updates(Prompts::none(), updates), &layer_ids, &Tensor::stack(&per_layer, 1), gates);
         (prompts, loss)
+    }
+
+    /// Layer `i`'s component parameters of tasks `0..n`, one row per component.
+    fn layer_params(&self, i: usize, n: usize) -> Tensor {
+        Tensor::cat(&self.components.params()[..n], 0).select(1, i as i64).flatten(1, -1)
+    }
+
+    /// The logits and feature of a batch through tasks `0..n_tasks`' components (and the penalty).
+    fn forward(&self, x: &Inputs, n_tasks: usize, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        let query = self.backbone.query(x)?;
+        let updates = self.lora.as_ref().map(|l| l.routed(Route::Task(0))).unwrap_or_default();
+        let routed = self.gates.as_ref().map(|g| g.routed(Route::Task(0)));
+        let gates = routed.as_ref().map_or(LayerGates::None, |g| g.layer_gates());
+        let (prompts, ortho) = self.prompts(&query, n_tasks, train, gates, &updates);
+        let feature = self.backbone.forward(x, &prompts)?.feature;
+        Ok((self.head.forward(&feature), feature, ortho))
     }
 
     /// Re-initialises task `t`'s components orthogonal to tasks `< t` (official `gram_schmidt`).
     fn orthogonalise(&mut self, t: usize) {
         let seed = self.seed;
+        let fresh_rows = |earlier: Vec<Tensor>, like: &Tensor, tags: [u64; 4]| {
+            let mut rng = SplitMix64::derive(seed, &tags);
+            gram_schmidt(&earlier, like.flatten(1, -1).size(), &mut rng).view(like.size().as_slice()).to_device(like.device())
+        };
         tch::no_grad(|| {
-            for (l, layer) in &mut self.layers {
-                for (which, set) in [&mut layer.p, &mut layer.k, &mut layer.a].into_iter().enumerate() {
-                    let earlier: Vec<Tensor> = set[..t].iter().map(|x| x.flatten(1, -1)).collect();
-                    let mut rng = SplitMix64::derive(seed, &[21, *l as u64, t as u64, which as u64]);
-                    let fresh = gram_schmidt(&earlier, set[t].flatten(1, -1).size(), &mut rng);
-                    let (shape, device) = (set[t].size(), set[t].device());
-                    set[t].copy_(&fresh.view(shape.as_slice()).to_device(device));
+            for (i, (l, layer)) in self.layers.iter_mut().enumerate() {
+                for (which, set) in [(1, &mut layer.k), (2, &mut layer.a)] {
+                    let fresh = fresh_rows(set[..t].iter().map(|x| x.flatten(1, -1)).collect(), &set[t], [21, *l as u64, t as u64, which]);
+                    set[t].copy_(&fresh);
                 }
+                let params = self.components.params_mut();
+                let earlier = params[..t].iter().map(|x| x.select(1, i as i64).flatten(1, -1)).collect();
+                let mut own = params[t].select(1, i as i64);
+                let fresh = fresh_rows(earlier, &own, [21, *l as u64, t as u64, 0]);
+                own.copy_(&fresh);
             }
         });
     }
@@ -182,29 +282,37 @@ impl ContinualMethod for CodaPrompt {
 
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
         self.orthogonalise(task.task);
+        self.components.begin_task(task.task, false);
         for (_, layer) in &mut self.layers {
-            for set in [&mut layer.p, &mut layer.k, &mut layer.a] {
+            for set in [&mut layer.k, &mut layer.a] {
                 train_only(set, task.task);
             }
+        }
+        if let Some(g) = &mut self.gates {
+            g.begin_task(task.task);
+        }
+        if let Some(l) = &mut self.lora {
+            l.begin_task(0);
         }
         Ok(())
     }
 
+    /// Generated components are sealed with their task.
+    fn end_task(&mut self, task: &TaskInfo, _data: &mut dyn crate::BatchSource) -> Result<()> {
+        self.components.seal(task.task, 0.0);
+        Ok(())
+    }
+
     fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {
-        let query = self.backbone.query(x)?;
-        let (prompts, ortho) = self.prompts(&query, task.task + 1, true);
-        let out = self.backbone.forward(x, &prompts)?;
-        let logits = self.head.forward(&out.feature);
-        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask)).with_features(&out.feature);
+        let (logits, feature, ortho) = self.forward(x, task.task + 1, true)?;
+        let mut step = ce_step(&logits, labels, train_classes(task, self.params.train_mask)).with_features(&feature);
         step.loss = step.loss + ortho;
         Ok(step)
     }
 
     fn predict(&self, x: &Inputs, seen: usize) -> Result<Prediction> {
-        let query = self.backbone.query(x)?;
-        let (prompts, _) = self.prompts(&query, tasks_seen(&self.task_sizes, seen), false);
-        let out = self.backbone.forward(x, &prompts)?;
-        Ok(Prediction::new(self.head.forward(&out.feature).narrow(1, 0, seen as i64), None).with_features(&out.feature))
+        let (logits, feature, _) = self.forward(x, tasks_seen(&self.task_sizes, seen), false)?;
+        Ok(Prediction::new(logits.narrow(1, 0, seen as i64), None).with_features(&feature))
     }
 }
 

@@ -95,7 +95,7 @@ impl DualPrompt {
         // E-prompts draw what the official `uniform_(-1, 1)` draws, under tag 11.
         let set = PromptSetConfig {
             prompt_name: "e_prompt",
-            key_name: "e_prompt_key",
+            key_name: Some("e_prompt_key"),
             layers: params.e_layers.clone(),
             length: params.e_length,
             pool_size: 1,

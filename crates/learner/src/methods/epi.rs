@@ -83,7 +83,7 @@ impl Epi {
         let f = ctx.feature_dim();
         let set = PromptSetConfig {
             prompt_name: "prompt",
-            key_name: "key",
+            key_name: Some("key"),
             layers: params.layers.clone(),
             length: params.length,
             pool_size: 1,

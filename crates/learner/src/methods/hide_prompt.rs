@@ -255,7 +255,7 @@ impl HidePrompt {
         let root = vs.root();
         let set = PromptSetConfig {
             prompt_name: "e_prompt",
-            key_name: "e_key",
+            key_name: Some("e_key"),
             layers: params.layers.clone(),
             length: params.length,
             pool_size: params.pool_size,

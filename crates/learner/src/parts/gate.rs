@@ -81,7 +81,9 @@ pub const ZERO_NAME: &str = "zero_gate";
 /// Task-specific zero-initialised gates: task t's prompts open through their
 /// own gates `[layers, H]` (or `[layers, H, hd]` per query), all starting at 0,
 /// so a task's prompts begin as a no-op; trained in their task only, like the
-/// prompts they gate.
+/// prompts they gate. A method without task identity (CODA-Prompt, whose
+/// prefix mixes every task's components) has one set instead (`zero_gate.0`),
+/// trained in every task like its head.
 pub struct ZeroGates {
     gates: Vec<Tensor>,
     per_query: bool,
@@ -93,8 +95,13 @@ impl ZeroGates {
         Self { gates: (0..num_tasks).map(|t| (p / ZERO_NAME).zeros(&t.to_string(), &dims)).collect(), per_query }
     }
 
+    fn shared(&self) -> bool {
+        self.gates.len() == 1
+    }
+
     pub fn begin_task(&mut self, task: usize) {
-        super::train_only(&mut self.gates, task);
+        let own = if self.shared() { 0 } else { task };
+        super::train_only(&mut self.gates, own);
     }
 
     fn wrap(&self, g: Tensor) -> ZeroInitGate {
@@ -107,7 +114,8 @@ impl ZeroGates {
 
     /// Task `t`'s gate for each prompted layer (the whole batch is of task t).
     pub fn of_task(&self, t: usize) -> Vec<ZeroInitGate> {
-        (0..self.gates[t].size()[0]).map(|i| self.wrap(self.gates[t].get(i))).collect()
+        let g = &self.gates[if self.shared() { 0 } else { t }];
+        (0..g.size()[0]).map(|i| self.wrap(g.get(i))).collect()
     }
 
     /// Each sample's task's gate per layer, `task_ids` `[B]` (int64).
@@ -164,9 +172,17 @@ impl ExpertGates {
         }
     }
 
+    /// Gates for a prefix that is not any one task's (CODA-Prompt's mixture of
+    /// every task's components): NoRGa's as always, zero-initialised ones as one
+    /// set that every task trains.
+    pub fn shared(p: &nn::Path, gate: Option<PrefixGate>, layers: usize, heads: i64, head_dim: i64) -> Option<Self> {
+        Self::new(p, gate, 1, layers, heads, head_dim)
+    }
+
     pub fn routed(&self, route: Route) -> RoutedGates {
         match (self, route) {
             (Self::NoRGa(g), _) => RoutedGates::NoRGa(g.per_layer()),
+            (Self::Zero(g), _) if g.shared() => RoutedGates::Zero(g.of_task(0)),
             (Self::Zero(g), Route::Task(t)) => RoutedGates::Zero(g.of_task(t)),
             (Self::Zero(g), Route::Samples(ids)) => RoutedGates::Zero(g.of_samples(ids)),
         }

@@ -21,7 +21,8 @@ pub struct PromptSetConfig {
     /// parameterisation adds `<prompt_name>_gen…`, `<prompt_name>_stored.<task>`
     /// and `<prompt_name>_sealed`.
     pub prompt_name: &'static str,
-    pub key_name: &'static str,
+    /// `None`: a pool without keys, whose owner weighs its prompts itself (CODA-Prompt's components).
+    pub key_name: Option<&'static str>,
     pub layers: Vec<usize>,
     pub length: i64,
     /// Prompts per task (1: one task prompt, no keys).
@@ -78,12 +79,11 @@ impl TaskPrompts {
         let params = (0..ctx.num_tasks)
             .map(|t| var_from(&(p / cfg.prompt_name), &t.to_string(), param.init(&ctx.backbone, ctx.seed, &[cfg.seed_tag, t as u64], &dims)))
             .collect();
-        let keys = if m > 1 {
-            (0..ctx.num_tasks)
-                .map(|t| var_from(&(p / cfg.key_name), &t.to_string(), seeded_uniform(ctx.seed, &[cfg.seed_tag + 1, t as u64], &[m, d], -1.0, 1.0)))
-                .collect()
-        } else {
-            Vec::new()
+        let keys = match cfg.key_name {
+            Some(name) if m > 1 => (0..ctx.num_tasks)
+                .map(|t| var_from(&(p / name), &t.to_string(), seeded_uniform(ctx.seed, &[cfg.seed_tag + 1, t as u64], &[m, d], -1.0, 1.0)))
+                .collect(),
+            _ => Vec::new(),
         };
         let (stored, sealed) = if param.is_direct() {
             (Vec::new(), None)
@@ -106,8 +106,8 @@ impl TaskPrompts {
     /// The names of the variables that train with the current task.
     pub fn names(&self) -> Vec<&str> {
         let mut names = vec![self.cfg.prompt_name];
-        if self.keyed() {
-            names.push(self.cfg.key_name);
+        if let (true, Some(name)) = (self.keyed(), self.cfg.key_name) {
+            names.push(name);
         }
         if self.param.has_generator() {
             names.push(&self.gen_name);
@@ -160,8 +160,18 @@ impl TaskPrompts {
         }
     }
 
+    /// Each task's parameters ([`Parameterization::param_dims`]), for owners that
+    /// initialise them their own way (CODA-Prompt's Gram–Schmidt) or penalise them.
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    pub fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+
     /// Tasks `0..n`'s prefixes stacked `[n, M, layers, 2, L, H, hd]`, the flags read once.
-    fn pools(&self, n: usize) -> Tensor {
+    pub fn pools(&self, n: usize) -> Tensor {
         let sealed = self.sealed_flags(n);
         Tensor::stack(&(0..n).map(|t| self.pool_given(t, sealed[t])).collect::<Vec<_>>(), 0)
     }
