@@ -42,9 +42,13 @@ fn gated_prefix_attention_matches_the_official_forward() {
         let err = max_abs(&cls, &g[&format!("{case}.cls")]);
         assert!(err < 1e-5, "{case} cls: {err}");
         (&cls * &g["probe"]).sum(Kind::Float).backward();
+        // Relative to the gradient's scale, as the learner's parity tests: the gate's
+        // gradient (up to 8 here) sums over every query and head dimension, and its
+        // last bits differ between CPUs' kernels (1.04e-5 absolute on one Xeon).
         for (name, t) in [("key", &key), ("value", &value), ("gate", &gate)] {
-            let err = max_abs(&t.grad(), &g[&format!("{case}.grad.{name}")]);
-            assert!(err < 1e-5, "{case} gradient of the {name}: {err}");
+            let want = &g[&format!("{case}.grad.{name}")];
+            let err = max_abs(&t.grad(), want) / want.abs().max().double_value(&[]).max(1.0);
+            assert!(err < 1e-5, "{case} gradient of the {name}: {err} relative");
         }
     }
 }
