@@ -14,7 +14,8 @@ fn params(method: &str) -> &'static str {
         "dualprompt" => "g_layers = [0]\ne_layers = [1, 2]\ne_length = 3\nprompt = { param = \"reparam-mlp\", gate = \"zero-init\" }\nlora = { rank = 2 }",
         // Components as experts: reparameterised, under one shared zero-init gate, beside a shared LoRA.
         "coda-prompt" => "pool_size = 10\nlength = 4\nlayers = [0, 1, 2]\nprompt = { param = \"reparam-mlp\", reparam_hidden = 8, gate = \"zero-init\" }\nlora = { rank = 2 }",
-        "l2p" => "pool_size = 6\ntop_k = 2\nlength = 3",
+        // The prefix-tuned pool as experts (the goldens cover token prompts): nonlinear, NoRGa-gated, with a shared LoRA.
+        "l2p" => "pool_size = 6\ntop_k = 2\nlength = 3\nprefix_layers = [0, 1]\nhead_input = \"token\"\nprompt = { param = \"nonlinear\", nonlinear_embed = 8, gate = \"sigmoid\" }\nlora = { rank = 2 }",
         // Each prompt parameterisation and gate of issue #18 once (the goldens cover the direct prefixes).
         "hide-prompt" => "layers = [0, 1]\nlength = 2\ntii_epochs = 1\ntii_align_epochs = 1\nalign_epochs = 1\nstatistics = \"variance\"\nprompt = { param = \"nonlinear\", gate = \"zero-init\" }",
         // Task-specific LoRA (HiDe-PET's k, v and multi-centroid statistics) on two of the three blocks,
@@ -119,13 +120,14 @@ fn every_registered_method_runs_end_to_end() {
 /// APER's and RanPAC's adapters are trained in task 1 only and must come
 /// back from the checkpoint, as RanPAC's Gram statistics; DualPrompt's
 /// per-task prompts, EASE's per-task adapters and prototypes, and
-/// VPT-NSP's statistics and projections too, and NoRGa's generated prefixes
-/// (sealed per task, with their flags).
+/// VPT-NSP's statistics and projections too, NoRGa's and CODA-Prompt's
+/// generated prefixes (sealed per task, with their flags), and L2P's shared
+/// generated pool with its gate and LoRA.
 #[test]
 fn resumed_run_matches_uninterrupted_bit_for_bit() {
     let _one_at_a_time = training();
     let out = tmp("resume");
-    for method in ["dualprompt", "aper", "ranpac", "slca", "ease", "vpt-nsp", "norga"] {
+    for method in ["dualprompt", "aper", "ranpac", "slca", "ease", "vpt-nsp", "norga", "coda-prompt", "l2p"] {
         let cfg = config(method, &out);
         let full = run::run(&cfg, 7, None, run::RunOptions { quiet: true, ..Default::default() }).unwrap();
         let part = run::run(&cfg, 7, None, run::RunOptions { quiet: true, stop_after_tasks: Some(2) }).unwrap();

@@ -905,6 +905,16 @@ fn parameter_help_lists_the_expert_and_lora_keys() {
     }
 }
 
+/// Task 0's predicted features before training are exactly the frozen query's
+/// (closed zero-init gates and LoRA with B = 0).
+fn predicts_as_the_frozen_model(m: &mut dyn ContinualMethod) {
+    m.begin_task(&task(0)).unwrap();
+    let x = images(3);
+    let frozen = tch::no_grad(|| ctx().backbone.query(&x).unwrap());
+    let f = m.predict(&x, PER_TASK).unwrap().features.unwrap();
+    assert!(f.equal(&frozen), "closed gates and B = 0: the frozen model, by {}", (&f - &frozen).abs().max().double_value(&[]));
+}
+
 /// CODA-Prompt with reparameterised components: task 0's prompted feature is
 /// bit-identical after task 1 trained the shared generator (its components
 /// are sealed with their task; its keys and attention vectors frozen), and
@@ -943,11 +953,7 @@ fn coda_generated_components_of_finished_tasks_are_sealed() {
 fn coda_zero_gate_starts_as_the_frozen_model_and_is_shared_by_the_tasks() {
     let mut m = build("coda-prompt", "pool_size = 10\nlength = 4\nlayers = [0, 1]\nprompt = { gate = \"zero-init\" }\nlora = { rank = 2 }");
     assert!(!m.vars().variables().contains_key("zero_gate.1"), "one shared gate set");
-    m.begin_task(&task(0)).unwrap();
-    let x = images(3);
-    let frozen = tch::no_grad(|| ctx().backbone.query(&x).unwrap());
-    let f = m.predict(&x, PER_TASK).unwrap().features.unwrap();
-    assert!(f.equal(&frozen), "closed gates and B = 0: the frozen model, by {}", (&f - &frozen).abs().max().double_value(&[]));
+    predicts_as_the_frozen_model(&mut *m);
     train(&mut *m, 0, 2);
     m.end_task(&task(0), &mut Held(vec![])).unwrap();
     m.begin_task(&task(1)).unwrap();
@@ -964,4 +970,57 @@ fn coda_zero_gate_starts_as_the_frozen_model_and_is_shared_by_the_tasks() {
     assert!(err.contains("pool_size 100 exceeds the query width 64"), "{err}");
     let err = build_err("coda-prompt", "pool_size = 10\nlayers = [0]\nlora = { momentum = 0.5 }");
     assert!(err.contains("lora.momentum"), "{err}");
+}
+
+/// L2P's prefix-tuned pool (dualprompt-pytorch's `EPrompt`): with each sample
+/// choosing its own prompts and the correct layout, a batch computes what
+/// each sample computes alone; the official layout pairs key and value halves
+/// across the batch, so it does not.
+#[test]
+fn l2p_prefix_pool_gives_each_sample_its_own_prompts() {
+    let base = "pool_size = 6\ntop_k = 2\nlength = 3\nprefix_layers = [0, 1]\nhead_input = \"token\"\nbatchwise_prompt = false";
+    let alone_vs_batch = |m: &dyn ContinualMethod| {
+        let Inputs::Images(x) = images(8) else { unreachable!() };
+        let batch = m.predict(&Inputs::Images(x.shallow_clone()), PER_TASK).unwrap().features.unwrap();
+        (0..4)
+            .map(|i| {
+                let one = m.predict(&Inputs::Images(x.narrow(0, i, 1)), PER_TASK).unwrap().features.unwrap();
+                (one - batch.narrow(0, i, 1)).abs().max().double_value(&[])
+            })
+            .fold(0.0, f64::max)
+    };
+    let correct = build("l2p", base);
+    assert!(alone_vs_batch(&*correct) < 1e-5, "{}", alone_vs_batch(&*correct));
+    let official = build("l2p", &format!("{base}\nprefix_layout = \"official\""));
+    assert!(alone_vs_batch(&*official) > 1e-3, "the official layout mixes samples");
+    let frozen = tch::no_grad(|| ctx().backbone.query(&images(8)).unwrap());
+    let f = correct.predict(&images(8), PER_TASK).unwrap().features.unwrap();
+    assert!((f - frozen).abs().max().double_value(&[]) > 1e-3, "the prefixes act");
+}
+
+/// L2P's prefix pool as experts: a zero-init gate and a LoRA (B = 0) start it
+/// as the frozen model; pool, generator, gate and LoRA are one set each that
+/// keeps training from task to task. Token prompts take no expert, and a
+/// prefix pool has no prompt tokens for the head to average: both errors.
+#[test]
+fn l2p_prefix_pool_takes_experts_and_trains_them_in_every_task() {
+    let params = "pool_size = 6\ntop_k = 2\nlength = 3\nprefix_layers = [0, 1]\nhead_input = \"token\"\n\
+                  prompt = { param = \"reparam-mlp\", reparam_hidden = 8, gate = \"zero-init\" }\nlora = { rank = 2 }";
+    let mut m = build("l2p", params);
+    predicts_as_the_frozen_model(&mut *m);
+    assert!(!m.vars().variables().keys().any(|k| k.contains("stored") || k.contains("sealed") || k == "prompt.1"), "one pool, never sealed");
+    train(&mut *m, 0, 2);
+    m.end_task(&task(0), &mut Held(vec![])).unwrap();
+    let before = snapshot(&*m, "prompt");
+    m.begin_task(&task(1)).unwrap();
+    m.train_step(&images(4), &labels(1), &task(1)).unwrap().loss.backward();
+    for name in ["zero_gate.0", "lora.b.0", "lora.a.0", "prompt.0", "prompt_key", "prompt_gen.0.fc1.weight"] {
+        assert!(has_grad(&var(&*m, name)), "{name} trains in task 1");
+    }
+    train(&mut *m, 1, 1);
+    assert!(before.iter().any(|(k, v)| !v.equal(&var(&*m, k))), "the pool moves in task 1");
+    let err = build_err("l2p", "prompt = { param = \"reparam-mlp\" }");
+    assert!(err.contains("set prefix_layers"), "{err}");
+    let err = build_err("l2p", "prefix_layers = [0]");
+    assert!(err.contains("set head_input"), "{err}");
 }

@@ -99,10 +99,7 @@ impl CodaPrompt {
             return Err(bad(format!("pool_size {} exceeds the query width {f}: keys cannot all be orthogonal", params.pool_size)));
         }
         if let Some(spec) = &params.lora {
-            spec.validate(ctx.backbone.depth(), d).map_err(bad)?;
-            if spec.init_from_previous || spec.momentum != 0.0 {
-                return Err(bad("lora.init_from_previous and lora.momentum mix per-task factors; CODA-Prompt's LoRA is one shared set".into()));
-            }
+            spec.validate(ctx.backbone.depth(), d).and_then(|_| spec.validate_shared("CODA-Prompt")).map_err(bad)?;
         }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();

@@ -9,14 +9,31 @@
 //! query (the surrogate loss that pulls keys to their queries).
 //! `batchwise_prompt`: every sample uses the `top_k` prompts most often chosen
 //! in its batch (ties → lower prompt id), as the official code does.
+//!
+//! `prefix_layers` (issue #18) prefix-tunes the pool instead, as
+//! dualprompt-pytorch's `EPrompt` does with `prompt_pool` and
+//! `use_prefix_tune_for_e_prompt`: each prompt `[layers, 2, length, H, hd]`
+//! (U(−1, 1), official `uniform`), the same keys, choice and pull; a sample's
+//! `top_k` prompts are concatenated along the prefix length, and the head
+//! reads the class token (prefixes give no prompt tokens to average). The
+//! pool then takes `prompt = { param, gate }` (one pool, trained in every
+//! task, so never sealed; a zero-init gate is one set trained in every task)
+//! and `lora` (one shared set), and `prefix_layout = "official"` reproduces
+//! that code's key/value pairing across the batch. Token prompts take neither.
 
 use std::rc::Rc;
 
+use promptcl_model::Prompts;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, head, l2_normalize, mask_outside, seeded_uniform, train_classes, var_from, LinearInit};
 use crate::method::{Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
+use crate::parts::gate::ExpertGates;
+use crate::parts::lora::{self, LoraSpec, TaskLora};
+use crate::parts::prompt_param::PrefixExpert;
+use crate::parts::task_prompts::{prefix_prompts, LayerGates, PrefixLayout, PromptSetConfig, TaskPrompts};
+use crate::parts::Route;
 use crate::{LearnerError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,12 +62,33 @@ crate::method_params! {
         pub head_input: HeadInput = HeadInput::Prompt,
         /// Score only the task's classes while training (`train_mask`).
         pub train_mask: bool = true,
+        /// Blocks whose attention gets the chosen prompts as prefixes (dualprompt-pytorch's
+        /// prefix-tuned pool); empty: prompt tokens before block 0 (l2p-pytorch).
+        pub prefix_layers: Vec<usize> = vec![],
+        /// Prefix pool only: `correct`, or `official` (dualprompt-pytorch's key/value pairing).
+        pub prefix_layout: PrefixLayout = PrefixLayout::Correct,
+        /// Prefix pool only: its parameterisation and gate (see hide-prompt's `prompt`).
+        pub prompt: PrefixExpert = PrefixExpert::default(),
+        /// Prefix pool only: one LoRA trained in every task (L2P infers no task); none by default.
+        pub lora: Option<LoraSpec> = None,
     }
+}
+
+/// The pool: prompt tokens `[M, L, D]` (variable `prompt`), or prefixes (`prompt.0`).
+enum Pool {
+    Tokens(Tensor),
+    Prefix(Box<PrefixPool>),
+}
+
+struct PrefixPool {
+    prompts: TaskPrompts,
+    gates: Option<ExpertGates>,
+    lora: Option<TaskLora>,
 }
 
 pub struct L2P {
     vs: nn::VarStore,
-    prompts: Tensor,
+    pool: Pool,
     keys: Tensor,
     head: nn::Linear,
     backbone: Rc<Backbone>,
@@ -65,17 +103,48 @@ impl L2P {
                 reason: format!("need 1 <= top_k ({}) <= pool_size ({}) and length > 0", params.top_k, params.pool_size),
             });
         }
+        let bad = |reason: String| LearnerError::Params { method: "l2p".into(), reason };
+        let prefixed = !params.prefix_layers.is_empty();
+        if prefixed && params.head_input == HeadInput::Prompt {
+            return Err(bad("prefix_layers give no prompt tokens to average: set head_input = \"token\"".into()));
+        }
+        let expert_set = params.prompt != PrefixExpert::default() || params.lora.is_some() || params.prefix_layout != PrefixLayout::Correct;
+        if !prefixed && expert_set {
+            return Err(bad("prompt, lora and prefix_layout act on a prefix pool: set prefix_layers (token prompts take none)".into()));
+        }
+        if let Some(spec) = &params.lora {
+            spec.validate(ctx.backbone.depth(), ctx.token_dim()).and_then(|_| spec.validate_shared("L2P")).map_err(bad)?;
+        }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let (m, d, f) = (params.pool_size as i64, ctx.token_dim(), ctx.feature_dim());
-        let prompts = var_from(&root, "prompt", seeded_uniform(ctx.seed, &[1], &[m, params.length, d], -1.0, 1.0));
+        let pool = if prefixed {
+            let set = PromptSetConfig {
+                prompt_name: "prompt",
+                key_name: None,
+                layers: params.prefix_layers.clone(),
+                length: params.length,
+                pool_size: params.pool_size,
+                top_k: params.top_k,
+                seed_tag: 1,
+                expert: params.prompt.clone(),
+            };
+            let prompts = TaskPrompts::shared(&root, ctx, set).map_err(|e| bad(e.to_string()))?;
+            let (h, hd) = (ctx.backbone.num_heads(), ctx.backbone.head_dim());
+            let gates = ExpertGates::shared(&root, params.prompt.gate, params.prefix_layers.len(), h, hd);
+            let lora =
+                params.lora.as_ref().map(|spec| TaskLora::shared(&root, ctx, spec, 3, lora::NAME)).transpose().map_err(|e| bad(e.to_string()))?;
+            Pool::Prefix(Box::new(PrefixPool { prompts, gates, lora }))
+        } else {
+            Pool::Tokens(var_from(&root, "prompt", seeded_uniform(ctx.seed, &[1], &[m, params.length, d], -1.0, 1.0)))
+        };
         let keys = var_from(&root, "prompt_key", seeded_uniform(ctx.seed, &[2], &[m, f], -1.0, 1.0));
         let head_dim = match params.head_input {
             HeadInput::Prompt => d,
             HeadInput::Token => f,
         };
         let head = head(&root, head_dim, ctx.num_classes, ctx.seed, LinearInit::Timm);
-        Ok(Self { vs, prompts, keys, head, backbone: ctx.backbone.clone(), params })
+        Ok(Self { vs, pool, keys, head, backbone: ctx.backbone.clone(), params })
     }
 
     /// Chosen prompt ids `[B, k]` and the mean key–query cosine of the choice.
@@ -105,8 +174,27 @@ impl L2P {
         let query = self.backbone.query(x)?;
         let (idx, reduce_sim) = self.select(&query);
         let b = x.len();
-        let tokens = self.prompts.index_select(0, &idx.flatten(0, -1)).view([b, -1, self.prompts.size()[2]]);
-        let out = self.backbone.forward(x, &promptcl_model::Prompts::none().with_tokens(0, &tokens))?;
+        let out = match &self.pool {
+            Pool::Tokens(prompts) => {
+                let tokens = prompts.index_select(0, &idx.flatten(0, -1)).view([b, -1, prompts.size()[2]]);
+                self.backbone.forward(x, &Prompts::none().with_tokens(0, &tokens))?
+            }
+            Pool::Prefix(p) => {
+                let PrefixPool { prompts, gates, lora } = &**p;
+                // [M, layers, 2, L, H, hd] → each sample's k prompts along the length: [B, layers, 2, k·L, H, hd].
+                let pool = prompts.pool(0);
+                let s = pool.size();
+                let k = idx.size()[1];
+                let chosen = pool.index_select(0, &idx.flatten(0, -1)).view(&[&[b, k][..], &s[1..]].concat()[..]);
+                let e = chosen.permute([0, 2, 3, 1, 4, 5, 6]).reshape([b, s[1], s[2], k * s[3], s[4], s[5]]);
+                let updates = lora.as_ref().map(|l| l.routed(Route::Task(0))).unwrap_or_default();
+                let routed = gates.as_ref().map(|g| g.routed(Route::Task(0)));
+                let layer_gates = routed.as_ref().map_or(LayerGates::None, |g| g.layer_gates());
+                let e = self.params.prefix_layout.arrange(&e, b);
+                let prompts = prefix_prompts(lora::with_updates(Prompts::none(), &updates), &self.params.prefix_layers, &e, layer_gates);
+                self.backbone.forward(x, &prompts)?
+            }
+        };
         let feat = match self.params.head_input {
             HeadInput::Prompt => out.prompt_tokens.expect("prompt tokens were inserted").mean_dim(1, false, Kind::Float),
             HeadInput::Token => out.feature,
@@ -118,6 +206,21 @@ impl L2P {
 impl ContinualMethod for L2P {
     fn vars(&self) -> &nn::VarStore {
         &self.vs
+    }
+
+    /// The shared prefix pool, its gate and LoRA train in every task (NoRGa's gate in the first).
+    fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
+        if let Pool::Prefix(p) = &mut self.pool {
+            let PrefixPool { prompts, gates, lora } = &mut **p;
+            prompts.begin_task(0, false);
+            if let Some(g) = gates {
+                g.begin_task(task.task);
+            }
+            if let Some(l) = lora {
+                l.begin_task(0);
+            }
+        }
+        Ok(())
     }
 
     fn train_step(&mut self, x: &Inputs, labels: &Tensor, task: &TaskInfo) -> Result<Step> {

@@ -93,6 +93,17 @@ impl LoraSpec {
     }
 }
 
+impl LoraSpec {
+    /// For [`TaskLora::shared`] in a method without task identity: the per-task
+    /// copy and mix have nothing to act on.
+    pub fn validate_shared(&self, method: &str) -> std::result::Result<(), String> {
+        if self.init_from_previous || self.momentum != 0.0 {
+            return Err(format!("lora.init_from_previous and lora.momentum mix per-task factors; {method}'s LoRA is one shared set"));
+        }
+        Ok(())
+    }
+}
+
 pub struct TaskLora {
     /// Per task `[S, r, D]`.
     a: Vec<Tensor>,

@@ -50,6 +50,17 @@ pub struct TaskPrompts {
 
 impl TaskPrompts {
     pub fn new(p: &nn::Path, ctx: &MethodContext, cfg: PromptSetConfig) -> Result<Self> {
+        Self::with_sets(p, ctx, cfg, false)
+    }
+
+    /// One pool that every task trains in turn (L2P's), named `<prompt_name>.0`:
+    /// use it as task 0's, [`Self::begin_task`]`(0, false)` each task, never sealed.
+    pub fn shared(p: &nn::Path, ctx: &MethodContext, cfg: PromptSetConfig) -> Result<Self> {
+        Self::with_sets(p, ctx, cfg, true)
+    }
+
+    fn with_sets(p: &nn::Path, ctx: &MethodContext, cfg: PromptSetConfig, shared: bool) -> Result<Self> {
+        let sets = if shared { 1 } else { ctx.num_tasks };
         let depth = ctx.backbone.depth();
         let bad = |reason: String| Err(LearnerError::Invalid(reason));
         if let Some(l) = cfg.layers.iter().find(|&&l| l >= depth) {
@@ -62,35 +73,28 @@ impl TaskPrompts {
             return bad(format!("need 1 <= top_k ({}) <= pool_size ({})", cfg.top_k, cfg.pool_size));
         }
         let gen_name = format!("{}_gen", cfg.prompt_name);
-        let param = Parameterization::new(
-            &(p / gen_name.as_str()),
-            &ctx.backbone,
-            &cfg.expert,
-            &cfg.layers,
-            cfg.length,
-            ctx.num_tasks,
-            ctx.seed,
-            cfg.seed_tag + 2,
-        )?;
+        let param =
+            Parameterization::new(&(p / gen_name.as_str()), &ctx.backbone, &cfg.expert, &cfg.layers, cfg.length, sets, ctx.seed, cfg.seed_tag + 2)?;
         let (h, hd, d) = (ctx.backbone.num_heads(), ctx.backbone.head_dim(), ctx.feature_dim());
         let m = cfg.pool_size as i64;
         let layers = cfg.layers.len() as i64;
         let dims = param.param_dims(m, layers);
-        let params = (0..ctx.num_tasks)
+        let params = (0..sets)
             .map(|t| var_from(&(p / cfg.prompt_name), &t.to_string(), param.init(&ctx.backbone, ctx.seed, &[cfg.seed_tag, t as u64], &dims)))
             .collect();
         let keys = match cfg.key_name {
-            Some(name) if m > 1 => (0..ctx.num_tasks)
+            Some(name) if m > 1 => (0..sets)
                 .map(|t| var_from(&(p / name), &t.to_string(), seeded_uniform(ctx.seed, &[cfg.seed_tag + 1, t as u64], &[m, d], -1.0, 1.0)))
                 .collect(),
             _ => Vec::new(),
         };
-        let (stored, sealed) = if param.is_direct() {
+        // A shared pool keeps training, so there is nothing to seal.
+        let (stored, sealed) = if param.is_direct() || shared {
             (Vec::new(), None)
         } else {
             let store = p / format!("{}_stored", cfg.prompt_name);
-            let stored = (0..ctx.num_tasks).map(|t| store.zeros_no_train(&t.to_string(), &[m, layers, 2, cfg.length, h, hd])).collect();
-            (stored, Some(p.zeros_no_train(&format!("{}_sealed", cfg.prompt_name), &[ctx.num_tasks as i64])))
+            let stored = (0..sets).map(|t| store.zeros_no_train(&t.to_string(), &[m, layers, 2, cfg.length, h, hd])).collect();
+            (stored, Some(p.zeros_no_train(&format!("{}_sealed", cfg.prompt_name), &[sets as i64])))
         };
         Ok(Self { params, keys, param, stored, sealed, gen_name, cfg })
     }
@@ -198,7 +202,8 @@ impl TaskPrompts {
             }
             return;
         }
-        if self.is_sealed(t) {
+        // A shared pool has no store: it trains on.
+        if self.sealed.is_none() || self.is_sealed(t) {
             return;
         }
         let mixed = tch::no_grad(|| self.mixed(t, momentum).detach());
