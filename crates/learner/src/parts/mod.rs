@@ -1,7 +1,7 @@
 //! Reusable pieces of methods: what HiDe-Prompt, NoRGa, WAVE-CRE, EPI and
 //! HierC are composed of, and what later methods compose.
 //!
-//! - [`task_prompts`]: per-task prefix prompts (or keyed pools), trained only
+//! - [`task_prompts`]: per-task prefix prompts (or keyed pools, or one shared pool), trained only
 //!   in their own task, copy-initialised, momentum-mixed; written into
 //!   `Prompts` once for every prefix method.
 //! - [`tii`]: task-identity inference from the frozen query (an MLP + head

@@ -1,5 +1,6 @@
 //! Per-task prefix prompts (HiDe-Prompt's, NoRGa's and EPI's task prompts,
-//! WAVE-CRE's task pools): task t owns M prompts `[M, layers, 2, L, H, hd]`
+//! WAVE-CRE's task pools, DualPrompt's E-prompts, CODA-Prompt's components;
+//! [`TaskPrompts::shared`]: L2P's one prefix pool): task t owns M prompts `[M, layers, 2, L, H, hd]`
 //! (official layout: key/value, length, heads, head dim) and, with M > 1,
 //! keys `[M, D]`; a sample uses the `top_k` prompts of its task's pool whose
 //! keys are nearest (cosine) to its frozen query, concatenated along the
