@@ -34,11 +34,11 @@ use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, gaussian, head, l2_normalize, seeded_uniform, train_classes, var_from, LinearInit};
 use crate::method::{tasks_seen, Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
-use crate::parts::gate::ExpertGates;
-use crate::parts::lora::{self, LoraSpec, TaskLora};
+use crate::parts::lora::LoraSpec;
 use crate::parts::prompt_param::PrefixExpert;
-use crate::parts::task_prompts::{prefix_prompts, LayerGates, PromptSetConfig, TaskPrompts};
-use crate::parts::{train_only, Route};
+use crate::parts::shared_experts::{Routed, SharedExperts};
+use crate::parts::task_prompts::{PromptSetConfig, TaskPrompts};
+use crate::parts::train_only;
 use crate::{LearnerError, Result};
 
 crate::method_params! {
@@ -72,8 +72,7 @@ pub struct CodaPrompt {
     layers: Vec<(usize, Layer)>,
     /// The components, per task `[pt, layers, …]` (`e.p.<t>`).
     components: TaskPrompts,
-    gates: Option<ExpertGates>,
-    lora: Option<TaskLora>,
+    experts: SharedExperts,
     head: nn::Linear,
     backbone: Rc<Backbone>,
     task_sizes: Vec<usize>,
@@ -93,16 +92,15 @@ impl CodaPrompt {
         if let Some(l) = params.layers.iter().find(|&&l| l >= ctx.backbone.depth()) {
             return Err(bad(format!("layer {l} beyond the backbone's depth {}", ctx.backbone.depth())));
         }
-        let (d, f) = (ctx.token_dim(), ctx.feature_dim());
+        let f = ctx.feature_dim();
         // Gram–Schmidt draws `pool_size` orthogonal rows: it cannot in fewer dimensions.
         if params.pool_size as i64 > f {
             return Err(bad(format!("pool_size {} exceeds the query width {f}: keys cannot all be orthogonal", params.pool_size)));
         }
-        if let Some(spec) = &params.lora {
-            spec.validate(ctx.backbone.depth(), d).and_then(|_| spec.validate_shared("CODA-Prompt")).map_err(bad)?;
-        }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
+        let experts =
+            SharedExperts::new(&root, ctx, params.prompt.gate, params.layers.len(), params.lora.as_ref(), 23, "CODA-Prompt").map_err(bad)?;
         let pt = (params.pool_size / ctx.num_tasks) as i64;
         let set = PromptSetConfig {
             prompt_name: "p",
@@ -133,33 +131,12 @@ impl CodaPrompt {
             }
             layers.push((l, layer));
         }
-        let (h, hd) = (ctx.backbone.num_heads(), ctx.backbone.head_dim());
-        let gates = ExpertGates::shared(&root, params.prompt.gate, params.layers.len(), h, hd);
-        let lora = params.lora.as_ref().map(|spec| TaskLora::shared(&root, ctx, spec, 23, lora::NAME)).transpose().map_err(|e| bad(e.to_string()))?;
         let head = head(&root, f, ctx.num_classes, ctx.seed, LinearInit::Torch);
-        Ok(Self {
-            vs,
-            layers,
-            components,
-            gates,
-            lora,
-            head,
-            backbone: ctx.backbone.clone(),
-            task_sizes: ctx.task_sizes.clone(),
-            params,
-            seed: ctx.seed,
-        })
+        Ok(Self { vs, layers, components, experts, head, backbone: ctx.backbone.clone(), task_sizes: ctx.task_sizes.clone(), params, seed: ctx.seed })
     }
 
     /// Prefixes from the components of tasks `0..n_tasks`, and the ortho penalty.
-    fn prompts<'a>(
-        &'a self,
-        query: &Tensor,
-        n_tasks: usize,
-        train: bool,
-        gates: LayerGates<'a>,
-        updates: &'a [(usize, promptcl_model::LayerLora)],
-    ) -> (Prompts<'a>, Tensor) {
+    fn prompts<'a>(&'a self, query: &Tensor, n_tasks: usize, train: bool, experts: &'a Routed) -> (Prompts<'a>, Tensor) {
         let mut loss = Tensor::zeros([], (Kind::Float, query.device()));
         let b = query.size()[0];
         // [n, pt, layers, 2, L/2, H, hd]: component m of layer i is row m of its [n·pt, L·D] view.
@@ -185,7 +162,7 @@ impl CodaPrompt {
             })
             .collect();
         let layer_ids: Vec<usize> = self.layers.iter().map(|(l, _)| *l).collect();
-        let prompts = prefix_prompts(lora::with_updates(Prompts::none(), updates), &layer_ids, &Tensor::stack(&per_layer, 1), gates);
+        let prompts = experts.prompts(&layer_ids, &Tensor::stack(&per_layer, 1));
         (prompts, loss)
     }
 
@@ -197,10 +174,8 @@ impl CodaPrompt {
     /// The logits and feature of a batch through tasks `0..n_tasks`' components (and the penalty).
     fn forward(&self, x: &Inputs, n_tasks: usize, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
         let query = self.backbone.query(x)?;
-        let updates = self.lora.as_ref().map(|l| l.routed(Route::Task(0))).unwrap_or_default();
-        let routed = self.gates.as_ref().map(|g| g.routed(Route::Task(0)));
-        let gates = routed.as_ref().map_or(LayerGates::None, |g| g.layer_gates());
-        let (prompts, ortho) = self.prompts(&query, n_tasks, train, gates, &updates);
+        let experts = self.experts.routed();
+        let (prompts, ortho) = self.prompts(&query, n_tasks, train, &experts);
         let feature = self.backbone.forward(x, &prompts)?.feature;
         Ok((self.head.forward(&feature), feature, ortho))
     }
@@ -285,12 +260,7 @@ impl ContinualMethod for CodaPrompt {
                 train_only(set, task.task);
             }
         }
-        if let Some(g) = &mut self.gates {
-            g.begin_task(task.task);
-        }
-        if let Some(l) = &mut self.lora {
-            l.begin_task(0);
-        }
+        self.experts.begin_task(task.task);
         Ok(())
     }
 

@@ -29,11 +29,10 @@ use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::common::{ce_step, head, l2_normalize, mask_outside, seeded_uniform, train_classes, var_from, LinearInit};
 use crate::method::{Backbone, ContinualMethod, Inputs, MethodContext, Prediction, Step, TaskInfo};
-use crate::parts::gate::ExpertGates;
-use crate::parts::lora::{self, LoraSpec, TaskLora};
+use crate::parts::lora::LoraSpec;
 use crate::parts::prompt_param::PrefixExpert;
-use crate::parts::task_prompts::{prefix_prompts, LayerGates, PrefixLayout, PromptSetConfig, TaskPrompts};
-use crate::parts::Route;
+use crate::parts::shared_experts::SharedExperts;
+use crate::parts::task_prompts::{concat_chosen, PrefixLayout, PromptSetConfig, TaskPrompts};
 use crate::{LearnerError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +81,7 @@ enum Pool {
 
 struct PrefixPool {
     prompts: TaskPrompts,
-    gates: Option<ExpertGates>,
-    lora: Option<TaskLora>,
+    experts: SharedExperts,
 }
 
 pub struct L2P {
@@ -112,9 +110,6 @@ impl L2P {
         if !prefixed && expert_set {
             return Err(bad("prompt, lora and prefix_layout act on a prefix pool: set prefix_layers (token prompts take none)".into()));
         }
-        if let Some(spec) = &params.lora {
-            spec.validate(ctx.backbone.depth(), ctx.token_dim()).and_then(|_| spec.validate_shared("L2P")).map_err(bad)?;
-        }
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
         let (m, d, f) = (params.pool_size as i64, ctx.token_dim(), ctx.feature_dim());
@@ -130,11 +125,9 @@ impl L2P {
                 expert: params.prompt.clone(),
             };
             let prompts = TaskPrompts::shared(&root, ctx, set).map_err(|e| bad(e.to_string()))?;
-            let (h, hd) = (ctx.backbone.num_heads(), ctx.backbone.head_dim());
-            let gates = ExpertGates::shared(&root, params.prompt.gate, params.prefix_layers.len(), h, hd);
-            let lora =
-                params.lora.as_ref().map(|spec| TaskLora::shared(&root, ctx, spec, 3, lora::NAME)).transpose().map_err(|e| bad(e.to_string()))?;
-            Pool::Prefix(Box::new(PrefixPool { prompts, gates, lora }))
+            let experts =
+                SharedExperts::new(&root, ctx, params.prompt.gate, params.prefix_layers.len(), params.lora.as_ref(), 3, "L2P").map_err(bad)?;
+            Pool::Prefix(Box::new(PrefixPool { prompts, experts }))
         } else {
             Pool::Tokens(var_from(&root, "prompt", seeded_uniform(ctx.seed, &[1], &[m, params.length, d], -1.0, 1.0)))
         };
@@ -180,18 +173,9 @@ impl L2P {
                 self.backbone.forward(x, &Prompts::none().with_tokens(0, &tokens))?
             }
             Pool::Prefix(p) => {
-                let PrefixPool { prompts, gates, lora } = &**p;
-                // [M, layers, 2, L, H, hd] → each sample's k prompts along the length: [B, layers, 2, k·L, H, hd].
-                let pool = prompts.pool(0);
-                let s = pool.size();
-                let k = idx.size()[1];
-                let chosen = pool.index_select(0, &idx.flatten(0, -1)).view(&[&[b, k][..], &s[1..]].concat()[..]);
-                let e = chosen.permute([0, 2, 3, 1, 4, 5, 6]).reshape([b, s[1], s[2], k * s[3], s[4], s[5]]);
-                let updates = lora.as_ref().map(|l| l.routed(Route::Task(0))).unwrap_or_default();
-                let routed = gates.as_ref().map(|g| g.routed(Route::Task(0)));
-                let layer_gates = routed.as_ref().map_or(LayerGates::None, |g| g.layer_gates());
-                let e = self.params.prefix_layout.arrange(&e, b);
-                let prompts = prefix_prompts(lora::with_updates(Prompts::none(), &updates), &self.params.prefix_layers, &e, layer_gates);
+                let e = self.params.prefix_layout.arrange(&concat_chosen(&p.prompts.pool(0).unsqueeze(0), &idx), b);
+                let experts = p.experts.routed();
+                let prompts = experts.prompts(&self.params.prefix_layers, &e);
                 self.backbone.forward(x, &prompts)?
             }
         };
@@ -211,14 +195,8 @@ impl ContinualMethod for L2P {
     /// The shared prefix pool, its gate and LoRA train in every task (NoRGa's gate in the first).
     fn begin_task(&mut self, task: &TaskInfo) -> Result<()> {
         if let Pool::Prefix(p) = &mut self.pool {
-            let PrefixPool { prompts, gates, lora } = &mut **p;
-            prompts.begin_task(0, false);
-            if let Some(g) = gates {
-                g.begin_task(task.task);
-            }
-            if let Some(l) = lora {
-                l.begin_task(0);
-            }
+            p.prompts.begin_task(0, false);
+            p.experts.begin_task(task.task);
         }
         Ok(())
     }

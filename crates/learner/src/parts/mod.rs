@@ -12,6 +12,7 @@
 //! - [`classifier`]: a linear head or a ReLU MLP over features (WAVE-CRE's relation classifier and task predictor).
 //! - [`embedding_tuning`]: BERT's marker rows, position and token-type embeddings and embedding LayerNorm trained on the first task (WAVE-CRE's group code).
 //! - [`gate`]: NoRGa's non-linear residual gate on the prefix logits, and task-specific zero-initialised gates.
+//! - [`shared_experts`]: the one gate and LoRA of a method that infers no task (CODA-Prompt, L2P's prefix pool).
 //! - [`lora`]: task-specific LoRA on the attention projections, routed per sample by task identity (HiDe-LoRA).
 //! - [`prompt_param`]: how prefixes are made from parameters: direct, reparameterised by an MLP, through the frozen projections, non-linear.
 //! - [`petl`]: AdaptFormer adapters or SSF on the backbone (APER, RanPAC).
@@ -30,6 +31,7 @@ pub mod petl;
 pub mod prompt_param;
 pub mod prototypes;
 pub mod ridge;
+pub mod shared_experts;
 pub mod task_prompts;
 pub mod tii;
 

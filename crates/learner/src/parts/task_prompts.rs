@@ -248,12 +248,20 @@ impl TaskPrompts {
         let cos = l2_normalize(keys, 2).matmul(&l2_normalize(q, 1).unsqueeze(2)).squeeze_dim(2);
         let cos = cos.expand([b, s[1]], false);
         let (sim, idx) = cos.topk(k, 1, true, true);
-        let pools = pools.expand(&[b, s[1], s[2], s[3], s[4], s[5], s[6]][..], false);
-        let gather = idx.view(&[b, k, 1, 1, 1, 1, 1][..]).expand(&[b, k, s[2], s[3], s[4], s[5], s[6]][..], false);
-        let chosen = pools.gather(1, &gather, false).permute(&[0, 2, 3, 1, 4, 5, 6][..]).reshape([b, s[2], s[3], k * s[4], s[5], s[6]]);
         let matching = (sim.ones_like() - sim).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float);
-        Ok((chosen, matching))
+        Ok((concat_chosen(pools, &idx), matching))
     }
+}
+
+/// Each sample's chosen prompts concatenated along the prefix length:
+/// `pools` `[B or 1, M, layers, 2, L, H, hd]`, `idx` `[B, k]` (int64) →
+/// `[B, layers, 2, k·L, H, hd]`, the k-th prompt's positions after the (k−1)-th's.
+pub fn concat_chosen(pools: &Tensor, idx: &Tensor) -> Tensor {
+    let s = pools.size();
+    let (b, k) = (idx.size()[0], idx.size()[1]);
+    let pools = pools.expand(&[b, s[1], s[2], s[3], s[4], s[5], s[6]][..], false);
+    let gather = idx.view(&[b, k, 1, 1, 1, 1, 1][..]).expand(&[b, k, s[2], s[3], s[4], s[5], s[6]][..], false);
+    pools.gather(1, &gather, false).permute(&[0, 2, 3, 1, 4, 5, 6][..]).reshape([b, s[2], s[3], k * s[4], s[5], s[6]])
 }
 
 /// How a batch's E-prompt prefixes reach the attention.
